@@ -1,0 +1,47 @@
+"""slam_jax: a JAX/Flax reproduction of SLAM (speech-text joint pre-training)."""
+import setuptools
+
+setuptools.setup(
+    name="slam_jax",
+    version="0.1.0",
+    description="JAX/Flax NNX reproduction of SLAM: joint speech-text pre-training of one Conformer encoder.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["slam_jax", "slam_jax.*", "tasks", "tasks.*"]),
+    package_data={"slam_jax": ["gin/**/*.gin", "assets/**/*"]},
+    include_package_data=True,
+    install_requires=[
+        "jax>=0.10,<0.11",
+        "jaxlib>=0.10,<0.11",
+        "flax>=0.12,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12,<0.13",
+        "tensorflow>=2.21,<2.22",
+        "tensorflow-text>=2.21,<2.22",
+        "tensorflow-datasets>=4.9,<4.10",
+        "seqio==0.0.20",
+        "sentencepiece>=0.2,<0.3",
+        "gin-config>=0.5,<0.6",
+        "soundfile>=0.12",
+        "clu>=0.0.12",
+        "tensorboard>=2.15",
+        "tqdm>=4.60",
+        "numpy>=1.26",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3", "librosa>=0.10"],
+        "gpu": ["jax[cuda12]>=0.10,<0.11"],
+        "tpu": ["jax[tpu]>=0.10,<0.11"],
+        "bench": ["torch", "transformers"],
+    },
+    entry_points={
+        "console_scripts": [
+            "slam-train=slam_jax.train:main",
+            "slam-info=slam_jax.info:main",
+            "slam-bench=slam_jax.bench:main",
+            "slam-data=slam_jax.data.inspect:main",
+            "slam-prepare=slam_jax.data.prepare:main",
+        ]
+    },
+)

@@ -1,0 +1,1 @@
+"""Flax NNX layers of the SLAM encoder. Layers know nothing of objectives or data."""

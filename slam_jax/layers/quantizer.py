@@ -1,0 +1,80 @@
+"""Gumbel-softmax vector quantizer (wav2vec 2.0 / w2v-BERT), straight-through hard one-hot in training."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from slam_jax.layers import common
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizerConfig:
+    """Attributes (V sizes, C mechanism):
+      num_codebooks: G groups (1). codebook_size: V entries per group (1024). code_dim: output dim (1024).
+      temperature_start / temperature_decay / temperature_floor: tau(step) = max(start * decay^step, floor)
+        = 2.0 * 0.999995^step floored at 0.1 (C; wav2vec 2.0 used floor 0.5).
+    """
+
+    num_codebooks: int = 1
+    codebook_size: int = 1024
+    code_dim: int = 1024
+    temperature_start: float = 2.0
+    temperature_decay: float = 0.999995
+    temperature_floor: float = 0.1
+
+    def temperature(self, step: Array | int) -> Array:
+        step = jnp.asarray(step, jnp.float32)
+        return jnp.maximum(self.temperature_start * self.temperature_decay ** step, self.temperature_floor)
+
+
+@dataclasses.dataclass
+class Quantized:
+    """Quantizer outputs for [batch, time] frames.
+
+    vectors: [batch, time, code_dim] quantized targets (receive gradient through the straight-through estimator).
+    ids: int32 [batch, time, num_codebooks] code ids (stop-gradient; speech-MLM targets).
+    probs: float32 [batch, time, num_codebooks, codebook_size] softmax of the logits (diversity loss, perplexity).
+    """
+
+    vectors: Array
+    ids: Array
+    probs: Array
+
+
+jax.tree_util.register_dataclass(Quantized, data_fields=["vectors", "ids", "probs"], meta_fields=[])
+
+
+class GumbelQuantizer(nnx.Module):
+    """[batch, time, d_in] -> Quantized. Projection to G x V logits, Gumbel-softmax, codebook lookup."""
+
+    def __init__(self, d_in: int, cfg: QuantizerConfig, *, rngs: nnx.Rngs):
+        if cfg.code_dim % cfg.num_codebooks:
+            raise ValueError(f"code_dim {cfg.code_dim} not divisible by num_codebooks {cfg.num_codebooks}")
+        self.cfg = cfg
+        g, v = cfg.num_codebooks, cfg.codebook_size
+        self.logits = common.dense(d_in, g * v, ("embed", "codes"), dtype=jnp.float32, rngs=rngs)
+        self.codebook = nnx.Param(nnx.with_partitioning(jax.nn.initializers.uniform(1.0), (None, "codes", None))(
+            rngs.params(), (g, v, cfg.code_dim // g)))
+
+    def __call__(self, x: Array, step: Array | int, key: Array | None) -> Quantized:
+        """x: [batch, time, d_in]; key: Gumbel noise key (None = deterministic argmax, for evaluation)."""
+        cfg = self.cfg
+        b, t = x.shape[:2]
+        logits = self.logits(x.astype(jnp.float32)).reshape(b, t, cfg.num_codebooks, cfg.codebook_size)
+        probs = jax.nn.softmax(logits, axis=-1)
+        if key is None:
+            ids = jnp.argmax(logits, axis=-1)
+            onehot = jax.nn.one_hot(ids, cfg.codebook_size, dtype=jnp.float32)
+        else:
+            gumbel = jax.random.gumbel(key, logits.shape, jnp.float32)
+            soft = jax.nn.softmax((logits + gumbel) / cfg.temperature(step), axis=-1)
+            ids = jnp.argmax(soft, axis=-1)
+            hard = jax.nn.one_hot(ids, cfg.codebook_size, dtype=jnp.float32)
+            onehot = hard + soft - jax.lax.stop_gradient(soft)  # straight-through
+        vectors = jnp.einsum("btgv,gvc->btgc", onehot, self.codebook[...]).reshape(b, t, cfg.code_dim)
+        return Quantized(vectors=vectors, ids=jax.lax.stop_gradient(ids.astype(jnp.int32)), probs=probs)

@@ -1,0 +1,265 @@
+"""One pre-training step's losses: runs every active objective on its sub-batch and sums the weighted losses.
+
+The batch follows `slam_jax.data.schema`. Masking happens here, inside the jitted step, from a PRNG key the trainer
+derives from (seed, step), so it is reproducible and differs every step.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from slam_jax import masking
+from slam_jax.model import SlamModel
+from slam_jax.objectives import ctc, span_mlm, stm, tlm, w2v_bert
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    """Which objectives run, their weights and their masking (SPEC section 2; (C)/(?) are choices).
+
+    Objectives:
+      contrastive: w2v-BERT contrastive + diversity loss on unlabeled speech (w2v-conformer alone).
+      speech_mlm: w2v-BERT masked prediction of quantizer ids on unlabeled speech.
+      text_mlm: SpanBERT masked LM on unlabeled text.
+      tlm: masked prediction of both modalities on paired data.
+      stm: speech-text matching on paired data (negatives by rolling transcripts, ?).
+      ctc: CTC on paired speech run alone (mSLAM).
+      paired_contrastive (?): also the contrastive loss on the masked paired speech (default off).
+    Weights (?: SLAM does not report them; mSLAM reportedly 1.0 speech / 0.3 text / 0.03 paired):
+      every active loss is multiplied by its weight and summed. `diversity_weight` is alpha (S: 0.1).
+    Masking:
+      speech: start prob 0.065, span 10, at least 2 spans (S/C) -> ~49% of frames.
+      text: 15% in spans of 5 (S), all replaced by [MASK] (?: `text_random_fraction` / `text_keep_fraction` give
+        BERT's 80/10/10).
+      tlm: ~50% of tokens (span 5) and ~75% of frames (span 10) (S).
+      stm_on_masked (?): classify the TLM-masked pair (one forward) instead of the clean pair (ALBEF, default).
+    """
+
+    contrastive: bool = True
+    speech_mlm: bool = True
+    text_mlm: bool = True
+    tlm: bool = False
+    stm: bool = False
+    ctc: bool = False
+    paired_contrastive: bool = False
+
+    contrastive_weight: float = 1.0
+    diversity_weight: float = 0.1
+    speech_mlm_weight: float = 1.0
+    text_mlm_weight: float = 1.0
+    tlm_weight: float = 1.0
+    stm_weight: float = 1.0
+    ctc_weight: float = 1.0
+
+    num_negatives: int = 100
+    contrastive_temperature: float = 0.1
+
+    speech_mask_prob: float = 0.065
+    speech_mask_span: int = 10
+    speech_min_spans: int = 2
+    text_mask_fraction: float = 0.15
+    text_mask_span: int = 5
+    text_random_fraction: float = 0.0
+    text_keep_fraction: float = 0.0
+    tlm_text_mask_fraction: float = 0.5
+    tlm_speech_mask_fraction: float = 0.75
+    stm_on_masked: bool = False
+
+    @property
+    def uses_speech(self) -> bool:
+        return self.contrastive or self.speech_mlm
+
+    @property
+    def uses_paired(self) -> bool:
+        return self.tlm or self.stm or self.ctc or self.paired_contrastive
+
+    @property
+    def active(self) -> tuple[str, ...]:
+        names = ("contrastive", "speech_mlm", "text_mlm", "tlm", "stm", "ctc", "paired_contrastive")
+        return tuple(n for n in names if getattr(self, n))
+
+    @property
+    def speech_masking(self) -> masking.SpanMasking:
+        return masking.SpanMasking(self.speech_mask_prob, self.speech_mask_span, self.speech_min_spans)
+
+    @property
+    def text_masking(self) -> masking.SpanMasking:
+        return masking.SpanMasking.for_fraction(self.text_mask_fraction, self.text_mask_span, 1)
+
+    @property
+    def tlm_text_masking(self) -> masking.SpanMasking:
+        return masking.SpanMasking.for_fraction(self.tlm_text_mask_fraction, self.text_mask_span, 1)
+
+    @property
+    def tlm_speech_masking(self) -> masking.SpanMasking:
+        return masking.SpanMasking.for_fraction(self.tlm_speech_mask_fraction, self.speech_mask_span,
+                                                self.speech_min_spans)
+
+
+def _prefixed(prefix: str, metrics: dict[str, Array]) -> dict[str, Array]:
+    return {f"{prefix}/{k}": v for k, v in metrics.items()}
+
+
+def _contrastive(model: SlamModel, key: Array, c: Array, quantized, frame_mask: Array, segment_ids: Array,
+                 cfg: ObjectiveConfig) -> tuple[Array, dict[str, Array]]:
+    negatives, scored = w2v_bert.sample_negatives(key, frame_mask, segment_ids, cfg.num_negatives)
+    loss, metrics = w2v_bert.contrastive_loss(model.contrastive(c.astype(jnp.float32)), quantized.vectors,
+                                              quantized.ids, negatives, scored,
+                                              temperature=cfg.contrastive_temperature)
+    diversity, div_metrics = w2v_bert.diversity_loss(quantized.probs, segment_ids > 0)
+    metrics["diversity_loss"] = diversity
+    metrics["prob_perplexity"] = div_metrics["prob_perplexity"]
+    return loss + cfg.diversity_weight * diversity, metrics
+
+
+def speech_losses(model: SlamModel, sub: dict[str, Array], step: Array, key: Array, cfg: ObjectiveConfig,
+                  train: bool) -> tuple[Array, dict[str, Array]]:
+    """w2v-BERT (contrastive + diversity, masked prediction) on the unlabeled-speech sub-batch."""
+    k_q, k_mask, k_fill, k_drop1, k_drop2, k_neg = jax.random.split(key, 6)
+    enc = model.encoder
+    z, seg = enc.speech_features(sub["features"], sub["segment_ids"])
+    quantized = model.quantizer(z, step, k_q if train else None)
+    frame_mask = masking.span_mask(k_mask, seg, cfg.speech_masking)
+    c = enc.speech_encoder(enc.mask_speech(z, frame_mask, k_fill), seg, k_drop1 if train else None)
+    valid = seg > 0
+    total, metrics = 0.0, {
+        "mask_fraction": frame_mask.sum() / jnp.maximum(valid.sum(), 1),
+        "code_perplexity": w2v_bert.code_perplexity(quantized.ids, valid, model.cfg.codebook_size),
+        "frames": valid.sum(),
+    }
+    if cfg.contrastive:
+        loss, m = _contrastive(model, k_neg, c, quantized, frame_mask, seg, cfg)
+        total += cfg.contrastive_weight * loss
+        metrics.update({"contrastive_loss": m["loss"], "contrastive_accuracy": m["accuracy"],
+                        "diversity_loss": m["diversity_loss"], "prob_perplexity": m["prob_perplexity"]})
+    if cfg.speech_mlm:
+        h = enc.shared(c, seg, key=k_drop2 if train else None)
+        loss, m = w2v_bert.speech_mlm_loss(model.speech_mlm_logits(h), quantized.ids, frame_mask)
+        total += cfg.speech_mlm_weight * loss
+        metrics.update({"mlm_loss": m["loss"], "mlm_accuracy": m["accuracy"]})
+    return total, metrics
+
+
+def text_losses(model: SlamModel, sub: dict[str, Array], key: Array, cfg: ObjectiveConfig,
+                train: bool) -> tuple[Array, dict[str, Array]]:
+    """SpanBERT masked LM on the unlabeled-text sub-batch."""
+    k_mask, k_replace, k_drop = jax.random.split(key, 3)
+    tokens, seg = sub["tokens"], sub["segment_ids"]
+    token_mask = masking.span_mask(k_mask, seg, cfg.text_masking)
+    inputs, use_mask = masking.replace_tokens(k_replace, tokens, token_mask, model.cfg.vocab_size,
+                                              cfg.text_random_fraction, cfg.text_keep_fraction)
+    e = model.encoder.embed_text(inputs, seg, sub["positions"], use_mask)
+    h = model.encoder.shared(e, seg, key=k_drop if train else None)
+    loss, m = span_mlm.text_mlm_loss(model.text_mlm_logits(h), tokens, token_mask)
+    metrics = {"mlm_loss": m["loss"], "mlm_accuracy": m["accuracy"], "tokens": (seg > 0).sum(),
+               "mask_fraction": token_mask.sum() / jnp.maximum((seg > 0).sum(), 1)}
+    return cfg.text_mlm_weight * loss, metrics
+
+
+def paired_losses(model: SlamModel, sub: dict[str, Array], step: Array, key: Array, cfg: ObjectiveConfig,
+                  train: bool) -> tuple[Array, dict[str, Array]]:
+    """TLM, STM, CTC (and optionally contrastive) on the paired sub-batch (one pair per row)."""
+    keys = iter(jax.random.split(key, 10))
+    drop = (lambda: next(keys)) if train else (lambda: None)
+    enc = model.encoder
+    tokens, tseg = sub["tokens"], sub["token_segment_ids"]
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    z, seg = enc.speech_features(sub["features"], sub["segment_ids"])
+    quantized = model.quantizer(z, step, next(keys) if train else None)
+    row_valid = jnp.any(seg > 0, axis=1)
+    total, metrics = 0.0, {"pairs": row_valid.sum()}
+
+    masked = cfg.tlm or cfg.paired_contrastive or (cfg.stm and cfg.stm_on_masked)
+    if masked:
+        frame_mask = masking.span_mask(next(keys), seg, cfg.tlm_speech_masking)
+        token_mask = masking.span_mask(next(keys), tseg, cfg.tlm_text_masking)
+        c_masked = enc.speech_encoder(enc.mask_speech(z, frame_mask, next(keys)), seg, drop())
+        out_masked = enc.encode_paired(c_masked, seg, enc.embed_text(tokens, tseg, positions, token_mask), tseg,
+                                       drop())
+    if cfg.tlm:
+        loss, m = tlm.tlm_loss(model.text_mlm_logits(out_masked.text), tokens, token_mask,
+                               model.speech_mlm_logits(out_masked.speech), quantized.ids, frame_mask)
+        total += cfg.tlm_weight * loss
+        metrics.update({"tlm_text_loss": m["text_loss"], "tlm_text_accuracy": m["text_accuracy"],
+                        "tlm_speech_loss": m["speech_loss"], "tlm_speech_accuracy": m["speech_accuracy"]})
+    if cfg.paired_contrastive:
+        loss, m = _contrastive(model, next(keys), c_masked, quantized, frame_mask, seg, cfg)
+        total += cfg.contrastive_weight * loss
+        metrics.update({"contrastive_loss": m["loss"], "contrastive_accuracy": m["accuracy"]})
+    if cfg.ctc or (cfg.stm and not cfg.stm_on_masked):
+        c_clean = enc.speech_encoder(z, seg, drop())
+    if cfg.stm:
+        neg_tokens, neg_tseg, neg_valid = stm.roll_negatives(tokens, tseg, row_valid)
+        if cfg.stm_on_masked:
+            c, text_mask = c_masked, token_mask
+        else:
+            c, text_mask = c_clean, None
+        # Positives and rolled negatives go through the shared stack as one [2 * batch] call.
+        both = enc.encode_paired(
+            jnp.concatenate([c, c]), jnp.concatenate([seg, seg]),
+            enc.embed_text(jnp.concatenate([tokens, neg_tokens]), jnp.concatenate([tseg, neg_tseg]),
+                           jnp.concatenate([positions, positions]),
+                           None if text_mask is None else jnp.concatenate([text_mask, jnp.roll(text_mask, 1, 0)])),
+            jnp.concatenate([tseg, neg_tseg]), drop())
+        logits = model.stm_logits(both.cls)
+        labels = jnp.concatenate([jnp.ones_like(row_valid), jnp.zeros_like(row_valid)])
+        loss, m = stm.stm_loss(logits, labels, jnp.concatenate([row_valid & neg_valid, neg_valid]))
+        total += cfg.stm_weight * loss
+        metrics.update({"stm_loss": m["loss"], "stm_accuracy": m["accuracy"]})
+    if cfg.ctc:
+        h = enc.shared(c_clean, seg, key=drop())
+        loss, m = ctc.ctc_loss(model.ctc_logits(h), seg > 0, tokens, tseg > 0)
+        total += cfg.ctc_weight * loss
+        metrics["ctc_loss"] = m["loss"]
+    return total, metrics
+
+
+def compute_losses(model: SlamModel, batch: dict[str, dict[str, Array]], step: Array, key: Array,
+                   cfg: ObjectiveConfig, train: bool = True) -> tuple[Array, dict[str, Array]]:
+    """Sum of every active objective's weighted loss on its sub-batch.
+
+    Args:
+      model: the SlamModel. batch: sub-batches per `slam_jax.data.schema`. step: int scalar (Gumbel temperature).
+      key: PRNG key of this step (masking, negatives, Gumbel noise, dropout). cfg: the objective set.
+      train: False disables Gumbel noise and dropout (held-out evaluation; masking still applies).
+    Returns:
+      (total loss, metrics) with metrics named `kind/metric`, e.g. `speech/contrastive_loss`, `text/mlm_accuracy`.
+    """
+    k_speech, k_text, k_paired = jax.random.split(key, 3)
+    total, metrics = jnp.zeros((), jnp.float32), {}
+    if cfg.uses_speech and "speech" in batch:
+        loss, m = speech_losses(model, batch["speech"], step, k_speech, cfg, train)
+        total, metrics = total + loss, metrics | _prefixed("speech", m)
+    if cfg.text_mlm and "text" in batch:
+        loss, m = text_losses(model, batch["text"], k_text, cfg, train)
+        total, metrics = total + loss, metrics | _prefixed("text", m)
+    if cfg.uses_paired and "paired" in batch:
+        loss, m = paired_losses(model, batch["paired"], step, k_paired, cfg, train)
+        total, metrics = total + loss, metrics | _prefixed("paired", m)
+    metrics["loss"] = total
+    metrics["gumbel_temperature"] = model.cfg.quantizer.temperature(step)
+    return total, metrics
+
+
+def loss_names(cfg: ObjectiveConfig) -> tuple[str, ...]:
+    """The metric names of every active objective's loss (what must fall during training)."""
+    names = []
+    if cfg.contrastive:
+        names.append("speech/contrastive_loss")
+    if cfg.speech_mlm:
+        names.append("speech/mlm_loss")
+    if cfg.text_mlm:
+        names.append("text/mlm_loss")
+    if cfg.tlm:
+        names += ["paired/tlm_text_loss", "paired/tlm_speech_loss"]
+    if cfg.paired_contrastive:
+        names.append("paired/contrastive_loss")
+    if cfg.stm:
+        names.append("paired/stm_loss")
+    if cfg.ctc:
+        names.append("paired/ctc_loss")
+    return tuple(names)
