@@ -1,0 +1,86 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from slam_jax.objectives import stm, w2v_bert
+
+
+def _case(seed=0, b=3, t=30, d=8, k=6):
+    rng = np.random.default_rng(seed)
+    seg = np.zeros((b, t), np.int32)
+    seg[0, :30] = 1
+    seg[1, :12], seg[1, 12:26] = 1, 2  # packed row
+    seg[2, :20] = 1
+    mask = (rng.random((b, t)) < 0.5) & (seg > 0)
+    mask[2, :] = False
+    mask[2, 3] = True  # an utterance with a single masked frame: not scored
+    context = rng.normal(size=(b, t, d)).astype(np.float32)
+    targets = rng.normal(size=(b, t, d)).astype(np.float32)
+    ids = rng.integers(0, 1000, (b, t, 1)).astype(np.int32)
+    return seg, mask, context, targets, ids, k
+
+
+def test_negatives_are_other_masked_frames_of_same_utterance():
+    seg, mask, *_ , k = _case()
+    neg, scored = w2v_bert.sample_negatives(jax.random.key(0), jnp.asarray(mask), jnp.asarray(seg), 50)
+    neg, scored = np.asarray(neg), np.asarray(scored)
+    assert not scored[2].any()
+    for b, t in zip(*np.nonzero(scored)):
+        idx = neg[b, t]
+        assert np.all(idx != t), "a distractor equals the positive"
+        assert np.all(mask[b, idx]), "a distractor is not a masked frame"
+        assert np.all(seg[b, idx] == seg[b, t]), "a distractor comes from another utterance"
+    # Uniform over the candidates: every other masked frame of a 15-frame utterance shows up in 50 draws x frames.
+    b, t = next(zip(*np.nonzero(scored)))
+    candidates = set(np.nonzero(mask[b] & (seg[b] == seg[b, t]))[0]) - {t}
+    drawn = set(neg[b][scored[b] & (seg[b] == seg[b, t])].ravel())
+    assert candidates <= drawn | {t} and len(drawn) >= len(candidates)
+
+
+def _reference_loss(context, targets, ids, neg, scored, temperature):
+    """Brute force: loop over scored frames, cosine to the positive and each distractor, log-softmax."""
+    def cos(a, b):
+        return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+    losses, correct = [], []
+    for b, t in zip(*np.nonzero(scored)):
+        logits = [cos(context[b, t], targets[b, t]) / temperature]
+        for j in neg[b, t]:
+            same = np.array_equal(ids[b, j], ids[b, t])
+            logits.append(-np.inf if same else cos(context[b, t], targets[b, j]) / temperature)
+        logits = np.array(logits)
+        m = logits.max()
+        losses.append(-(logits[0] - m - np.log(np.exp(logits - m).sum())))
+        correct.append(np.argmax(logits) == 0)
+    return np.mean(losses), np.mean(correct)
+
+
+def test_contrastive_loss_matches_numpy_reference():
+    seg, mask, context, targets, ids, k = _case()
+    ids[0, 5] = ids[0, 7]  # two frames sharing a code: excluded as each other's distractor
+    neg, scored = w2v_bert.sample_negatives(jax.random.key(1), jnp.asarray(mask), jnp.asarray(seg), k)
+    loss, metrics = w2v_bert.contrastive_loss(jnp.asarray(context), jnp.asarray(targets), jnp.asarray(ids), neg,
+                                              scored, temperature=0.1)
+    ref_loss, ref_acc = _reference_loss(context, targets, ids, np.asarray(neg), np.asarray(scored), 0.1)
+    np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["accuracy"]), ref_acc, rtol=1e-6)
+    assert int(metrics["count"]) == int(np.asarray(scored).sum())
+
+
+def test_diversity_loss_matches_formula():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(2, 5, 2, 4)).astype(np.float32)
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    valid = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    loss, m = w2v_bert.diversity_loss(jnp.asarray(probs), jnp.asarray(valid))
+    p_bar = probs[valid].mean(0)  # [G, V]
+    perplexity = np.exp(-(p_bar * np.log(p_bar)).sum(-1)).sum()
+    np.testing.assert_allclose(float(loss), (8 - perplexity) / 8, rtol=1e-5)
+
+
+def test_stm_negatives_are_mismatched_rows():
+    tokens = jnp.arange(12).reshape(4, 3)
+    valid = jnp.array([True, True, True, False])
+    neg, _, neg_valid = stm.roll_negatives(tokens, jnp.ones_like(tokens), valid)
+    assert np.all(np.asarray(neg)[1:] == np.asarray(tokens)[:-1])
+    # Row 0 gets row 3's transcript, which is padding: not a valid negative. Row 3 itself is padding.
+    assert list(np.asarray(neg_valid)) == [False, True, True, False]
