@@ -11,12 +11,16 @@ from typing import Sequence
 
 import gin
 
-from slam_jax import model, pretraining
+from slam_jax import model, optim, partitioning, pretraining
+from slam_jax.data import converter
 
 GIN_DIR = Path(__file__).resolve().parent / "gin"
 
 ModelConfig = gin.external_configurable(model.ModelConfig, name="ModelConfig")
 ObjectiveConfig = gin.external_configurable(pretraining.ObjectiveConfig, name="ObjectiveConfig")
+OptimizerConfig = gin.external_configurable(optim.OptimizerConfig, name="OptimizerConfig")
+MeshConfig = gin.external_configurable(partitioning.MeshConfig, name="MeshConfig")
+StreamConfig = gin.external_configurable(converter.StreamConfig, name="StreamConfig")
 
 
 class ConfigError(ValueError):

@@ -29,6 +29,7 @@ class ObjectiveConfig:
       stm: speech-text matching on paired data (negatives by rolling transcripts, ?).
       ctc: CTC on paired speech run alone (mSLAM).
       paired_contrastive (?): also the contrastive loss on the masked paired speech (default off).
+      contrastive_on: 'speech_stack' (w2v-BERT: layer N) or 'top' (w2v-conformer: the last layer).
     Weights (?: SLAM does not report them; mSLAM reportedly 1.0 speech / 0.3 text / 0.03 paired):
       every active loss is multiplied by its weight and summed. `diversity_weight` is alpha (S: 0.1).
     Masking:
@@ -46,6 +47,7 @@ class ObjectiveConfig:
     stm: bool = False
     ctc: bool = False
     paired_contrastive: bool = False
+    contrastive_on: str = "speech_stack"
 
     contrastive_weight: float = 1.0
     diversity_weight: float = 0.1
@@ -68,6 +70,10 @@ class ObjectiveConfig:
     tlm_text_mask_fraction: float = 0.5
     tlm_speech_mask_fraction: float = 0.75
     stm_on_masked: bool = False
+
+    def __post_init__(self):
+        if self.contrastive_on not in ("speech_stack", "top"):
+            raise ValueError(f"contrastive_on must be 'speech_stack' or 'top', got {self.contrastive_on!r}")
 
     @property
     def uses_speech(self) -> bool:
@@ -131,13 +137,15 @@ def speech_losses(model: SlamModel, sub: dict[str, Array], step: Array, key: Arr
         "code_perplexity": w2v_bert.code_perplexity(quantized.ids, valid, model.cfg.codebook_size),
         "frames": valid.sum(),
     }
+    h = enc.shared(c, seg, key=k_drop2 if train else None) \
+        if cfg.speech_mlm or cfg.contrastive_on == "top" else None
     if cfg.contrastive:
-        loss, m = _contrastive(model, k_neg, c, quantized, frame_mask, seg, cfg)
+        loss, m = _contrastive(model, k_neg, c if cfg.contrastive_on == "speech_stack" else h, quantized,
+                               frame_mask, seg, cfg)
         total += cfg.contrastive_weight * loss
         metrics.update({"contrastive_loss": m["loss"], "contrastive_accuracy": m["accuracy"],
                         "diversity_loss": m["diversity_loss"], "prob_perplexity": m["prob_perplexity"]})
     if cfg.speech_mlm:
-        h = enc.shared(c, seg, key=k_drop2 if train else None)
         loss, m = w2v_bert.speech_mlm_loss(model.speech_mlm_logits(h), quantized.ids, frame_mask)
         total += cfg.speech_mlm_weight * loss
         metrics.update({"mlm_loss": m["loss"], "mlm_accuracy": m["accuracy"]})

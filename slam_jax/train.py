@@ -1,0 +1,388 @@
+"""`slam-train`: gin-configured SLAM pre-training (t5x conventions).
+
+    slam-train --gin_file=runs/cpu_smoke.gin --model_dir=/tmp/slam [--gin.TRAIN_STEPS=200] [--gin.NAME=VALUE ...]
+
+The gin search path includes the package's `gin/` folder. Unknown or misspelled bindings fail before any work.
+`model_dir` receives `config.gin` (the operative config), orbax checkpoints, TensorBoard events and `metrics.jsonl`.
+A run resumes from the latest checkpoint in `model_dir`; SIGTERM (preemption) saves a checkpoint and exits 0.
+Multi-process: pass `--coordinator_address/--num_processes/--process_id` (or set JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES, JAX_PROCESS_ID), or `--distributed` on Cloud TPU, where `jax.distributed.initialize()` finds
+its peers itself.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from typing import Any, Sequence
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from slam_jax import checkpointing, config, optim, partitioning, pretraining
+from slam_jax.model import SlamModel
+
+log = logging.getLogger("slam_jax.train")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Loop settings.
+
+    train_steps: total steps of this stage (the step counter continues across resumes).
+    log_every: steps between metric logs (metrics.jsonl, TensorBoard, console).
+    eval_every: steps between held-out evaluations on `eval_split` (0 disables); eval_batches: batches per
+      evaluation (0 = the whole split).
+    checkpoint_every / keep_checkpoints / keep_every: save period, keep-last-N, keep every K-th step forever.
+    init_from: warm-start the parameters from another run's latest checkpoint (multi-stage training: stage 2 starts
+      from stage 1); ignored once this run has checkpoints of its own.
+    seed: parameter init and the per-step masking / negative-sampling / Gumbel / dropout keys.
+    """
+
+    train_steps: int = 1000
+    log_every: int = 10
+    eval_every: int = 0
+    eval_batches: int = 0
+    eval_split: str = "validation"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    keep_every: int | None = None
+    async_checkpointing: bool = True
+    init_from: str | None = None
+    seed: int = 0
+
+
+TrainConfig = gin.external_configurable(TrainConfig, name="TrainConfig")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+# ------------------------------------------------------------------------------------------------ the trainer
+class Trainer:
+    """Sharded state, the jitted train/eval steps and the loop. Built from the gin-bound config dataclasses."""
+
+    def __init__(self, *, model_cfg, objective_cfg: pretraining.ObjectiveConfig, stream_cfg,
+                 optimizer_cfg: optim.OptimizerConfig, mesh_cfg: partitioning.MeshConfig, train_cfg: TrainConfig,
+                 devices: Sequence[jax.Device] | None = None):
+        self.train_cfg, self.objective_cfg = train_cfg, objective_cfg
+        self.model_cfg, self.stream_cfg = model_cfg, stream_cfg
+        self.mesh = partitioning.make_mesh(mesh_cfg, devices)
+        self.rules = mesh_cfg.rules
+        self.tx, self.schedule = optim.make_optimizer(optimizer_cfg)
+
+        # Abstract model -> logical shardings -> parameters created directly sharded under jit.
+        with nnx.use_eager_sharding(False):
+            abstract = nnx.eval_shape(lambda: SlamModel(model_cfg, rngs=nnx.Rngs(params=0)))
+        self.graphdef, abstract_params = nnx.split(abstract)
+        abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
+        self.param_shardings = partitioning.logical_shardings(abstract_params, self.mesh, self.rules)
+        self.opt_shardings = partitioning.logical_shardings(abstract_opt, self.mesh, self.rules)
+        self.abstract_params = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_params, self.param_shardings)
+        self.abstract_opt = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_opt, self.opt_shardings)
+        self.base_key = jax.random.key(train_cfg.seed)
+        self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        self._train_step = jax.jit(self._step_fn, donate_argnums=(0, 1),
+                                   out_shardings=(self.param_shardings, self.opt_shardings, self.replicated))
+        self._eval_step = jax.jit(self._eval_fn, out_shardings=self.replicated)
+        self._grads = jax.jit(jax.value_and_grad(self._losses, has_aux=True), static_argnums=(4,),
+                              out_shardings=((self.replicated, self.replicated), self.param_shardings))
+
+    # -------------------------------------------------------------------------------------------- state
+    def init_params(self) -> Any:
+        def init():
+            with nnx.use_eager_sharding(False):
+                return nnx.state(SlamModel(self.model_cfg, rngs=nnx.Rngs(params=self.train_cfg.seed)))
+        return jax.jit(init, out_shardings=self.param_shardings)()
+
+    def init_opt_state(self, params: Any) -> Any:
+        return jax.jit(self.tx.init, out_shardings=self.opt_shardings)(params)
+
+    # -------------------------------------------------------------------------------------------- steps
+    def _losses(self, params, batch, step, key, train):
+        model = nnx.merge(self.graphdef, params)
+        return pretraining.compute_losses(model, batch, step, key, self.objective_cfg, train=train)
+
+    def _step_fn(self, params, opt_state, batch, step):
+        key = jax.random.fold_in(self.base_key, step)
+        (loss, metrics), grads = jax.value_and_grad(self._losses, has_aux=True)(params, batch, step, key, True)
+        updates, new_opt = self.tx.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        # A non-finite loss leaves the state untouched; the loop reports it and stops at the last good state.
+        finite = jnp.isfinite(loss)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["learning_rate"] = self.schedule(step)
+        return keep(new_params, params), keep(new_opt, opt_state), metrics
+
+    def _eval_fn(self, params, batch, step):
+        return self._losses(params, batch, step, jax.random.fold_in(self.base_key, -1), False)[1]
+
+    def train_step(self, params, opt_state, local_batch: dict, step: int):
+        batch = partitioning.global_batch(local_batch, self.mesh)
+        with jax.set_mesh(self.mesh):
+            return self._train_step(params, opt_state, batch, jnp.asarray(step, jnp.int32))
+
+    def loss_and_grads(self, params, local_batch: dict, step: int) -> tuple[Any, dict, Any]:
+        """(loss, metrics, gradients) of one batch without updating anything (used to check sharding numerics)."""
+        batch = partitioning.global_batch(local_batch, self.mesh)
+        step = jnp.asarray(step, jnp.int32)
+        with jax.set_mesh(self.mesh):
+            (loss, metrics), grads = self._grads(params, batch, step, jax.random.fold_in(self.base_key, step), True)
+        return loss, metrics, grads
+
+    def evaluate(self, params, step: int, template: dict) -> dict[str, float]:
+        """Held-out losses and accuracies on `eval_split`, averaged over the batches where each kind has data.
+
+        Every process runs the same number of (collective) eval steps: `eval_batches` when set (required with
+        several processes), else one pass over the split. A process whose shard ran out feeds all-padding batches
+        shaped like `template` (a training batch).
+        """
+        from slam_jax.data import converter
+        cfg = dataclasses.replace(self.stream_cfg, split=self.train_cfg.eval_split, shuffle=False)
+        stream = converter.eval_stream(cfg, shard_index=jax.process_index(), num_shards=jax.process_count())
+        n = self.train_cfg.eval_batches
+        if jax.process_count() > 1 and not n:
+            raise config.ConfigError("multi-process evaluation needs TrainConfig.eval_batches > 0")
+        empty = jax.tree.map(np.zeros_like, template)
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        i = 0
+        while not n or i < n:
+            local = next(stream, None)
+            if local is None:
+                if not n:
+                    break
+                local = empty
+            local = {k: local.get(k, empty[k]) for k in template}
+            batch = partitioning.global_batch(local, self.mesh)
+            with jax.set_mesh(self.mesh):
+                metrics = jax.device_get(self._eval_step(params, batch, jnp.asarray(step, jnp.int32)))
+            present = {kind: float(metrics.get(key, 0)) > 0 for kind, key in
+                       (("speech", "speech/frames"), ("text", "text/tokens"), ("paired", "paired/pairs"))}
+            for k, v in metrics.items():
+                kind = k.split("/")[0]
+                if present.get(kind, any(present.values())):
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                    counts[k] = counts.get(k, 0) + 1
+            i += 1
+        return {f"eval/{k}": v / counts[k] for k, v in sums.items()}
+
+
+# ------------------------------------------------------------------------------------------------ logging
+class MetricLogger:
+    """metrics.jsonl + TensorBoard (process 0 only) + a console progress line with ETA."""
+
+    def __init__(self, model_dir: str, total_steps: int):
+        from clu import metric_writers
+        self.enabled = jax.process_index() == 0
+        self.total = total_steps
+        self.path = os.path.join(model_dir, "metrics.jsonl")
+        self.writer = metric_writers.SummaryWriter(os.path.join(model_dir, "tensorboard")) if self.enabled \
+            else None
+
+    def write(self, step: int, scalars: dict[str, float], console: bool = True, steps_per_sec: float = 0.0):
+        if not self.enabled:
+            return
+        import tensorflow as tf
+        record = {"step": step, **{k: float(v) for k, v in sorted(scalars.items())}}
+        with tf.io.gfile.GFile(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.writer.write_scalars(step, {k: v for k, v in record.items() if k != "step"})
+        self.writer.flush()
+        if console:
+            eta = (self.total - step) / steps_per_sec if steps_per_sec > 0 else float("nan")
+            losses = " ".join(f"{k.split('/')[0][0]}/{k.split('/')[-1]}={v:.3f}" for k, v in sorted(scalars.items())
+                              if k.endswith("_loss") and not k.startswith("eval/"))
+            eta_s = f"{int(eta // 3600)}:{int(eta % 3600 // 60):02d}:{int(eta % 60):02d}" if math.isfinite(eta) \
+                else "?"
+            print(f"step {step}/{self.total} loss={scalars.get('loss', float('nan')):.4f} {losses} "
+                  f"{steps_per_sec:.2f} steps/s ETA {eta_s}", flush=True)
+
+    def close(self):
+        if self.writer:
+            self.writer.close()
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+@dataclasses.dataclass
+class TrainResult:
+    step: int
+    params: Any
+    metrics: dict[str, float]
+
+
+def train(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> TrainResult:
+    """Runs (or resumes) the gin-configured training; returns the final step, parameters and last metrics."""
+    from slam_jax.data import converter
+    model_cfg, objective_cfg = config.ModelConfig(), config.ObjectiveConfig()
+    stream_cfg, optimizer_cfg, mesh_cfg = config.StreamConfig(), config.OptimizerConfig(), config.MeshConfig()
+    train_cfg = TrainConfig()
+    trainer = Trainer(model_cfg=model_cfg, objective_cfg=objective_cfg, stream_cfg=stream_cfg,
+                      optimizer_cfg=optimizer_cfg, mesh_cfg=mesh_cfg, train_cfg=train_cfg, devices=devices)
+    stream = converter.make_stream(stream_cfg, shard_index=jax.process_index(), num_shards=jax.process_count())
+    kind_batch_sizes = {k: v for k, v in stream.kind_batch_sizes.items() if v}
+    partitioning.check_batch_sizes(kind_batch_sizes, trainer.mesh)
+    vocab = converter.vocabulary_for(stream_cfg.mixture).vocab_size
+    if vocab > model_cfg.vocab_size:
+        raise config.ConfigError(f"mixture {stream_cfg.mixture!r} has a vocabulary of {vocab} ids but "
+                                 f"ModelConfig.vocab_size = {model_cfg.vocab_size}")
+    import tensorflow as tf
+    tf.io.gfile.makedirs(model_dir)
+    operative = gin.operative_config_str()
+    if jax.process_index() == 0:
+        with tf.io.gfile.GFile(os.path.join(model_dir, "config.gin"), "w") as f:
+            f.write(operative)
+
+    ckpt = checkpointing.Checkpointer(model_dir, keep=train_cfg.keep_checkpoints, keep_every=train_cfg.keep_every,
+                                      async_save=train_cfg.async_checkpointing)
+    step = ckpt.latest_step()
+    if step is not None:
+        params, opt_state, data_state, _ = ckpt.restore(step, trainer.abstract_params, trainer.abstract_opt)
+        stream.set_state(data_state)
+        print(f"resumed from {model_dir} at step {step}", flush=True)
+    else:
+        step = 0
+        params = trainer.init_params()
+        if train_cfg.init_from:
+            params, skipped = checkpointing.warm_start_params(train_cfg.init_from, trainer.abstract_params, params)
+            print(f"warm-started from {train_cfg.init_from}" +
+                  (f"; freshly initialized: {', '.join(skipped)}" if skipped else ""), flush=True)
+        opt_state = trainer.init_opt_state(params)
+
+    meta = {"gin_config": operative, "git_sha": checkpointing.git_sha(), "jax_version": jax.__version__,
+            "mesh": dict(trainer.mesh.shape), "process_count": jax.process_count()}
+    logger = MetricLogger(model_dir, train_cfg.train_steps)
+    stop = {"signal": None}
+
+    def on_sigterm(signum, frame):
+        stop["signal"] = signum
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    last_saved, last = step, {}
+    pending: list[tuple[int, Any]] = []
+    window_start, window_steps = time.time(), 0
+    examples_per_step = sum(kind_batch_sizes.values())
+    try:
+        while step < train_cfg.train_steps:
+            local = next(stream)
+            params, opt_state, metrics = trainer.train_step(params, opt_state, local, step)
+            step += 1
+            window_steps += 1
+            pending.append((step, metrics))
+            if _should_stop(stop["signal"]):
+                break
+            if step % train_cfg.log_every == 0 or step == train_cfg.train_steps:
+                values = jax.device_get([m for _, m in pending])
+                for (s, _), v in zip(pending, values):
+                    _check_finite(s, v, objective_cfg, last_saved)
+                elapsed = time.time() - window_start
+                sps = window_steps / max(elapsed, 1e-9)
+                last = {k: float(v) for k, v in values[-1].items()}
+                last.update({"steps_per_sec": sps, "examples_per_sec": sps * examples_per_step})
+                logger.write(step, last, steps_per_sec=sps)
+                pending, window_start, window_steps = [], time.time(), 0
+            if train_cfg.eval_every and step % train_cfg.eval_every == 0:
+                scalars = trainer.evaluate(params, step, local)
+                logger.write(step, scalars, console=False)
+                print("eval " + " ".join(f"{k[5:]}={v:.4f}" for k, v in sorted(scalars.items())
+                                         if k.endswith(("_loss", "_accuracy"))), flush=True)
+            if step % train_cfg.checkpoint_every == 0:
+                ckpt.save(step, params, opt_state, stream.get_state(), meta)
+                last_saved = step
+        if pending:
+            for s, v in zip([s for s, _ in pending], jax.device_get([m for _, m in pending])):
+                _check_finite(s, v, objective_cfg, last_saved)
+        if last_saved != step:
+            ckpt.save(step, params, opt_state, stream.get_state(), meta, force=True)
+        if stop["signal"] is not None:
+            print(f"received signal {stop['signal']}: saved checkpoint at step {step}, exiting", flush=True)
+    finally:
+        ckpt.close()
+        logger.close()
+        signal.signal(signal.SIGTERM, previous)
+    return TrainResult(step=step, params=params, metrics=last)
+
+
+def _should_stop(signum) -> bool:
+    """True on every process once any process received SIGTERM (so all save the same step)."""
+    flag = np.array([signum is not None], np.int32)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        flag = multihost_utils.process_allgather(flag)
+    return bool(np.any(flag))
+
+
+def _check_finite(step: int, metrics: dict, objective_cfg, last_saved: int) -> None:
+    if np.isfinite(metrics["loss"]):
+        return
+    bad = [k for k in pretraining.loss_names(objective_cfg) if k in metrics and not np.isfinite(metrics[k])]
+    raise NonFiniteLossError(
+        f"non-finite loss at step {step} (objectives: {', '.join(bad) or 'total only'}); the update was skipped. "
+        f"Last good checkpoint: step {last_saved}.")
+
+
+# ------------------------------------------------------------------------------------------------ entry point
+def _initialize_distributed(args) -> None:
+    address = args.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    num = args.num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "0") or 0)
+    pid = args.process_id if args.process_id is not None else os.environ.get("JAX_PROCESS_ID")
+    if address or num:
+        if jax.default_backend() == "cpu" or args.cpu_collectives:
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(address, num_processes=num or None,
+                                   process_id=None if pid is None else int(pid))
+    elif args.distributed:
+        jax.distributed.initialize()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        files, bindings, rest = config.split_argv(argv)
+    except config.ConfigError as e:
+        print(f"slam-train: {e}", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(prog="slam-train", description="SLAM pre-training (gin-configured).")
+    parser.add_argument("--model_dir", required=True, help="run directory (local or gs://)")
+    parser.add_argument("--coordinator_address", default=None, help="host:port of process 0 (multi-process)")
+    parser.add_argument("--num_processes", type=int, default=None)
+    parser.add_argument("--process_id", type=int, default=None)
+    parser.add_argument("--distributed", action="store_true",
+                        help="call jax.distributed.initialize() with no arguments (Cloud TPU pods)")
+    parser.add_argument("--cpu_collectives", action="store_true", help="use gloo CPU collectives")
+    args = parser.parse_args(rest)
+    if not files:
+        parser.error("give at least one --gin_file (e.g. --gin_file=runs/cpu_smoke.gin)")
+    try:
+        import tasks  # noqa: F401  (registers the seqio tasks and mixtures)
+        config.parse(files, bindings)
+    except config.ConfigError as e:
+        print(f"slam-train: {e}", file=sys.stderr)
+        return 2
+    _initialize_distributed(args)
+    try:
+        train(args.model_dir)
+    except (config.ConfigError, partitioning.MeshError, checkpointing.CheckpointMismatchError,
+            NonFiniteLossError) as e:
+        print(f"slam-train: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""One process of the two-process CPU training test (tests/test_multihost.py).
+
+Usage: multihost_worker.py PROCESS_ID PORT MODEL_DIR OUT_JSON. Joins a 2-process JAX cluster on 127.0.0.1 (gloo
+collectives, 4 fake CPU devices each), trains the tiny model a few steps reading its own data shard, and writes a
+digest of the final (globally gathered) parameters and of its first local batch.
+"""
+import hashlib
+import json
+import sys
+
+import jax
+
+pid, port, model_dir, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
+
+import numpy as np  # noqa: E402
+from jax.experimental import multihost_utils  # noqa: E402
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+import tasks  # noqa: E402,F401
+from slam_jax import config, train  # noqa: E402
+from slam_jax.data import converter  # noqa: E402
+from train_utils import SMALL  # noqa: E402
+
+files, bindings, _ = config.split_argv(SMALL + ["--gin.TRAIN_STEPS=3", "--gin.TrainConfig.checkpoint_every=3"])
+config.parse(files, bindings)
+result = train.train(model_dir)
+leaves = [np.asarray(multihost_utils.process_allgather(x, tiled=True)) for x in jax.tree.leaves(result.params)]
+params_digest = hashlib.sha256(b"".join(np.ascontiguousarray(x).tobytes() for x in leaves)).hexdigest()
+first = next(converter.make_stream(config.StreamConfig(), shard_index=pid, num_shards=2))
+with open(out, "w") as f:
+    json.dump({"params": params_digest, "step": result.step, "global_devices": jax.device_count(),
+               "local_devices": jax.local_device_count(),
+               "first_text_rows": np.asarray(first["text"]["tokens"]).tolist(),
+               "loss": result.metrics.get("loss")}, f)

@@ -1,0 +1,90 @@
+"""slam-train end to end: outputs in model_dir, SIGTERM + resume, bad configurations."""
+import glob
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from train_utils import read_metrics, slam_train
+
+ACTIVE = ["speech/contrastive_loss", "speech/mlm_loss", "text/mlm_loss", "paired/tlm_text_loss",
+          "paired/tlm_speech_loss", "paired/stm_loss"]
+
+
+def test_end_to_end_writes_checkpoint_config_tensorboard_and_metrics(tmp_path):
+    d = tmp_path / "run"
+    out = slam_train(d, "--gin.TRAIN_STEPS=4", "--gin.TrainConfig.checkpoint_every=2",
+                     "--gin.TrainConfig.eval_every=4", "--gin.TrainConfig.eval_batches=1").stdout
+    assert (d / "config.gin").read_text().count("ModelConfig.d_model = 32") == 1
+    assert sorted(os.listdir(d / "checkpoints")) == ["2", "4"]
+    assert glob.glob(str(d / "tensorboard" / "events.out.tfevents.*"))
+    records = read_metrics(d)
+    train = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    for name in ACTIVE + ["learning_rate", "grad_norm", "steps_per_sec", "examples_per_sec",
+                          "speech/code_perplexity", "gumbel_temperature"]:
+        assert all(np.isfinite(r[name]) for r in train), name
+    evals = [r for r in records if "eval/loss" in r]
+    assert evals and "eval/text/mlm_accuracy" in evals[0]
+    assert "step 4/4" in out and "ETA" in out
+
+
+def test_sigterm_then_resume_matches_straight_run(tmp_path):
+    steps = 8
+    straight = tmp_path / "straight"
+    slam_train(straight, f"--gin.TRAIN_STEPS={steps}", "--gin.TrainConfig.checkpoint_every=100")
+
+    resumed = tmp_path / "resumed"
+    proc = slam_train(resumed, f"--gin.TRAIN_STEPS={steps}", "--gin.TrainConfig.checkpoint_every=100", popen=True)
+    deadline = time.time() + 600
+    while time.time() < deadline:  # interrupt once a few steps are done
+        path = resumed / "metrics.jsonl"
+        if path.exists() and len(path.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    stopped = max(r["step"] for r in read_metrics(resumed))
+    assert "received signal" in out and stopped < steps, out
+    slam_train(resumed, f"--gin.TRAIN_STEPS={steps}", "--gin.TrainConfig.checkpoint_every=100")
+
+    a = {r["step"]: r for r in read_metrics(straight)}
+    b = {r["step"]: r for r in read_metrics(resumed)}
+    assert sorted(b) == list(range(1, steps + 1))
+    for step in range(1, steps + 1):
+        for name in ACTIVE + ["loss", "grad_norm"]:
+            assert a[step][name] == pytest.approx(b[step][name], rel=1e-6, abs=1e-6), (step, name)
+    from slam_jax.checkpointing import _reader
+    import orbax.checkpoint as ocp
+    import jax
+    pa = _reader(str(straight)).restore(steps, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
+    pb = _reader(str(resumed)).restore(steps, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
+    for x, y in zip(jax.tree.leaves(pa["params"]), jax.tree.leaves(pb["params"])):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--gin.ModelConfig.d_modle=3"], "d_modle"),
+    (["--gin.MeshConfig.data=3"], "does not divide the"),
+    (["--gin.MeshConfig.data=4"], "not divisible by the batch mesh axes"),
+])
+def test_bad_configuration_fails_fast_with_clear_message(tmp_path, args, message):
+    devices = 4 if "data=4" in args[0] else 2
+    if "data=4" in args[0]:
+        args = args + ["--gin.StreamConfig.batch_size=6"]
+    result = slam_train(tmp_path / "bad", *args, devices=devices, check=False, timeout=300)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_mismatched_checkpoint_names_the_parameters(tmp_path):
+    d = tmp_path / "run"
+    slam_train(d, "--gin.TRAIN_STEPS=1")
+    result = slam_train(d, "--gin.TRAIN_STEPS=2", "--gin.ModelConfig.ffn_dim=48", check=False)
+    assert result.returncode == 1
+    assert "does not match the model configuration" in result.stderr
+    assert "ffn1/up/kernel" in result.stderr and "shape differs" in result.stderr

@@ -1,0 +1,52 @@
+"""Helpers to run `slam-train` in a subprocess with small, fast settings on the bundled mini corpus."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+SMALL = [
+    "--gin_file=runs/cpu_smoke.gin",
+    "--gin.StreamConfig.batch_size=8",
+    "--gin.StreamConfig.speech_frames=256",
+    "--gin.StreamConfig.paired_frames=640",
+    "--gin.StreamConfig.text_tokens=32",
+    "--gin.StreamConfig.paired_tokens=48",
+    "--gin.ObjectiveConfig.num_negatives=10",
+    "--gin.ModelConfig.d_model=32",
+    "--gin.ModelConfig.ffn_dim=64",
+    "--gin.ModelConfig.subsampling_channels=4",
+    "--gin.ModelConfig.codebook_size=32",
+    "--gin.ModelConfig.code_dim=16",
+    "--gin.ModelConfig.speech_layers=1",
+    "--gin.ModelConfig.shared_layers=1",
+    "--gin.TrainConfig.log_every=1",
+    "--gin.TrainConfig.eval_every=0",
+    "--gin.TrainConfig.async_checkpointing=False",
+]
+
+
+def env(devices: int = 1) -> dict[str, str]:
+    e = dict(os.environ)
+    e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    e["JAX_PLATFORMS"] = "cpu"
+    e["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    e["PYTHONUNBUFFERED"] = "1"
+    return e
+
+
+def slam_train(model_dir, *args: str, devices: int = 1, check: bool = True, timeout: int = 900, **popen):
+    cmd = [sys.executable, "-m", "slam_jax.train", f"--model_dir={model_dir}", *SMALL, *args]
+    if popen:
+        return subprocess.Popen(cmd, env=env(devices), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                **popen)
+    result = subprocess.run(cmd, env=env(devices), capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"slam-train failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def read_metrics(model_dir) -> list[dict]:
+    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
