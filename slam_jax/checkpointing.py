@@ -19,7 +19,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
-ITEMS = ("params", "opt_state", "meta")
+
+
+def _handlers() -> dict[str, ocp.CheckpointHandler]:
+    return {"params": ocp.StandardCheckpointHandler(), "opt_state": ocp.StandardCheckpointHandler(),
+            "meta": ocp.JsonCheckpointHandler()}
 
 
 class CheckpointMismatchError(ValueError):
@@ -68,7 +72,7 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, keep_period=keep_every,
                                                enable_async_checkpointing=async_save, create=True)
         self.manager = ocp.CheckpointManager(os.path.join(model_dir, "checkpoints"), options=options,
-                                             item_names=ITEMS)
+                                             item_handlers=_handlers())
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -128,7 +132,8 @@ class Checkpointer:
 def _reader(directory: str) -> ocp.CheckpointManager:
     ckpt = os.path.join(directory, "checkpoints") if tf.io.gfile.isdir(os.path.join(directory, "checkpoints")) \
         else directory
-    return ocp.CheckpointManager(ckpt, options=ocp.CheckpointManagerOptions(read_only=True), item_names=ITEMS)
+    return ocp.CheckpointManager(ckpt, options=ocp.CheckpointManagerOptions(read_only=True),
+                                 item_handlers=_handlers())
 
 
 def warm_start_params(directory: str, abstract_params: Any, fresh_params: Any) -> tuple[Any, list[str]]:

@@ -5,6 +5,7 @@ holds the current directory and the package's `gin/` folder, so `--gin_file=mode
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
@@ -38,11 +39,25 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str] = (), *, finalize: b
     """Parses gin files then `NAME=VALUE` bindings; unknown or misspelled names fail here, before any work."""
     gin.clear_config()
     gin.add_config_file_search_path(str(GIN_DIR))
+    # gin probes each `include` as a Python resource first and logs a misleading "Path not found" error.
+    quiet = _DropMessages("Path not found")
+    logging.getLogger().addFilter(quiet)
     try:
         gin.parse_config_files_and_bindings([_resolve(f) for f in gin_files], list(bindings),
                                             finalize_config=finalize)
-    except (ValueError, KeyError, SyntaxError) as e:
+    except (ValueError, KeyError, SyntaxError, IOError) as e:
         raise ConfigError(f"invalid gin configuration: {e}") from None
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
 
 
 def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:

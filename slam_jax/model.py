@@ -192,7 +192,7 @@ class SlamModel(nnx.Module):
         self.contrastive = common.dense(d, qcfg.code_dim, ("embed", None), dtype=jnp.float32, rngs=rngs)
         self.speech_mlm = common.dense(d, qcfg.num_codebooks * qcfg.codebook_size, ("embed", "codes"),
                                        dtype=jnp.float32, rngs=rngs)
-        self.text_transform = common.dense(d, d, ("embed", "embed"), dtype=jnp.float32, rngs=rngs)
+        self.text_transform = common.dense(d, d, ("embed", "mlp"), dtype=jnp.float32, rngs=rngs)
         self.text_norm = common.layer_norm(d, rngs=rngs)
         if cfg.tie_text_embedding:
             self.text_bias = nnx.Param(common.zeros_init(("vocab",))(rngs.params(), (cfg.vocab_size,)))
@@ -205,14 +205,16 @@ class SlamModel(nnx.Module):
     def speech_mlm_logits(self, h: Array) -> Array:
         """[B, T', d] -> float32 [B, T', G, V]."""
         q = self.cfg.quantizer
-        return self.speech_mlm(h.astype(jnp.float32)).reshape(h.shape[:2] + (q.num_codebooks, q.codebook_size))
+        h = common.constrain(h.astype(jnp.float32), common.BATCH_ACTIVATION)
+        return self.speech_mlm(h).reshape(h.shape[:2] + (q.num_codebooks, q.codebook_size))
 
     def text_mlm_logits(self, h: Array) -> Array:
         """[B, L, d] -> float32 [B, L, vocab]."""
-        x = self.text_norm(jax.nn.gelu(self.text_transform(h.astype(jnp.float32))))
+        h = common.constrain(h.astype(jnp.float32), common.BATCH_ACTIVATION)
+        x = self.text_norm(jax.nn.gelu(self.text_transform(h)))
         if self.cfg.tie_text_embedding:
             return self.encoder.text_embedding.attend(x) + self.text_bias[...]
-        return self.text_out(x)
+        return common.constrain(self.text_out(common.constrain(x, common.BATCH_ACTIVATION)), common.BATCH_ACTIVATION)
 
     def stm_logits(self, cls: Array) -> Array:
         """[B, d] -> float32 [B] matched/mismatched logit."""

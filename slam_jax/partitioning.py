@@ -75,10 +75,14 @@ def batch_axis_size(mesh: Mesh) -> int:
 
 
 def _fit(spec: P, shape: tuple[int, ...], mesh: Mesh, where: str, warned: set) -> P:
-    """Replicates dimensions whose size the assigned mesh axes do not divide."""
-    out = []
+    """Replicates dimensions whose size the assigned mesh axes do not divide, or whose mesh axes an earlier
+    dimension already uses."""
+    out, used = [], set()
     for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
         names = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+        if used & set(names):
+            axes, names = None, ()
+        used |= set(names)
         size = math.prod(mesh.shape[a] for a in names)
         if size > 1 and dim % size:
             if where not in warned:

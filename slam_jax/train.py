@@ -114,7 +114,8 @@ class Trainer:
     # -------------------------------------------------------------------------------------------- steps
     def _losses(self, params, batch, step, key, train):
         model = nnx.merge(self.graphdef, params)
-        return pretraining.compute_losses(model, batch, step, key, self.objective_cfg, train=train)
+        with nnx.logical_axis_rules(tuple(self.rules)):
+            return pretraining.compute_losses(model, batch, step, key, self.objective_cfg, train=train)
 
     def _step_fn(self, params, opt_state, batch, step):
         key = jax.random.fold_in(self.base_key, step)
@@ -283,9 +284,8 @@ def train(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> Tra
             step += 1
             window_steps += 1
             pending.append((step, metrics))
-            if _should_stop(stop["signal"]):
-                break
-            if step % train_cfg.log_every == 0 or step == train_cfg.train_steps:
+            stopping = _should_stop(stop["signal"])
+            if step % train_cfg.log_every == 0 or step == train_cfg.train_steps or stopping:
                 values = jax.device_get([m for _, m in pending])
                 for (s, _), v in zip(pending, values):
                     _check_finite(s, v, objective_cfg, last_saved)
@@ -295,6 +295,8 @@ def train(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> Tra
                 last.update({"steps_per_sec": sps, "examples_per_sec": sps * examples_per_step})
                 logger.write(step, last, steps_per_sec=sps)
                 pending, window_start, window_steps = [], time.time(), 0
+            if stopping:
+                break
             if train_cfg.eval_every and step % train_cfg.eval_every == 0:
                 scalars = trainer.evaluate(params, step, local)
                 logger.write(step, scalars, console=False)
@@ -303,9 +305,6 @@ def train(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> Tra
             if step % train_cfg.checkpoint_every == 0:
                 ckpt.save(step, params, opt_state, stream.get_state(), meta)
                 last_saved = step
-        if pending:
-            for s, v in zip([s for s, _ in pending], jax.device_get([m for _, m in pending])):
-                _check_finite(s, v, objective_cfg, last_saved)
         if last_saved != step:
             ckpt.save(step, params, opt_state, stream.get_state(), meta, force=True)
         if stop["signal"] is not None:

@@ -36,11 +36,12 @@ def env(devices: int = 1) -> dict[str, str]:
     return e
 
 
-def slam_train(model_dir, *args: str, devices: int = 1, check: bool = True, timeout: int = 900, **popen):
+def slam_train(model_dir, *args: str, devices: int = 1, check: bool = True, timeout: int = 900,
+               popen: bool = False):
+    """Runs slam-train to completion (or, with popen=True, returns the running process)."""
     cmd = [sys.executable, "-m", "slam_jax.train", f"--model_dir={model_dir}", *SMALL, *args]
     if popen:
-        return subprocess.Popen(cmd, env=env(devices), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                **popen)
+        return subprocess.Popen(cmd, env=env(devices), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     result = subprocess.run(cmd, env=env(devices), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"slam-train failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")

@@ -68,3 +68,22 @@ def split_key(key: Array | None, n: int) -> list[Array | None]:
 def valid_mask(segment_ids: Array, dtype: jnp.dtype = jnp.float32) -> Array:
     """[batch, time] segment ids -> [batch, time, 1] 1.0 at real positions, 0.0 at padding."""
     return (segment_ids > 0)[..., None].astype(dtype)
+
+
+def constrain(x: Array, names: Sequence[str | None]) -> Array:
+    """Pins activation `x` to the mesh sharding of its logical axis `names` (e.g. ('batch', None, None)).
+
+    Explicit activation shardings keep XLA's SPMD propagation from choosing layouts that mix the batch and
+    parameter axes (on a data x fsdp x tensor mesh an unconstrained tied-embedding head gave wrong gradients on
+    XLA:CPU). A no-op outside a mesh context, so layers run unchanged in plain `jax.jit` or eagerly.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    from flax.core import spmd
+    from flax.linen import partitioning as nn_partitioning
+    spec = nn_partitioning.logical_to_mesh_axes(tuple(names), spmd.get_logical_axis_rules())
+    return jax.lax.with_sharding_constraint(x, spec)
+
+
+BATCH_ACTIVATION = ("batch", None, None)

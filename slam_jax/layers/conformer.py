@@ -162,7 +162,7 @@ class ConvModule(nnx.Module):
             common.kernel_init((None, "embed"))(rngs.params(), (cfg.conv_kernel, d), jnp.float32))
         self.gn_scale = nnx.Param(common.ones_init(("embed",))(rngs.params(), (d,), jnp.float32))
         self.gn_bias = nnx.Param(common.zeros_init(("embed",))(rngs.params(), (d,), jnp.float32))
-        self.pointwise_out = common.dense(d, d, ("embed", "embed"), dtype=dtype, rngs=rngs)
+        self.pointwise_out = common.dense(d, d, ("mlp", "embed"), dtype=dtype, rngs=rngs)
 
     def __call__(self, x: Array, conv_segment_ids: Array, key: Array | None = None) -> Array:
         cfg = self.cfg
@@ -232,7 +232,8 @@ class ConformerStack(nnx.Module):
         keys = None if key is None else jax.random.split(key, self.num_layers)
 
         def layer(x, block, key):
-            return block(x, segment_ids, conv_segment_ids, key)
+            x = common.constrain(x, common.BATCH_ACTIVATION)
+            return common.constrain(block(x, segment_ids, conv_segment_ids, key), common.BATCH_ACTIVATION)
 
         policy = REMAT_POLICIES[self.remat]
         if self.remat != "none":

@@ -41,8 +41,10 @@ class TextEmbedding(nnx.Module):
         if token_mask is not None:
             x = jnp.where(token_mask[..., None], self.mask_embedding[...], x)
         x = x + sinusoidal_positions(positions, self.d_model)
-        return (self.norm(x) * common.valid_mask(segment_ids)).astype(self.dtype)
+        x = (self.norm(x) * common.valid_mask(segment_ids)).astype(self.dtype)
+        return common.constrain(x, common.BATCH_ACTIVATION)
 
     def attend(self, h: Array) -> Array:
         """Tied output projection: [batch, length, d_model] -> [batch, length, vocab] float32 logits."""
-        return self.embedding.attend(h.astype(jnp.float32).astype(self.dtype)).astype(jnp.float32)
+        h = common.constrain(h.astype(self.dtype), common.BATCH_ACTIVATION)
+        return common.constrain(self.embedding.attend(h).astype(jnp.float32), common.BATCH_ACTIVATION)

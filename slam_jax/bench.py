@@ -1,0 +1,429 @@
+"""`slam-bench`: train-step time, throughput, model FLOPs, MFU, compile time and peak memory of a gin model.
+
+    slam-bench --gin_file=models/base.gin [--gin.NAME=VALUE ...] [--mode full|speech] [--batch 8 --frames 250
+               --tokens 64] [--steps 10] [--json]
+    slam-bench --gin_file=models/base.gin --compile-scaling [--depths 4,8,16,24] [--json]
+
+Modes (synthetic, fully valid batches in the data contract of `slam_jax.data.schema`):
+- `full`: the SLAM-TLM-STM objective set (`objectives/slam_tlm_stm.gin`, overridable by later gin files or
+  bindings) on speech + text + paired sub-batches: `--batch` speech rows of `--frames` Conformer positions,
+  `--text_batch` text rows of `--tokens` tokens, `--paired_batch` paired rows of `--paired_frames` positions and
+  `--tokens` tokens. The step is `pretraining.compute_losses` + the gin optimizer (Adam, clipping), jitted with
+  donated parameters and optimizer state, exactly as `slam-train` builds it.
+- `speech`: the speech-encoder train step: conv subsampling, the N speech Conformer layers, the quantizer and the
+  contrastive (+ diversity) loss, fwd + bwd + Adam over the parameters of that path only.
+`--frames` counts Conformer positions, i.e. after the 4x subsampling: the features hold 4 x frames log-mel frames.
+
+After `--warmup` steps the median of `--steps` step times is reported, with throughput (seconds of speech and
+text tokens per second), analytic model FLOPs per step (`slam_jax.flops`), the FLOPs of every dot and convolution
+in the traced step (`flops.jaxpr_matmul_flops`, a cross-check that includes remat recomputation and excludes the
+gradient of the input features), XLA's cost analysis (which also counts elementwise ops, and on CPU misses the dots
+XLA hands to its YNNPACK fusions), MFU against the
+device's peak (a table of bf16 peaks for TPU / GPU; on CPU a timed f32 or bf16 `jnp.dot`), the AOT compile time
+and peak memory (`device.memory_stats()`; on CPU the process' max RSS).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import dataclasses
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from slam_jax import config, flops, optim, partitioning, pretraining
+from slam_jax.data import schema
+from slam_jax.model import ModelConfig, SlamModel
+
+# bf16 dense peak per chip (vendor figures). Matched against `device.device_kind`, most specific first.
+PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
+    ("TPU v5 lite", 197e12),
+    ("TPU v5e", 197e12),
+    ("TPU v5p", 459e12),
+    ("TPU v5", 459e12),
+    ("TPU v4", 275e12),
+    ("H200", 989e12),
+    ("H100", 989e12),
+)
+
+SPEECH_PATH = ("subsampling", "speech_stack", "quantizer", "contrastive")
+FRAME_SECONDS = 0.01  # log-mel hop: 100 frames per second
+
+
+# ------------------------------------------------------------------------------------------ device facts
+def measure_matmul_peak(dtype: str = "float32", n: int = 2048, repeats: int = 7) -> float:
+    """Best FLOP/s of a jitted `jnp.dot` of two [n, n] matrices on the default device (f32 accumulation)."""
+    dt = jnp.dtype(dtype)
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dt)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dt)
+    dot = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+    dot(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dot(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n ** 3 / best
+
+
+def device_peak(device: jax.Device, dtype: str) -> tuple[float, str]:
+    """(peak FLOP/s of one device, where the figure comes from)."""
+    if device.platform == "cpu":
+        return measure_matmul_peak(dtype), f"measured {dtype} jnp.dot 2048x2048 (best of 7), all host cores"
+    kind = getattr(device, "device_kind", "")
+    for name, peak in PEAK_BF16_FLOPS:
+        if name.lower() in kind.lower():
+            return peak, f"vendor dense bf16 peak for {name}"
+    return float("nan"), f"unknown device kind {kind!r}: no peak in PEAK_BF16_FLOPS"
+
+
+def peak_memory_bytes(device: jax.Device) -> tuple[int, str]:
+    """(peak bytes, what was measured): device peak bytes in use, or the process' max RSS on CPU."""
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"]), "device peak_bytes_in_use"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss) * (1 if platform.system() == "Darwin" else 1024), "process max RSS (CPU: no device stats)"
+
+
+def tune_cpu_allocator() -> bool:
+    """Keeps freed heap memory in the process (glibc: no mmap for large blocks, no trimming).
+
+    XLA:CPU allocates each executable's buffers per run; glibc serves blocks above 32 MiB with fresh mmaps whose
+    pages fault in (and are zeroed) on every step. Returns False when glibc's `mallopt` is unavailable.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2 ** 30))
+
+
+# ------------------------------------------------------------------------------------------ synthetic batches
+def synthetic_batch(shapes: flops.BatchShapes, vocab_size: int, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """Fully valid batch (one segment per row, no padding) in the data contract, for the kinds with rows > 0."""
+    rng = np.random.default_rng(seed)
+    batch: dict[str, dict[str, np.ndarray]] = {}
+
+    def speech(rows: int, frames: int) -> dict[str, np.ndarray]:
+        return {"features": rng.normal(size=(rows, frames, schema.NUM_MEL_BINS)).astype(np.float32),
+                "segment_ids": np.ones((rows, frames), np.int32)}
+
+    def tokens(rows: int, length: int) -> np.ndarray:
+        return rng.integers(3, vocab_size, size=(rows, length)).astype(np.int32)
+
+    if shapes.speech_rows:
+        batch["speech"] = speech(shapes.speech_rows, shapes.speech_frames)
+    if shapes.text_rows:
+        n, l = shapes.text_rows, shapes.text_tokens
+        batch["text"] = {"tokens": tokens(n, l), "segment_ids": np.ones((n, l), np.int32),
+                         "positions": np.tile(np.arange(l, dtype=np.int32), (n, 1))}
+    if shapes.paired_rows:
+        n, l = shapes.paired_rows, shapes.paired_tokens
+        batch["paired"] = dict(speech(n, shapes.paired_frames), tokens=tokens(n, l),
+                               token_segment_ids=np.ones((n, l), np.int32))
+    schema.validate(batch)
+    return batch
+
+
+# ------------------------------------------------------------------------------------------ the step
+@dataclasses.dataclass
+class Step:
+    """A compiled train step and its state. `run(step)` advances params / opt_state and returns the loss."""
+
+    compiled: Any
+    params: Any
+    opt_state: Any
+    frozen: Any
+    batch: Any
+    compile_s: float
+    lower_s: float
+    traced_flops: float
+
+    def run(self, step: int) -> jax.Array:
+        self.params, self.opt_state, loss = self.compiled(self.params, self.opt_state, self.frozen, self.batch,
+                                                          jnp.asarray(step, jnp.int32))
+        return loss
+
+
+def speech_objectives() -> pretraining.ObjectiveConfig:
+    """The speech-encoder step: contrastive (+ diversity) on the speech stack, no MLM, no text, no paired."""
+    return pretraining.ObjectiveConfig(contrastive=True, speech_mlm=False, text_mlm=False, tlm=False, stm=False,
+                                       ctc=False, contrastive_on="speech_stack")
+
+
+def build_step(model_cfg: ModelConfig, objective_cfg: pretraining.ObjectiveConfig,
+               optimizer_cfg: optim.OptimizerConfig, batch: dict, *, trainable: Sequence[str] | None = None,
+               mesh: jax.sharding.Mesh | None = None, seed: int = 0) -> Step:
+    """Builds, shards and AOT-compiles one train step (`pretraining.compute_losses` + optimizer, donated state).
+
+    Args:
+      trainable: top-level paths (e.g. 'speech_stack') whose parameters train; None = every parameter. The rest
+        is passed as a frozen, non-donated argument, so the step's backward and Adam cover only the trained path.
+      mesh: device mesh (default: every local device on the `data` axis).
+    """
+    mesh = mesh or partitioning.make_mesh(partitioning.MeshConfig(data=-1), jax.local_devices())
+    partitioning.check_batch_sizes({k: v["segment_ids"].shape[0] for k, v in batch.items()}, mesh)
+    tx, _ = optim.make_optimizer(optimizer_cfg)
+    if trainable is None:
+        train_filter: Any = nnx.Param
+    else:
+        train_filter = nnx.All(nnx.Param, nnx.Any(*[nnx.PathContains(p) for p in trainable]))
+
+    with nnx.use_eager_sharding(False):
+        abstract = nnx.eval_shape(lambda: SlamModel(model_cfg, rngs=nnx.Rngs(params=seed)))
+    graphdef, abstract_train, abstract_frozen = nnx.split(abstract, train_filter, ...)
+    rules = partitioning.LOGICAL_RULES
+    train_sh = partitioning.logical_shardings(abstract_train, mesh, rules)
+    frozen_sh = partitioning.logical_shardings(abstract_frozen, mesh, rules)
+    opt_sh = partitioning.logical_shardings(jax.eval_shape(tx.init, abstract_train), mesh, rules)
+
+    def init():
+        with nnx.use_eager_sharding(False):
+            _, p, f = nnx.split(SlamModel(model_cfg, rngs=nnx.Rngs(params=seed)), train_filter, ...)
+        return p, f
+
+    with jax.set_mesh(mesh):
+        params, frozen = jax.jit(init, out_shardings=(train_sh, frozen_sh))()
+        opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
+    base_key = jax.random.key(seed)
+
+    def step_fn(params, opt_state, frozen, batch, step):
+        def loss_fn(p):
+            model = nnx.merge(graphdef, p, frozen)
+            key = jax.random.fold_in(base_key, step)
+            with nnx.logical_axis_rules(tuple(rules)):  # activation sharding constraints, as in the Trainer
+                return pretraining.compute_losses(model, batch, step, key, objective_cfg, train=True)[0]
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    jitted = jax.jit(step_fn, donate_argnums=(0, 1), out_shardings=(train_sh, opt_sh, replicated))
+    device_batch = partitioning.global_batch(batch, mesh)
+    with jax.set_mesh(mesh):
+        t0 = time.perf_counter()
+        lowered = jitted.lower(params, opt_state, frozen, device_batch, jnp.asarray(0, jnp.int32))
+        t1 = time.perf_counter()
+        compiled = lowered.compile()
+        t2 = time.perf_counter()
+        traced = flops.jaxpr_matmul_flops(
+            jax.make_jaxpr(step_fn)(params, opt_state, frozen, device_batch, jnp.asarray(0, jnp.int32)))
+    return Step(compiled=compiled, params=params, opt_state=opt_state, frozen=frozen, batch=device_batch,
+                compile_s=t2 - t1, lower_s=t1 - t0, traced_flops=traced)
+
+
+# ------------------------------------------------------------------------------------------ measurements
+@dataclasses.dataclass(frozen=True)
+class BenchShapes:
+    """Benchmark shapes in Conformer positions (after the 4x subsampling); see the module docstring."""
+
+    batch: int = 8
+    frames: int = 250
+    tokens: int = 64
+    text_batch: int | None = None
+    paired_batch: int | None = None
+    paired_frames: int | None = None
+
+    def batch_shapes(self, mode: str) -> flops.BatchShapes:
+        speech = flops.BatchShapes(speech_rows=self.batch, speech_frames=4 * self.frames)
+        if mode == "speech":
+            return speech
+        half = max(self.batch // 2, 1)
+        return dataclasses.replace(
+            speech, text_rows=self.text_batch if self.text_batch is not None else half, text_tokens=self.tokens,
+            paired_rows=self.paired_batch if self.paired_batch is not None else half,
+            paired_frames=4 * (self.paired_frames or self.frames), paired_tokens=self.tokens)
+
+
+def objectives_for(mode: str) -> pretraining.ObjectiveConfig:
+    """The gin-bound ObjectiveConfig in mode 'full' (slam_tlm_stm.gin is parsed first); the speech set otherwise."""
+    if mode == "speech":
+        return speech_objectives()
+    return config.ObjectiveConfig()
+
+
+def benchmark(model_cfg: ModelConfig, mode: str, shapes: BenchShapes, *, steps: int = 10, warmup: int = 2,
+              optimizer_cfg: optim.OptimizerConfig | None = None, measure_peak: bool = True) -> dict[str, Any]:
+    """Runs the step `warmup + steps` times; returns the JSON fields of `slam-bench` (see main's --help)."""
+    if mode not in ("full", "speech"):
+        raise ValueError(f"mode must be 'full' or 'speech', got {mode!r}")
+    objective_cfg = objectives_for(mode)
+    batch_shapes = shapes.batch_shapes(mode)
+    batch = synthetic_batch(batch_shapes, model_cfg.vocab_size)
+    step = build_step(model_cfg, objective_cfg, optimizer_cfg or optim.OptimizerConfig(), batch,
+                      trainable=SPEECH_PATH if mode == "speech" else None)
+    first = time.perf_counter()
+    loss = step.run(0)
+    loss.block_until_ready()
+    first_step_s = time.perf_counter() - first
+    for i in range(1, warmup):
+        step.run(i).block_until_ready()
+    times = []
+    for i in range(steps):
+        t0 = time.perf_counter()
+        loss = step.run(warmup + i)
+        loss.block_until_ready()
+        times.append(time.perf_counter() - t0)
+    if not np.isfinite(float(loss)):
+        raise FloatingPointError(f"non-finite loss {float(loss)} in the benchmark step")
+    median = statistics.median(times)
+    devices = jax.local_devices()
+    model_flops = flops.train_step_flops(model_cfg, batch_shapes, objective_cfg)
+    hw_flops = flops.hardware_flops(model_cfg, batch_shapes, objective_cfg)
+    cost = step.compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    xla_flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    peak, peak_source = device_peak(devices[0], model_cfg.dtype) if measure_peak else (float("nan"), "not measured")
+    mem, mem_source = peak_memory_bytes(devices[0])
+    speech_s = (batch_shapes.speech_rows * batch_shapes.speech_frames
+                + batch_shapes.paired_rows * batch_shapes.paired_frames) * FRAME_SECONDS
+    tokens = batch_shapes.text_rows * batch_shapes.text_tokens + batch_shapes.paired_rows * batch_shapes.paired_tokens
+    return {
+        "mode": mode,
+        "objectives": list(objective_cfg.active),
+        "backend": jax.default_backend(),
+        "device": getattr(devices[0], "device_kind", str(devices[0])),
+        "num_devices": len(devices),
+        "d_model": model_cfg.d_model, "speech_layers": model_cfg.speech_layers,
+        "shared_layers": model_cfg.shared_layers, "dtype": model_cfg.dtype, "remat": model_cfg.remat,
+        "conv_impl": model_cfg.conv_impl,
+        "batch": dataclasses.asdict(batch_shapes),
+        "conformer_frames": flops.subsampled(batch_shapes.speech_frames),
+        "steps": steps, "warmup": warmup,
+        "step_time_s": median, "step_time_min_s": min(times), "step_time_max_s": max(times),
+        "first_step_s": first_step_s,
+        "steps_per_s": 1.0 / median,
+        "speech_seconds_per_s": speech_s / median,
+        "tokens_per_s": tokens / median,
+        "model_flops_per_step": model_flops,
+        "hardware_flops_per_step": hw_flops,
+        "traced_matmul_flops_per_step": step.traced_flops,
+        "xla_flops_per_step": xla_flops,
+        "model_tflops_per_s_per_device": model_flops / median / len(devices) / 1e12,
+        "peak_flops_per_device": peak, "peak_source": peak_source,
+        "mfu": model_flops / median / len(devices) / peak,
+        "lower_s": step.lower_s, "compile_s": step.compile_s,
+        "peak_memory_bytes": mem, "peak_memory_source": mem_source,
+        "loss": float(loss),
+    }
+
+
+def compile_scaling(model_cfg: ModelConfig, depths: Sequence[int], shapes: BenchShapes) -> list[dict[str, Any]]:
+    """Lower + compile time of the speech-encoder step at each depth (speech layers); one row per depth."""
+    rows = []
+    batch = synthetic_batch(shapes.batch_shapes("speech"), model_cfg.vocab_size)
+    for depth in depths:
+        cfg = dataclasses.replace(model_cfg, speech_layers=depth)
+        step = build_step(cfg, speech_objectives(), optim.OptimizerConfig(), batch, trainable=SPEECH_PATH)
+        rows.append({"layers": depth, "lower_s": step.lower_s, "compile_s": step.compile_s,
+                     "total_s": step.lower_s + step.compile_s})
+        del step
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ entry point
+def _human(result: dict[str, Any]) -> str:
+    b = result["batch"]
+    lines = [
+        f"slam-bench mode={result['mode']} on {result['num_devices']} x {result['device']} ({result['backend']}); "
+        f"d={result['d_model']} layers={result['speech_layers']}+{result['shared_layers']} dtype={result['dtype']} "
+        f"remat={result['remat']} conv={result['conv_impl']}",
+        f"  batch: speech {b['speech_rows']}x{b['speech_frames']} log-mel frames "
+        f"({result['conformer_frames']} Conformer positions), text {b['text_rows']}x{b['text_tokens']}, "
+        f"paired {b['paired_rows']}x{b['paired_frames']}/{b['paired_tokens']}; objectives {result['objectives']}",
+        f"  step: median {result['step_time_s'] * 1e3:.1f} ms (min {result['step_time_min_s'] * 1e3:.1f}, "
+        f"max {result['step_time_max_s'] * 1e3:.1f}) over {result['steps']} steps; {result['steps_per_s']:.2f} steps/s",
+        f"  throughput: {result['speech_seconds_per_s']:.1f} s of speech/s, {result['tokens_per_s']:.0f} tokens/s",
+        f"  FLOPs/step: model {result['model_flops_per_step'] / 1e9:.1f} G (hardware incl. remat "
+        f"{result['hardware_flops_per_step'] / 1e9:.1f} G, traced dots {result['traced_matmul_flops_per_step'] / 1e9:.1f} G, "
+        f"XLA cost analysis {result['xla_flops_per_step'] / 1e9:.1f} G); "
+        f"{result['model_tflops_per_s_per_device']:.3f} TFLOP/s/device",
+        f"  MFU {100 * result['mfu']:.1f}% of {result['peak_flops_per_device'] / 1e12:.3f} TFLOP/s "
+        f"({result['peak_source']})",
+        f"  compile {result['compile_s']:.1f} s (+ lowering {result['lower_s']:.1f} s); peak memory "
+        f"{result['peak_memory_bytes'] / 2 ** 20:.0f} MiB ({result['peak_memory_source']})",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        files, bindings, rest = config.split_argv(argv)
+    except config.ConfigError as e:
+        print(f"slam-bench: {e}", file=sys.stderr)
+        return 2
+    p = argparse.ArgumentParser(prog="slam-bench", description=__doc__.strip().splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Shapes count Conformer positions (after the 4x subsampling).")
+    p.add_argument("--mode", choices=["full", "speech"], default="full")
+    p.add_argument("--batch", type=int, default=8, help="speech rows")
+    p.add_argument("--frames", type=int, default=250, help="Conformer positions per speech row (log-mel / 4)")
+    p.add_argument("--tokens", type=int, default=64, help="tokens per text row and per paired transcript")
+    p.add_argument("--text_batch", type=int, default=None, help="text rows (full mode; default batch / 2)")
+    p.add_argument("--paired_batch", type=int, default=None, help="paired rows (full mode; default batch / 2)")
+    p.add_argument("--paired_frames", type=int, default=None,
+                   help="Conformer positions per paired row (full mode; default --frames)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
+    p.add_argument("--no_peak", action="store_true", help="skip the CPU matmul-peak measurement (MFU = NaN)")
+    p.add_argument("--no_tune_malloc", action="store_true",
+                   help="keep glibc's default allocator settings on CPU (see tune_cpu_allocator)")
+    p.add_argument("--compile-scaling", "--compile_scaling", dest="compile_scaling", action="store_true",
+                   help="report lower + compile time of the speech step at each of --depths instead")
+    p.add_argument("--depths", default="4,8,16,24", help="comma-separated speech-layer depths for --compile-scaling")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args(rest)
+    if not files:
+        p.error("give at least one --gin_file (e.g. --gin_file=models/base.gin)")
+    if min(args.batch, args.frames, args.tokens, args.steps, args.warmup) < 1:
+        p.error("--batch, --frames, --tokens, --steps and --warmup must be >= 1")
+    try:
+        head = ["objectives/slam_tlm_stm.gin"] if args.mode == "full" and not args.compile_scaling else []
+        config.parse(head + files, bindings)
+        model_cfg = config.ModelConfig()
+        optimizer_cfg = config.OptimizerConfig()
+        depths = [int(d) for d in args.depths.split(",") if d.strip()]
+    except (config.ConfigError, ValueError) as e:
+        print(f"slam-bench: {e}", file=sys.stderr)
+        return 2
+    tuned = jax.default_backend() == "cpu" and not args.no_tune_malloc and tune_cpu_allocator()
+    shapes = BenchShapes(batch=args.batch, frames=args.frames, tokens=args.tokens, text_batch=args.text_batch,
+                         paired_batch=args.paired_batch, paired_frames=args.paired_frames)
+    try:
+        if args.compile_scaling:
+            rows = compile_scaling(model_cfg, depths, shapes)
+            out: dict[str, Any] = {"compile_scaling": rows, "backend": jax.default_backend(),
+                                   "d_model": model_cfg.d_model, "batch": args.batch, "frames": args.frames}
+            if args.json:
+                print(json.dumps(out))
+            else:
+                print("layers  lower_s  compile_s  total_s")
+                for r in rows:
+                    print(f"{r['layers']:>6}  {r['lower_s']:7.2f}  {r['compile_s']:9.2f}  {r['total_s']:7.2f}")
+            return 0
+        result = benchmark(model_cfg, args.mode, shapes, steps=args.steps, warmup=args.warmup,
+                           optimizer_cfg=optimizer_cfg, measure_peak=not args.no_peak)
+    except (partitioning.MeshError, ValueError) as e:
+        print(f"slam-bench: {e}", file=sys.stderr)
+        return 1
+    result["malloc_tuned"] = bool(tuned)
+    print(json.dumps(result) if args.json else _human(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

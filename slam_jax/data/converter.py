@@ -1,0 +1,543 @@
+"""The one stream: a nested seqio mixture -> fixed-shape global batches `{"speech", "text", "paired"}` (schema.py).
+
+How it works (all of it one tf.data pipeline, so the iterator state is a tf.data checkpoint):
+
+1. The top-level mixture (e.g. `mini_slam`) lists *kind mixtures* (or tasks) with rates. Each child has one kind
+   (`sources.kind_of`); children of the same kind are sampled by their rates. Rows of each kind per global batch are
+   the top-level rates times `batch_size` (largest remainder), so every batch has the same static shapes; within a
+   kind, seqio's sampling honours the tasks' rates. All tasks must share one output-feature schema (checked at start).
+2. Each host reads its shard of every task (`seqio.ShardInfo(shard_index, num_shards)`) and yields its share of
+   rows, `kind_batch_sizes[kind] // num_shards`.
+3. Rows per kind:
+   - text: greedy first-fit packing of several sentences per row into `pack_bins` open rows, with segment ids
+     (1, 2, ...) and positions; sentences longer than the row are truncated (seqio's trim).
+   - speech: the same packing for log-mel utterances (random-cropped to `speech_frames` by the task), each cut to
+     a multiple of `schema.SPEECH_ALIGN` frames (<= 30 ms dropped) so every segment starts at a multiple of it and
+     padding sits only at the end of the row.
+   - paired: one (utterance, transcript) per row, padded; a pair longer than `paired_frames` / `paired_tokens` is
+     not cut (that would break the alignment) but skipped and counted as `too_long`.
+4. Bad examples arrive with `error` set (see sources). `on_error="raise"` raises `DataError` naming the file and
+   the problem; `"skip"` drops them and counts them per task (`stats()["skipped"]`, with the first messages).
+
+Determinism and resumption: given `seed`, shard and config the stream is reproducible; every epoch is reshuffled.
+`get_state()` serializes the tf.data iterator (`tf.train.Checkpoint(iterator=...)`: shuffle buffers, packing bins,
+sampler state, file positions) plus the running statistics, so `set_state()` in a fresh process continues with
+exactly the batches that would have come next, at a cost independent of how many batches were consumed.
+"""
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import gc
+import io
+import json
+import os
+import re
+import tempfile
+import weakref
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from slam_jax.data import schema, sources
+
+try:  # keep TensorFlow off accelerators so it never grabs their memory (DESIGN §5)
+    tf.config.set_visible_devices([], "GPU")
+except RuntimeError:  # TF already initialized its devices; nothing to do
+    pass
+
+MAX_MESSAGES = 20
+_LIVE_STREAMS: "weakref.WeakSet[OneStream]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_streams() -> None:
+    """Releases tf.data iterators before interpreter shutdown: background threads still running Python decoding
+    (tf.numpy_function) during finalization can otherwise abort or hang the process at exit."""
+    for stream in list(_LIVE_STREAMS):
+        stream.close()
+    gc.collect()
+
+
+class DataError(ValueError):
+    """A bad input example (the message names the file and the problem), or a failed input pipeline."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamConfig:
+    """What the trainer asks of the stream (gin binds it at the trainer's edge).
+
+    batch_size: global rows per batch, split across kinds by the top-level mixture rates.
+    speech_frames / text_tokens: row length of packed speech (log-mel frames, 100/s) / text (tokens) rows.
+    paired_frames / paired_tokens: row lengths of paired rows (one pair per row).
+    on_error: "raise" (DataError naming file and problem) or "skip" (dropped and counted in stats()).
+    pack_bins: open rows the packer fills first-fit (more bins, less padding).
+    """
+
+    mixture: str
+    split: str = "train"
+    batch_size: int = 16
+    speech_frames: int = 1024
+    text_tokens: int = 128
+    paired_frames: int = 1024
+    paired_tokens: int = 128
+    seed: int = 0
+    shuffle: bool = True
+    on_error: str = "raise"
+    pack_bins: int = 4
+
+
+# ------------------------------------------------------------------------------------------ mixture structure
+def kind_children(mixture: str) -> dict[str, list[tuple[str, float]]]:
+    """{kind: [(task or kind-mixture name, rate)]} of a registered top-level mixture (or a single task)."""
+    if mixture in seqio.TaskRegistry.names():
+        return {sources.kind_of(mixture): [(mixture, 1.0)]}
+    if mixture not in seqio.MixtureRegistry.names():
+        raise ValueError(f"no seqio mixture or task named {mixture!r}; did you `import tasks`? "
+                         f"registered mixtures: {sorted(seqio.MixtureRegistry.names())}")
+    out: dict[str, list[tuple[str, float]]] = {}
+    for name, rate in seqio.get_mixture_or_task(mixture).rate_per_task_name.items():
+        if callable(rate):
+            raise ValueError(f"mixture {mixture!r}: the rate of {name!r} must be a number, got a function")
+        if float(rate) > 0:
+            out.setdefault(sources.kind_of(name), []).append((name, float(rate)))
+    return out
+
+
+def kind_tasks(children: Sequence[tuple[str, float]]) -> list[seqio.Task]:
+    """Every task under the given children, sorted by name."""
+    tasks: set[seqio.Task] = set()
+    for name, _ in children:
+        provider = seqio.get_mixture_or_task(name)
+        tasks.update(provider.tasks if isinstance(provider, seqio.Mixture) else [provider])
+    return sorted(tasks, key=lambda t: t.name)
+
+
+def all_tasks(mixture: str) -> list[seqio.Task]:
+    """Every task of the mixture, validated to share one output-feature schema (`sources.check_compatible`)."""
+    tasks = sorted({t for children in kind_children(mixture).values() for t in kind_tasks(children)},
+                   key=lambda t: t.name)
+    sources.check_compatible(tasks)
+    return tasks
+
+
+def vocabulary_for(mixture: str) -> seqio.Vocabulary:
+    """The text vocabulary every task of `mixture` shares (size: `.vocab_size`)."""
+    return all_tasks(mixture)[0].output_features["text"].vocabulary
+
+
+def kind_batch_sizes(mixture: str, batch_size: int, num_shards: int = 1) -> dict[str, int]:
+    """Global rows per kind: the top-level rates times `batch_size`, rounded by largest remainder.
+
+    Raises ValueError when a kind with a positive rate gets no row, or a kind's rows do not split over the hosts.
+    """
+    rates = {k: sum(r for _, r in c) for k, c in kind_children(mixture).items()}
+    total = sum(rates.values())
+    exact = {k: batch_size * r / total for k, r in rates.items()}
+    rows = {k: int(np.floor(v)) for k, v in exact.items()}
+    for k in sorted(exact, key=lambda k: (rows[k] - exact[k], k))[:batch_size - sum(rows.values())]:
+        rows[k] += 1
+    for k, n in rows.items():
+        if n == 0:
+            raise ValueError(f"mixture {mixture!r}: kind {k!r} has rate {rates[k]:g} of {total:g} but batch_size "
+                             f"{batch_size} gives it no row; raise batch_size")
+        if n % num_shards:
+            raise ValueError(f"mixture {mixture!r}: kind {k!r} gets {n} of {batch_size} global rows, which do not "
+                             f"split over {num_shards} hosts; choose batch_size so every kind's rows divide")
+    return {k: rows[k] for k in schema.KINDS if k in rows}
+
+
+# --------------------------------------------------------------------------------------------- example streams
+def _kind_examples(kind: str, children: Sequence[tuple[str, float]], config: StreamConfig,
+                   shard: Optional[seqio.ShardInfo], finite: bool, seed: int) -> tf.data.Dataset:
+    """Examples of one kind (shared schema), infinite and sampled by rate, or (`finite`) one pass over each task."""
+    lengths = {"speech": {"speech": config.speech_frames, "text": config.text_tokens},
+               "text": {"speech": 0, "text": config.text_tokens},
+               "paired": {"speech": config.paired_frames, "text": config.paired_tokens}}[kind]
+    args = dict(sequence_length=lengths, split=config.split, shuffle=config.shuffle and not finite, seed=seed,
+                shard_info=shard, trim_output_features=kind != "paired", try_in_mem_cache=False)
+    keys = list(sources.output_features(seqio.PassThroughVocabulary(0)))
+    if finite:
+        tasks = [t for t in kind_tasks(children) if config.split in t.splits]
+        datasets = [t.get_dataset(num_epochs=1, **args) for t in tasks]
+        ds = datasets[0]
+        for other in datasets[1:]:
+            ds = ds.concatenate(other)
+        return ds.map(lambda ex: {k: ex[k] for k in keys})
+    datasets, rates = [], []
+    for name, rate in children:
+        provider = seqio.get_mixture_or_task(name)
+        extra = {"log_mixing_proportions": False} if isinstance(provider, seqio.Mixture) else {}
+        ds = provider.get_dataset(num_epochs=None, **args, **extra)
+        datasets.append(ds.map(lambda ex: {k: ex[k] for k in keys}))
+        rates.append(rate)
+    if len(datasets) == 1:
+        return datasets[0]
+    return tf.data.Dataset.sample_from_datasets(datasets, rates, seed=seed, stop_on_empty_dataset=True)
+
+
+def _raise_error(message: bytes) -> bool:
+    raise DataError(message.decode("utf-8", "replace"))
+
+
+def _check_or_pass(on_error: str):
+    def fn(ex: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        if on_error == "skip":
+            return ex
+        bad = tf.strings.length(ex["error"]) > 0
+        ok = tf.cond(bad, lambda: tf.numpy_function(_raise_error, [ex["error"]], tf.bool, stateful=True),
+                     lambda: tf.constant(True))
+        with tf.control_dependencies([ok]):
+            return {k: tf.identity(v) for k, v in ex.items()}
+    return fn
+
+
+def _pack(ds: tf.data.Dataset, *, length: int, tail: Sequence[int], dtype: tf.DType, align: int, bins: int,
+          num_tasks: int, flush: bool) -> tf.data.Dataset:
+    """Greedy first-fit packing of variable-length values into rows, as one `tf.data.Dataset.scan`.
+
+    Input elements: {"value": dtype [n, *tail], "task": int32 [], "error": string [], "id": string [],
+    "flush": bool []}. A value is cut to a multiple of `align` (speech: at most 3 trailing frames, 30 ms), so every
+    segment starts at a multiple of `align` and padding sits only at the end of the row. `bins` rows stay open; a
+    value goes into the first open row with room; when none has room, the fullest row is emitted and replaced. Flush elements (appended to
+    finite streams) emit the fullest non-empty row. Errors are not packed: they are counted per task and reported
+    with the next emitted row.
+    Output rows: {"value": [length, *tail], "segment_ids": int32 [length], "positions": int32 [length],
+    "_task_counts": int32 [num_tasks], "_skipped": int32 [num_tasks], "_message": string []}.
+    """
+    tail = list(tail)
+    zero_bin = {"value": tf.zeros([length] + tail, dtype), "segment_ids": tf.zeros([length], tf.int32),
+                "positions": tf.zeros([length], tf.int32), "_task_counts": tf.zeros([num_tasks], tf.int32)}
+    state0 = {
+        "bins": {k: tf.zeros([bins] + v.shape.as_list(), v.dtype) for k, v in zero_bin.items()},
+        "fill": tf.zeros([bins], tf.int32), "nseg": tf.zeros([bins], tf.int32),
+        "skipped": tf.zeros([num_tasks], tf.int32), "message": tf.constant(""),
+    }
+
+    def step(state, el):
+        n = tf.minimum(tf.shape(el["value"])[0], length) // align * align
+        value = el["value"][:n]
+        is_error = tf.strings.length(el["error"]) > 0
+        empty = tf.logical_and(tf.logical_not(is_error), tf.logical_and(tf.logical_not(el["flush"]), n == 0))
+        skip = tf.logical_or(is_error, empty)
+        message = tf.where(is_error, el["error"], tf.strings.join([el["id"], f": fewer than {align} frames/tokens"]))
+        skipped = state["skipped"] + tf.one_hot(el["task"], num_tasks, dtype=tf.int32) * tf.cast(skip, tf.int32)
+        last_message = tf.where(skip, message, state["message"])
+        good = tf.logical_not(tf.logical_or(skip, el["flush"]))
+        fill, nseg = state["fill"], state["nseg"]
+        fits = fill + n <= length
+        any_fit = tf.reduce_any(fits)
+        fullest = tf.cast(tf.argmax(fill), tf.int32)
+        emit = tf.logical_or(
+            tf.logical_and(good, tf.logical_not(any_fit)),
+            tf.logical_and(el["flush"], tf.logical_or(tf.reduce_any(fill > 0), tf.reduce_sum(skipped) > 0)))
+        row = {k: v[fullest] for k, v in state["bins"].items()}
+        row["_skipped"] = skipped
+        row["_message"] = last_message
+        row["valid"] = emit
+
+        def clear():
+            new = {k: tf.tensor_scatter_nd_update(v, [[fullest]], zero_bin[k][None]) for k, v in state["bins"].items()}
+            return (new, tf.tensor_scatter_nd_update(fill, [[fullest]], [0]),
+                    tf.tensor_scatter_nd_update(nseg, [[fullest]], [0]))
+
+        b, fill, nseg = tf.cond(emit, clear, lambda: (state["bins"], fill, nseg))
+        target = tf.where(any_fit, tf.cast(tf.argmax(tf.cast(fits, tf.int32)), tf.int32), fullest)
+
+        def insert():
+            start = fill[target]
+            idx = tf.stack([tf.fill([n], target), start + tf.range(n)], axis=1)
+            new = {
+                "value": tf.tensor_scatter_nd_update(b["value"], idx, value),
+                "segment_ids": tf.tensor_scatter_nd_update(b["segment_ids"], idx, tf.fill([n], nseg[target] + 1)),
+                "positions": tf.tensor_scatter_nd_update(b["positions"], idx, tf.range(n)),
+                "_task_counts": tf.tensor_scatter_nd_add(b["_task_counts"], [[target, el["task"]]], [1]),
+            }
+            end = start + n
+            return (new, tf.tensor_scatter_nd_update(fill, [[target]], [end]),
+                    tf.tensor_scatter_nd_add(nseg, [[target]], [1]))
+
+        b, fill, nseg = tf.cond(good, insert, lambda: (b, fill, nseg))
+        keep = tf.logical_not(emit)
+        new_state = {"bins": b, "fill": fill, "nseg": nseg,
+                     "skipped": skipped * tf.cast(keep, tf.int32), "message": tf.where(emit, "", last_message)}
+        return new_state, row
+
+    if flush:
+        flusher = tf.data.Dataset.from_tensors({
+            "value": tf.zeros([0] + tail, dtype), "task": tf.constant(0), "error": tf.constant(""),
+            "id": tf.constant(""), "flush": tf.constant(True)}).repeat(bins + 1)
+        ds = ds.concatenate(flusher)
+    rows = ds.scan(state0, step).filter(lambda r: r["valid"])
+    return rows.map(lambda r: {k: v for k, v in r.items() if k != "valid"})
+
+
+def _pair_rows(ds: tf.data.Dataset, *, frames: int, tokens: int, num_tasks: int, flush: bool) -> tf.data.Dataset:
+    """One (utterance, transcript) per row, zero-padded; errors and too-long pairs are counted, not emitted.
+
+    With `flush` (finite streams) a last all-padding row carries the counts of trailing skipped pairs.
+
+    Output rows: {"features": float32 [frames, 80], "segment_ids": int32 [frames], "tokens": int32 [tokens],
+    "token_segment_ids": int32 [tokens], "_task_counts", "_skipped", "_too_long": int32 [num_tasks], "_message"}.
+    """
+    state0 = {"skipped": tf.zeros([num_tasks], tf.int32), "too_long": tf.zeros([num_tasks], tf.int32),
+              "message": tf.constant("")}
+
+    def step(state, ex):
+        speech, text = ex["speech"], ex["text"]
+        n, m = tf.shape(speech)[0], tf.shape(text)[0]
+        is_flush = ex["flush"]
+        onehot = tf.one_hot(ex["task"], num_tasks, dtype=tf.int32) * (1 - tf.cast(is_flush, tf.int32))
+        is_error = tf.strings.length(ex["error"]) > 0
+        too_long = tf.logical_and(tf.logical_not(is_error), tf.logical_or(n > frames, m > tokens))
+        skipped = state["skipped"] + onehot * tf.cast(is_error, tf.int32)
+        long_count = state["too_long"] + onehot * tf.cast(too_long, tf.int32)
+        message = tf.where(is_error, ex["error"], state["message"])
+        pending = tf.reduce_sum(skipped) + tf.reduce_sum(long_count) > 0
+        emit = tf.where(is_flush, pending, tf.logical_not(tf.logical_or(is_error, too_long)))
+        speech, text = speech[:frames], text[:tokens]
+        n, m = tf.minimum(n, frames), tf.minimum(m, tokens)
+        row = {  # static shapes, so padded batches (eval_stream) can be built from the element spec
+            "features": tf.ensure_shape(tf.pad(speech, [[0, frames - n], [0, 0]]), [frames, schema.NUM_MEL_BINS]),
+            "segment_ids": tf.ensure_shape(tf.pad(tf.ones([n], tf.int32), [[0, frames - n]]), [frames]),
+            "tokens": tf.ensure_shape(tf.pad(text, [[0, tokens - m]]), [tokens]),
+            "token_segment_ids": tf.ensure_shape(tf.pad(tf.ones([m], tf.int32), [[0, tokens - m]]), [tokens]),
+            "_task_counts": onehot, "_skipped": skipped, "_too_long": long_count, "_message": message,
+            "valid": emit,
+        }
+        keep = 1 - tf.cast(emit, tf.int32)
+        return {"skipped": skipped * keep, "too_long": long_count * keep,
+                "message": tf.where(emit, "", message)}, row
+
+    ds = ds.map(lambda ex: {**ex, "flush": tf.constant(False)})
+    if flush:
+        ds = ds.concatenate(tf.data.Dataset.from_tensors({
+            "speech": tf.zeros([0, schema.NUM_MEL_BINS]), "text": tf.zeros([0], tf.int32), "task": tf.constant(0),
+            "id": tf.constant(""), "error": tf.constant(""), "flush": tf.constant(True)}))
+    rows = ds.scan(state0, step).filter(lambda r: r["valid"])
+    return rows.map(lambda r: {k: v for k, v in r.items() if k != "valid"})
+
+
+def _kind_rows(kind: str, examples: tf.data.Dataset, task_names: Sequence[str], config: StreamConfig,
+               finite: bool) -> tf.data.Dataset:
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(list(task_names)), tf.range(len(task_names))), -1)
+    examples = examples.map(lambda ex: {**ex, "task": tf.cast(table.lookup(ex["task"]), tf.int32)})
+    examples = examples.map(_check_or_pass(config.on_error))
+    if kind == "paired":
+        return _pair_rows(examples, frames=config.paired_frames, tokens=config.paired_tokens,
+                          num_tasks=len(task_names), flush=finite)
+    value_key = "speech" if kind == "speech" else "text"
+    examples = examples.map(lambda ex: {"value": ex[value_key], "task": ex["task"], "error": ex["error"],
+                                        "id": ex["id"], "flush": tf.constant(False)})
+    if kind == "speech":
+        rows = _pack(examples, length=config.speech_frames, tail=[schema.NUM_MEL_BINS], dtype=tf.float32,
+                     align=schema.SPEECH_ALIGN, bins=config.pack_bins, num_tasks=len(task_names), flush=finite)
+        return rows.map(lambda r: {"features": r.pop("value"), **{k: v for k, v in r.items() if k != "positions"}})
+    rows = _pack(examples, length=config.text_tokens, tail=[], dtype=tf.int32, align=1, bins=config.pack_bins,
+                 num_tasks=len(task_names), flush=finite)
+    return rows.map(lambda r: {"tokens": r.pop("value"), **r})
+
+
+# ------------------------------------------------------------------------------------------------ the stream
+class OneStream:
+    """Iterator of per-host batch dicts (schema.py) plus `_`-free statistics; checkpointable.
+
+    Attributes: kind_batch_sizes (global rows per kind), host_batch_sizes (this host's rows), task_names per kind.
+    """
+
+    def __init__(self, dataset: tf.data.Dataset, *, config: StreamConfig, kind_batch_sizes: Mapping[str, int],
+                 host_batch_sizes: Mapping[str, int], task_names: Mapping[str, Sequence[str]], fingerprint: str,
+                 rates: Mapping[str, Mapping[str, float]]):
+        self.config = config
+        self.kind_batch_sizes = dict(kind_batch_sizes)
+        self.host_batch_sizes = dict(host_batch_sizes)
+        self.task_names = {k: list(v) for k, v in task_names.items()}
+        self.rates = {k: dict(v) for k, v in rates.items()}
+        self._fingerprint = fingerprint
+        self._dataset = dataset
+        self._iterator = iter(dataset)
+        self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
+        self._stats = self._empty_stats()
+        _LIVE_STREAMS.add(self)
+
+    def close(self) -> None:
+        """Stops the input pipeline (the stream cannot be used afterwards)."""
+        self._checkpoint = None
+        self._iterator = None
+
+    def _empty_stats(self) -> dict[str, Any]:
+        return {"batches": 0, "messages": [],
+                **{k: {"rows": 0, "real": 0, "slots": 0, "token_real": 0, "token_slots": 0,
+                       "examples": {t: 0 for t in self.task_names[k]}, "skipped": {t: 0 for t in self.task_names[k]},
+                       "too_long": {t: 0 for t in self.task_names[k]}} for k in self.host_batch_sizes}}
+
+    def __iter__(self) -> Iterator[dict[str, dict[str, np.ndarray]]]:
+        return self
+
+    def __next__(self) -> dict[str, dict[str, np.ndarray]]:
+        if self._iterator is None:
+            raise StopIteration
+        try:
+            raw = next(self._iterator)
+        except StopIteration:
+            raise
+        except tf.errors.OpError as e:
+            found = re.search(r"DataError: (.*)", e.message)
+            if found:
+                raise DataError(found.group(1).strip()) from None
+            raise DataError(f"input pipeline of mixture {self.config.mixture!r} failed: {e.message}") from e
+        batch: dict[str, dict[str, np.ndarray]] = {}
+        stats = self._stats
+        stats["batches"] += 1
+        for kind, sub in raw.items():
+            arrays = {k: v.numpy() for k, v in sub.items()}
+            s = stats[kind]
+            names = self.task_names[kind]
+            for key, field in (("_task_counts", "examples"), ("_skipped", "skipped"), ("_too_long", "too_long")):
+                if key in arrays:
+                    for name, count in zip(names, arrays.pop(key).sum(axis=0)):
+                        s[field][name] += int(count)
+            for message in arrays.pop("_message"):
+                if message and len(stats["messages"]) < MAX_MESSAGES:
+                    stats["messages"].append(message.decode("utf-8", "replace"))
+            s["rows"] += arrays["segment_ids"].shape[0]
+            s["real"] += int((arrays["segment_ids"] > 0).sum())
+            s["slots"] += int(arrays["segment_ids"].size)
+            if kind == "paired":
+                s["token_real"] += int((arrays["token_segment_ids"] > 0).sum())
+                s["token_slots"] += int(arrays["token_segment_ids"].size)
+            batch[kind] = arrays
+        return batch
+
+    def stats(self) -> dict[str, Any]:
+        """Running statistics since the stream started (carried over by set_state).
+
+        {"batches", "messages": first skipped-example messages, kind: {"rows", "examples": {task: n},
+        "skipped": {task: n}, "too_long": {task: n}, "padding_fraction", "token_padding_fraction" (paired),
+        "task_fraction": {task: observed share of the kind's examples}, "task_rate": {task: configured share}}}.
+        """
+        out = json.loads(json.dumps(self._stats))
+        for kind in self.host_batch_sizes:
+            s = out[kind]
+            s["padding_fraction"] = 1.0 - s["real"] / s["slots"] if s["slots"] else 0.0
+            if kind == "paired":
+                s["token_padding_fraction"] = 1.0 - s["token_real"] / s["token_slots"] if s["token_slots"] else 0.0
+            total = sum(s["examples"].values())
+            s["task_fraction"] = {t: (n / total if total else 0.0) for t, n in s["examples"].items()}
+            s["task_rate"] = self.rates[kind]
+            s["skipped_total"] = sum(s["skipped"].values())
+        return out
+
+    def get_state(self) -> bytes:
+        """The iterator position (tf.data checkpoint) and statistics, as bytes for the trainer's checkpoint."""
+        with tempfile.TemporaryDirectory() as tmp:
+            prefix = self._checkpoint.write(os.path.join(tmp, "iterator"))
+            files = {f: np.frombuffer(open(os.path.join(tmp, f), "rb").read(), np.uint8) for f in os.listdir(tmp)}
+        buffer = io.BytesIO()
+        meta = {"fingerprint": self._fingerprint, "prefix": os.path.basename(prefix), "stats": self._stats,
+                "files": sorted(files)}
+        np.savez(buffer, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
+                 **{f"file{i}": files[f] for i, f in enumerate(sorted(files))})
+        return buffer.getvalue()
+
+    def set_state(self, state: bytes) -> None:
+        """Restores a position saved by `get_state` of a stream built with the same config and shard."""
+        arrays = np.load(io.BytesIO(state))
+        meta = json.loads(arrays["meta"].tobytes().decode())
+        if meta["fingerprint"] != self._fingerprint:
+            raise ValueError("data-iterator state belongs to a different stream:\n saved:   "
+                             f"{meta['fingerprint']}\n current: {self._fingerprint}")
+        with tempfile.TemporaryDirectory() as tmp:
+            for i, name in enumerate(meta["files"]):
+                with open(os.path.join(tmp, name), "wb") as fh:
+                    fh.write(arrays[f"file{i}"].tobytes())
+            self._checkpoint.read(os.path.join(tmp, meta["prefix"])).assert_consumed()
+        self._stats = meta["stats"]
+
+
+def _build(config: StreamConfig, shard_index: int, num_shards: int, finite: bool) -> OneStream:
+    if config.on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {config.on_error!r}")
+    if config.speech_frames % schema.SPEECH_ALIGN:
+        raise ValueError(f"speech_frames={config.speech_frames} must be a multiple of {schema.SPEECH_ALIGN}")
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index {shard_index} not in [0, {num_shards})")
+    all_tasks(config.mixture)  # validates the shared schema up front
+    children = kind_children(config.mixture)
+    global_rows = kind_batch_sizes(config.mixture, config.batch_size, num_shards)
+    shard = seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None
+    per_kind, host_rows, task_names, rates = {}, {}, {}, {}
+    for i, kind in enumerate(global_rows):
+        tasks = kind_tasks(children[kind])
+        if finite:
+            tasks = [t for t in tasks if config.split in t.splits]
+            if not tasks:
+                continue  # seqio's rule: tasks without the split are left out; so is a kind without any
+        task_names[kind] = [t.name for t in tasks]
+        total = sum(r for _, r in children[kind])
+        rates[kind] = {t.name: sum(r / total * _rate_within(name, t) for name, r in children[kind])
+                       for t in tasks}
+        examples = _kind_examples(kind, children[kind], config, shard, finite, seed=config.seed * 7919 + i)
+        rows = _kind_rows(kind, examples, task_names[kind], config, finite)
+        host_rows[kind] = global_rows[kind] // num_shards
+        per_kind[kind] = rows.batch(host_rows[kind], drop_remainder=not finite)
+    if not per_kind:
+        raise ValueError(f"no task of mixture {config.mixture!r} has a {config.split!r} split")
+    if finite:
+        dataset = _pad_finite(per_kind, host_rows)
+    else:
+        dataset = tf.data.Dataset.zip(per_kind)
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+    dataset = dataset.with_options(options).prefetch(2)
+    fingerprint = json.dumps({"config": dataclasses.asdict(config), "shard": [shard_index, num_shards],
+                              "finite": finite, "tasks": task_names}, sort_keys=True)
+    return OneStream(dataset, config=config, kind_batch_sizes={k: global_rows[k] for k in per_kind},
+                     host_batch_sizes=host_rows, task_names=task_names, fingerprint=fingerprint, rates=rates)
+
+
+def _rate_within(child: str, task: seqio.Task) -> float:
+    """Share of `task` among the examples of `child` (1 or 0 for a task, seqio's rate for a mixture)."""
+    if child in seqio.TaskRegistry.names():
+        return float(child == task.name)
+    mix = seqio.get_mixture_or_task(child)
+    return mix.get_rate(task) / mix.total_rate if task in mix.tasks else 0.0
+
+
+def _pad_finite(per_kind: Mapping[str, tf.data.Dataset], host_rows: Mapping[str, int]) -> tf.data.Dataset:
+    """Zips finite per-kind batches; a kind that ran out (or a short last batch) gets all-padding rows."""
+    padded = {}
+    for kind, ds in per_kind.items():
+        rows = host_rows[kind]
+
+        def pad(batch, rows=rows):
+            n = tf.shape(batch["segment_ids"])[0]
+            out = {k: tf.pad(v, [[0, rows - n]] + [[0, 0]] * (len(v.shape) - 1)) for k, v in batch.items()}
+            out["_real"] = n > 0
+            return out
+
+        spec = ds.element_spec
+        zeros = {k: tf.zeros([rows] + s.shape.as_list()[1:], s.dtype) for k, s in spec.items()}
+        zeros["_real"] = tf.constant(False)
+        padded[kind] = ds.map(pad).concatenate(tf.data.Dataset.from_tensors(zeros).repeat())
+    zipped = tf.data.Dataset.zip(padded).take_while(
+        lambda b: tf.reduce_any(tf.stack([b[k]["_real"] for k in b])))
+    return zipped.map(lambda b: {k: {kk: vv for kk, vv in v.items() if kk != "_real"} for k, v in b.items()})
+
+
+def make_stream(config: StreamConfig, *, shard_index: int = 0, num_shards: int = 1) -> OneStream:
+    """The infinite pre-training stream of this host: per-host rows = global rows per kind / num_shards."""
+    return _build(config, shard_index, num_shards, finite=False)
+
+
+def eval_stream(config: StreamConfig, *, shard_index: int = 0, num_shards: int = 1) -> OneStream:
+    """One unshuffled pass over `config.split` of every task (e.g. "validation"), same batch format.
+
+    Rows of all-zero segment ids are padding (a kind that ran out, or the last partial batch). Kinds without a
+    task having the split are left out of the batches (seqio's rule for mixtures).
+    """
+    return _build(dataclasses.replace(config, shuffle=False), shard_index, num_shards, finite=True)

@@ -1,0 +1,145 @@
+"""`slam-data inspect`: look at what the one stream feeds the model, and how fast.
+
+  slam-data inspect --mixture mini_slam --batches 20 --show 3
+
+prints, over N batches: examples per task and kind against the configured rates, padding fraction per kind, tokens
+and seconds of audio per batch, skipped examples (with their messages), and examples/s and batches/s (timed after
+the first batch, which includes start-up). `--show K` decodes K rows per kind of the first batch.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+
+from slam_jax.data import schema
+
+FRAMES_PER_SECOND = 100
+
+
+def _segments(segment_ids: np.ndarray) -> list[tuple[int, int]]:
+    """[(start, end)] of the segments 1, 2, ... of one row."""
+    out = []
+    for s in range(1, int(segment_ids.max(initial=0)) + 1):
+        idx = np.nonzero(segment_ids == s)[0]
+        if idx.size:
+            out.append((int(idx[0]), int(idx[-1]) + 1))
+    return out
+
+
+def show_batch(batch: dict, vocabulary, rows: int, out=sys.stdout) -> None:
+    """Prints `rows` decoded rows per kind: transcripts/sentences, audio lengths, mask statistics."""
+    for kind, sub in batch.items():
+        print(f"  [{kind}] first {rows} rows", file=out)
+        for r in range(min(rows, sub["segment_ids"].shape[0])):
+            seg = sub["segment_ids"][r]
+            if kind == "text":
+                pieces = [vocabulary.decode([int(t) for t in sub["tokens"][r][a:b] if t > 1])
+                          for a, b in _segments(seg)]
+                print(f"    row {r}: {len(pieces)} sentences, {int((seg > 0).sum())}/{seg.size} tokens real", file=out)
+                for p in pieces[:3]:
+                    print(f"      {p!r}", file=out)
+            elif kind == "speech":
+                lengths = [(b - a) / FRAMES_PER_SECOND for a, b in _segments(seg)]
+                starts = [a for a, _ in _segments(seg)]
+                feats = sub["features"][r][seg > 0]
+                print(f"    row {r}: {len(lengths)} utterances, seconds {[round(x, 2) for x in lengths]}, starts "
+                      f"{starts} (aligned to {schema.SPEECH_ALIGN}: {all(a % schema.SPEECH_ALIGN == 0 for a in starts)}), "
+                      f"real frames {int((seg > 0).sum())}/{seg.size}, feature mean {feats.mean():.3f} std "
+                      f"{feats.std():.3f}", file=out)
+            else:
+                tokens = [int(t) for t, m in zip(sub["tokens"][r], sub["token_segment_ids"][r]) if m and t > 1]
+                print(f"    row {r}: {int((seg > 0).sum()) / FRAMES_PER_SECOND:.2f} s audio "
+                      f"({int((seg > 0).sum())}/{seg.size} frames real), {int(sub['token_segment_ids'][r].sum())}/"
+                      f"{sub['tokens'].shape[1]} tokens real: {vocabulary.decode(tokens)!r}",
+                      file=out)
+
+
+def inspect_stream(args: argparse.Namespace, out=sys.stdout) -> dict:
+    """Runs the stream for `args.batches` batches and prints the report; returns the stream's stats."""
+    import tasks  # noqa: F401  (registers the mixtures)
+    from slam_jax.data import converter
+
+    config = converter.StreamConfig(
+        mixture=args.mixture, split=args.split, batch_size=args.batch_size, speech_frames=args.speech_frames,
+        text_tokens=args.text_tokens, paired_frames=args.paired_frames, paired_tokens=args.paired_tokens,
+        seed=args.seed, on_error=args.on_error)
+    start = time.perf_counter()
+    stream = converter.make_stream(config)
+    first = next(stream)
+    ready = time.perf_counter()
+    first_stats = stream.stats()
+    for _ in range(args.batches - 1):
+        next(stream)
+    end = time.perf_counter()
+    stats = stream.stats()
+    timed = args.batches - 1
+    examples_first = sum(sum(first_stats[k]["examples"].values()) for k in stream.host_batch_sizes)
+    examples = sum(sum(stats[k]["examples"].values()) for k in stream.host_batch_sizes) - examples_first
+
+    print(f"mixture {args.mixture!r} split {args.split!r}: {args.batches} batches of {config.batch_size} rows "
+          f"{stream.kind_batch_sizes} (start-up + first batch {ready - start:.2f} s)", file=out)
+    for kind in stream.host_batch_sizes:
+        s = stats[kind]
+        total = sum(s["examples"].values())
+        print(f"[{kind}] {stream.kind_batch_sizes[kind]} rows/batch ({stream.kind_batch_sizes[kind] / config.batch_size:.3f}"
+              f" of rows), {total} examples, {total / stats['batches']:.1f} examples/batch", file=out)
+        for task in s["examples"]:
+            print(f"    {task:28s} examples {s['examples'][task]:7d}  observed {s['task_fraction'][task]:.3f}  "
+                  f"configured {s['task_rate'][task]:.3f}  skipped {s['skipped'][task]}  "
+                  f"too_long {s['too_long'][task]}", file=out)
+        line = f"    padding fraction {s['padding_fraction']:.3f}"
+        if kind in ("speech", "paired"):
+            line += f", audio {s['real'] / FRAMES_PER_SECOND / stats['batches']:.1f} s/batch"
+        if kind == "text":
+            line += f", tokens {s['real'] / stats['batches']:.0f}/batch"
+        if kind == "paired":
+            line += (f", token padding fraction {s['token_padding_fraction']:.3f}, tokens "
+                     f"{s['token_real'] / stats['batches']:.0f}/batch")
+        print(line, file=out)
+    skipped = sum(stats[k]["skipped_total"] for k in stream.host_batch_sizes)
+    print(f"skipped examples: {skipped}", file=out)
+    for message in stats["messages"]:
+        print(f"    {message}", file=out)
+    if timed > 0:
+        print(f"throughput: {timed / (end - ready):.2f} batches/s, {examples / (end - ready):.1f} examples/s "
+              f"(over {timed} batches after the first)", file=out)
+    if args.show:
+        show_batch(first, converter.vocabulary_for(args.mixture), args.show, out=out)
+    stream.close()
+    return stats
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="slam-data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("inspect", help="statistics and throughput of a mixture's one stream")
+    p.add_argument("--mixture", required=True, help="registered top-level mixture (e.g. mini_slam) or task")
+    p.add_argument("--batches", type=int, default=10)
+    p.add_argument("--show", type=int, default=0, help="decode this many rows per kind of the first batch")
+    p.add_argument("--split", default="train")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--speech-frames", type=int, default=1024)
+    p.add_argument("--text-tokens", type=int, default=128)
+    p.add_argument("--paired-frames", type=int, default=1024)
+    p.add_argument("--paired-tokens", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--on-error", choices=("raise", "skip"), default="skip")
+    args = parser.parse_args(argv)
+    if args.batches < 1:
+        parser.error("--batches must be at least 1")
+    from slam_jax.data.converter import DataError
+    try:
+        inspect_stream(args)
+    except (DataError, ValueError, FileNotFoundError) as e:
+        print(f"slam-data: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
