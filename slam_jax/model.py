@@ -38,6 +38,8 @@ class ModelConfig:
       speech_mask_vector (?): 'random' replaces masked frames by N(0, speech_mask_std^2) vectors (S, C: std 0.1);
         'learned' uses one learned vector.
       tie_text_embedding (?): text-MLM output projection tied to the input embedding.
+      gumbel_temperature_start / _decay / _floor (C): quantizer temperature max(start * decay^step, floor),
+        default 2.0 * 0.999995^step floored at 0.1.
       ctc_head: add a CTC head over the vocabulary (mSLAM-CTC); blank = id 0 (PAD).
       remat: 'none' | 'full' | 'dots' | 'dots_no_batch' (`jax.checkpoint` policy inside the layer scan).
       dtype: compute dtype 'float32' or 'bfloat16' (params, norms, softmax and losses stay float32).
@@ -63,6 +65,9 @@ class ModelConfig:
     num_codebooks: int = 1
     codebook_size: int = 1024
     code_dim: int = 1024
+    gumbel_temperature_start: float = 2.0
+    gumbel_temperature_decay: float = 0.999995
+    gumbel_temperature_floor: float = 0.1
     ctc_head: bool = False
     remat: str = "full"
     dtype: str = "float32"
@@ -85,7 +90,9 @@ class ModelConfig:
     @property
     def quantizer(self) -> QuantizerConfig:
         return QuantizerConfig(num_codebooks=self.num_codebooks, codebook_size=self.codebook_size,
-                               code_dim=self.code_dim)
+                               code_dim=self.code_dim, temperature_start=self.gumbel_temperature_start,
+                               temperature_decay=self.gumbel_temperature_decay,
+                               temperature_floor=self.gumbel_temperature_floor)
 
 
 @dataclasses.dataclass

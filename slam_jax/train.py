@@ -93,7 +93,7 @@ class Trainer:
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_params, self.param_shardings)
         self.abstract_opt = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_opt, self.opt_shardings)
-        self.base_key = jax.random.key(train_cfg.seed)
+        self.base_key, self.eval_key = jax.random.split(jax.random.key(train_cfg.seed))
         self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         self._train_step = jax.jit(self._step_fn, donate_argnums=(0, 1),
                                    out_shardings=(self.param_shardings, self.opt_shardings, self.replicated))
@@ -130,7 +130,7 @@ class Trainer:
         return keep(new_params, params), keep(new_opt, opt_state), metrics
 
     def _eval_fn(self, params, batch, step):
-        return self._losses(params, batch, step, jax.random.fold_in(self.base_key, -1), False)[1]
+        return self._losses(params, batch, step, self.eval_key, False)[1]
 
     def train_step(self, params, opt_state, local_batch: dict, step: int):
         batch = partitioning.global_batch(local_batch, self.mesh)

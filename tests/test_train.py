@@ -88,3 +88,11 @@ def test_mismatched_checkpoint_names_the_parameters(tmp_path):
     assert result.returncode == 1
     assert "does not match the model configuration" in result.stderr
     assert "ffn1/up/kernel" in result.stderr and "shape differs" in result.stderr
+
+
+def test_non_finite_loss_stops_with_step_objective_and_last_checkpoint(tmp_path):
+    result = slam_train(tmp_path / "nan", "--gin.TRAIN_STEPS=6", "--gin.OptimizerConfig.peak_learning_rate=1e30",
+                        "--gin.OptimizerConfig.clip_norm=None", "--gin.TrainConfig.checkpoint_every=1",
+                        check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "non-finite loss at step" in result.stderr and "Last good checkpoint: step" in result.stderr
