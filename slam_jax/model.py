@@ -42,6 +42,7 @@ class ModelConfig:
         default 2.0 * 0.999995^step floored at 0.1.
       ctc_head: add a CTC head over the vocabulary (mSLAM-CTC); blank = id 0 (PAD).
       remat: 'none' | 'full' | 'dots' | 'dots_no_batch' (`jax.checkpoint` policy inside the layer scan).
+      scan_layers: scan each stack over its layers (compile time flat in depth); False unrolls the layers.
       dtype: compute dtype 'float32' or 'bfloat16' (params, norms, softmax and losses stay float32).
     """
 
@@ -70,6 +71,7 @@ class ModelConfig:
     gumbel_temperature_floor: float = 0.1
     ctc_head: bool = False
     remat: str = "full"
+    scan_layers: bool = True
     dtype: str = "float32"
     conv_impl: str = "shift"
     attention_impl: str | None = None
@@ -115,9 +117,11 @@ class SlamEncoder(nnx.Module):
         conformer, dtype, d = cfg.conformer, common.dtype_of(cfg.dtype), cfg.d_model
         self.subsampling = ConvSubsampling(cfg.num_mel_bins, d, channels=cfg.subsampling_channels, dtype=dtype,
                                            rngs=rngs)
-        self.speech_stack = ConformerStack(conformer, cfg.speech_layers, remat=cfg.remat, rngs=rngs)
+        self.speech_stack = ConformerStack(conformer, cfg.speech_layers, remat=cfg.remat,
+                                           scan_layers=cfg.scan_layers, rngs=rngs)
         self.text_embedding = TextEmbedding(cfg.vocab_size, d, dtype=dtype, rngs=rngs)
-        self.shared_stack = ConformerStack(conformer, cfg.shared_layers, remat=cfg.remat, rngs=rngs)
+        self.shared_stack = ConformerStack(conformer, cfg.shared_layers, remat=cfg.remat,
+                                           scan_layers=cfg.scan_layers, rngs=rngs)
         normal = nnx.with_partitioning(jax.nn.initializers.normal(0.02), ("embed",))
         self.cls = nnx.Param(normal(rngs.params(), (d,)))
         if cfg.speech_mask_vector == "learned":

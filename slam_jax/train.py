@@ -132,8 +132,12 @@ class Trainer:
     def _eval_fn(self, params, batch, step):
         return self._losses(params, batch, step, self.eval_key, False)[1]
 
-    def train_step(self, params, opt_state, local_batch: dict, step: int):
-        batch = partitioning.global_batch(local_batch, self.mesh)
+    def device_batch(self, local_batch: dict) -> dict:
+        """This process' rows -> the global batch sharded over (`data`, `fsdp`); the transfer is asynchronous."""
+        return partitioning.global_batch(local_batch, self.mesh)
+
+    def train_step(self, params, opt_state, batch: dict, step: int):
+        """One optimizer step on a global batch from `device_batch`; returns (params, opt_state, metrics)."""
         with jax.set_mesh(self.mesh):
             return self._train_step(params, opt_state, batch, jnp.asarray(step, jnp.int32))
 
@@ -278,13 +282,21 @@ def train(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> Tra
     window_start, window_steps = time.time(), 0
     examples_per_step = sum(kind_batch_sizes.values())
     try:
-        while step < train_cfg.train_steps:
+        if step < train_cfg.train_steps:
             local = next(stream)
-            params, opt_state, metrics = trainer.train_step(params, opt_state, local, step)
+            batch = trainer.device_batch(local)
+        while step < train_cfg.train_steps:
+            params, opt_state, metrics = trainer.train_step(params, opt_state, batch, step)
             step += 1
             window_steps += 1
             pending.append((step, metrics))
             stopping = _should_stop(stop["signal"])
+            saving = step % train_cfg.checkpoint_every == 0
+            if not (stopping or saving or step == train_cfg.train_steps):
+                # Prefetch: read and transfer the next batch while this step runs (dispatch is asynchronous). Not
+                # before a checkpoint, whose data-iterator state must be the one right after this step's batch.
+                local = next(stream)
+                batch = trainer.device_batch(local)
             if step % train_cfg.log_every == 0 or step == train_cfg.train_steps or stopping:
                 values = jax.device_get([m for _, m in pending])
                 for (s, _), v in zip(pending, values):
@@ -302,9 +314,12 @@ def train(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> Tra
                 logger.write(step, scalars, console=False)
                 print("eval " + " ".join(f"{k[5:]}={v:.4f}" for k, v in sorted(scalars.items())
                                          if k.endswith(("_loss", "_accuracy"))), flush=True)
-            if step % train_cfg.checkpoint_every == 0:
+            if saving:
                 ckpt.save(step, params, opt_state, stream.get_state(), meta)
                 last_saved = step
+                if step < train_cfg.train_steps:
+                    local = next(stream)
+                    batch = trainer.device_batch(local)
         if last_saved != step:
             ckpt.save(step, params, opt_state, stream.get_state(), meta, force=True)
         if stop["signal"] is not None:

@@ -23,7 +23,10 @@ from slam_jax import config, train  # noqa: E402
 from slam_jax.data import converter  # noqa: E402
 from train_utils import SMALL  # noqa: E402
 
-files, bindings, _ = config.split_argv(SMALL + ["--gin.TRAIN_STEPS=3", "--gin.TrainConfig.checkpoint_every=3"])
+# 16 global rows (8 speech / 4 text / 4 paired) on a 2x2x2 (data, fsdp, tensor) mesh over both processes' 8 devices.
+files, bindings, _ = config.split_argv(SMALL + [
+    "--gin.TRAIN_STEPS=3", "--gin.TrainConfig.checkpoint_every=3", "--gin.StreamConfig.batch_size=16",
+    "--gin.MeshConfig.data=2", "--gin.MeshConfig.fsdp=2", "--gin.MeshConfig.tensor=2"])
 config.parse(files, bindings)
 result = train.train(model_dir)
 leaves = [np.asarray(multihost_utils.process_allgather(x, tiled=True)) for x in jax.tree.leaves(result.params)]

@@ -89,3 +89,22 @@ def test_bfloat16_compute_keeps_fp32_params_and_finite_losses():
     loss, metrics = compute_losses(model, batch, jnp.array(0), jax.random.key(0), SLAM_TLM_STM)
     assert loss.dtype == jnp.float32 and np.isfinite(float(loss))
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def test_unrolled_layers_match_the_scanned_stack():
+    import dataclasses
+    batch = jax.tree.map(jnp.asarray, full_batch(batch=2))
+    loss_fn = lambda m: compute_losses(m, batch, jnp.array(0), jax.random.key(0), ObjectiveConfig())[0]
+    step = nnx.jit(nnx.value_and_grad(loss_fn))
+    results, loops = {}, {}
+    for scan in (True, False):
+        model = build_model(dataclasses.replace(TINY, scan_layers=scan))
+        results[scan] = step(model)
+        hlo = jax.jit(lambda state: loss_fn(nnx.merge(nnx.graphdef(model), state))).lower(nnx.state(model)).as_text()
+        loops[scan] = hlo.count("stablehlo.while")
+    assert loops[False] < loops[True], loops  # the layer loops are gone (masking keeps its own loops)
+    (loss_s, grads_s), (loss_u, grads_u) = results[True], results[False]
+    assert jax.tree.structure(grads_s) == jax.tree.structure(grads_u)
+    np.testing.assert_allclose(float(loss_u), float(loss_s), rtol=1e-6)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(grads_s), jax.tree.leaves(grads_u)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5, rtol=1e-5, err_msg=_path(path))

@@ -29,7 +29,10 @@ SMALL = [
 
 def env(devices: int = 1) -> dict[str, str]:
     e = dict(os.environ)
-    e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    # Fake CPU devices are threads sharing 2 cores (with a second test worker): a slow device must not trip XLA's
+    # default 40 s collective rendezvous timeout, which aborts the process.
+    e["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
+                      "--xla_cpu_collective_call_terminate_timeout_seconds=900")
     e["JAX_PLATFORMS"] = "cpu"
     e["TF_CPP_MIN_LOG_LEVEL"] = "3"
     e["PYTHONUNBUFFERED"] = "1"

@@ -210,12 +210,16 @@ class ConformerStack(nnx.Module):
     """`num_layers` Conformer blocks with stacked parameters (leading `layers` axis), run with `nnx.scan`.
 
     Scanning keeps compile time flat in depth; `remat` picks a `jax.checkpoint` policy from REMAT_POLICIES.
+    `scan_layers=False` unrolls the scan (same parameters and numerics, no while loop; compile time grows with
+    depth): for debugging, and for XLA:CPU multi-device runs, whose in-process collectives inside a while loop can
+    deadlock when the fake devices outnumber the cores.
     """
 
-    def __init__(self, cfg: ConformerConfig, num_layers: int, *, remat: str = "full", rngs: nnx.Rngs):
+    def __init__(self, cfg: ConformerConfig, num_layers: int, *, remat: str = "full", scan_layers: bool = True,
+                 rngs: nnx.Rngs):
         if remat not in REMAT_POLICIES:
             raise ValueError(f"unknown remat policy {remat!r}; expected one of {sorted(REMAT_POLICIES)}")
-        self.num_layers, self.remat = num_layers, remat
+        self.num_layers, self.remat, self.scan_layers = num_layers, remat, scan_layers
 
         @nnx.split_rngs(splits=num_layers)
         @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
@@ -238,5 +242,6 @@ class ConformerStack(nnx.Module):
         policy = REMAT_POLICIES[self.remat]
         if self.remat != "none":
             layer = nnx.remat(layer, policy=policy)
-        scan = nnx.scan(layer, in_axes=(nnx.Carry, 0, 0 if keys is not None else None), out_axes=nnx.Carry)
+        scan = nnx.scan(layer, in_axes=(nnx.Carry, 0, 0 if keys is not None else None), out_axes=nnx.Carry,
+                        unroll=1 if self.scan_layers else True)
         return scan(x, self.blocks, keys)
