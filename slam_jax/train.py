@@ -281,10 +281,14 @@ def train(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> Tra
     pending: list[tuple[int, Any]] = []
     window_start, window_steps = time.time(), 0
     examples_per_step = sum(kind_batch_sizes.values())
+    def fetch():
+        """The next host batch and its global device batch (the transfer overlaps a running step)."""
+        host = next(stream)
+        return host, trainer.device_batch(host)
+
     try:
         if step < train_cfg.train_steps:
-            local = next(stream)
-            batch = trainer.device_batch(local)
+            local, batch = fetch()
         while step < train_cfg.train_steps:
             params, opt_state, metrics = trainer.train_step(params, opt_state, batch, step)
             step += 1
@@ -295,8 +299,7 @@ def train(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> Tra
             if not (stopping or saving or step == train_cfg.train_steps):
                 # Prefetch: read and transfer the next batch while this step runs (dispatch is asynchronous). Not
                 # before a checkpoint, whose data-iterator state must be the one right after this step's batch.
-                local = next(stream)
-                batch = trainer.device_batch(local)
+                local, batch = fetch()
             if step % train_cfg.log_every == 0 or step == train_cfg.train_steps or stopping:
                 values = jax.device_get([m for _, m in pending])
                 for (s, _), v in zip(pending, values):
@@ -318,8 +321,7 @@ def train(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> Tra
                 ckpt.save(step, params, opt_state, stream.get_state(), meta)
                 last_saved = step
                 if step < train_cfg.train_steps:
-                    local = next(stream)
-                    batch = trainer.device_batch(local)
+                    local, batch = fetch()
         if last_saved != step:
             ckpt.save(step, params, opt_state, stream.get_state(), meta, force=True)
         if stop["signal"] is not None:

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 SMALL = [
     "--gin_file=runs/cpu_smoke.gin",
@@ -34,6 +35,9 @@ def env(devices: int = 1) -> dict[str, str]:
     e["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
                       "--xla_cpu_collective_call_terminate_timeout_seconds=900")
     e["JAX_PLATFORMS"] = "cpu"
+    # The test runs of slam-train compile the same few programs again and again: share JAX's persistent cache.
+    e["JAX_COMPILATION_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), "slam_jax_tests_jax_cache")
+    e["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     e["TF_CPP_MIN_LOG_LEVEL"] = "3"
     e["PYTHONUNBUFFERED"] = "1"
     return e
