@@ -23,7 +23,8 @@ def _path(path):
 def test_gradients_reach_every_parameter():
     model = build_model(TINY)
     batch = jax.tree.map(jnp.asarray, full_batch(batch=3))
-    grads = nnx.grad(lambda m: compute_losses(m, batch, jnp.array(0), jax.random.key(0), SLAM_TLM_STM)[0])(model)
+    loss_fn = lambda m: compute_losses(m, batch, jnp.array(0), jax.random.key(0), SLAM_TLM_STM)[0]
+    grads = nnx.jit(nnx.grad(loss_fn))(model)
     dead = [_path(p) for p, g in jax.tree_util.tree_leaves_with_path(grads) if not np.any(np.asarray(g) != 0)]
     assert not dead, f"parameters without gradient: {dead}"
     codebook = np.asarray(grads["quantizer"]["codebook"][...])
