@@ -30,10 +30,10 @@ SMALL = [
 
 def env(devices: int = 1) -> dict[str, str]:
     e = dict(os.environ)
-    # Fake CPU devices are threads sharing 2 cores (with a second test worker): a slow device must not trip XLA's
-    # default 40 s collective rendezvous timeout, which aborts the process.
+    # Fake CPU devices are threads sharing 2 cores with a second test worker: give a slow device more than XLA's
+    # default 40 s at a collective rendezvous, yet still abort a real deadlock well within the test timeout.
     e["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
-                      "--xla_cpu_collective_call_terminate_timeout_seconds=900")
+                      "--xla_cpu_collective_call_terminate_timeout_seconds=300")
     e["JAX_PLATFORMS"] = "cpu"
     # The test runs of slam-train compile the same few programs again and again: share JAX's persistent cache.
     e["JAX_COMPILATION_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), "slam_jax_tests_jax_cache")
