@@ -299,7 +299,8 @@ def benchmark(model_cfg: ModelConfig, mode: str, shapes: BenchShapes, *, steps: 
         "num_devices": len(devices),
         "d_model": model_cfg.d_model, "speech_layers": model_cfg.speech_layers,
         "shared_layers": model_cfg.shared_layers, "dtype": model_cfg.dtype, "remat": model_cfg.remat,
-        "conv_impl": model_cfg.conv_impl,
+        "conv_impl": model_cfg.conv_impl, "attention_impl": model_cfg.attention_impl,
+        "scan_layers": model_cfg.scan_layers,
         "batch": dataclasses.asdict(batch_shapes),
         "conformer_frames": flops.subsampled(batch_shapes.speech_frames),
         "steps": steps, "warmup": warmup,
@@ -340,7 +341,8 @@ def _human(result: dict[str, Any]) -> str:
     lines = [
         f"slam-bench mode={result['mode']} on {result['num_devices']} x {result['device']} ({result['backend']}); "
         f"d={result['d_model']} layers={result['speech_layers']}+{result['shared_layers']} dtype={result['dtype']} "
-        f"remat={result['remat']} conv={result['conv_impl']}",
+        f"remat={result['remat']} scan={result['scan_layers']} conv={result['conv_impl']} "
+        f"attention={result['attention_impl'] or 'auto'}",
         f"  batch: speech {b['speech_rows']}x{b['speech_frames']} log-mel frames "
         f"({result['conformer_frames']} Conformer positions), text {b['text_rows']}x{b['text_tokens']}, "
         f"paired {b['paired_rows']}x{b['paired_frames']}/{b['paired_tokens']}; objectives {result['objectives']}",

@@ -38,6 +38,7 @@ def test_bench_full_mode_json_fields(capsys):
     assert out["batch"] == {"speech_rows": 2, "speech_frames": 64, "text_rows": 1, "text_tokens": 8,
                             "paired_rows": 1, "paired_frames": 64, "paired_tokens": 8}
     assert out["conformer_frames"] == 16
+    assert (out["scan_layers"], out["conv_impl"], out["attention_impl"]) == (True, "shift", None)
     assert np.isfinite(out["loss"])
 
 

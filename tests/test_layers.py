@@ -1,11 +1,14 @@
-"""Layer numerics: fast depthwise conv == native conv, masked GroupNorm == per-segment reference, and the
-encoder's outputs on real frames are invariant to padding and to packing (attention, conv, GroupNorm masked)."""
+"""Layer numerics: fast depthwise conv == native conv, head-major attention == jax.nn.dot_product_attention,
+masked GroupNorm == per-segment reference, and the encoder's outputs on real frames are invariant to padding and
+to packing (attention, conv, GroupNorm masked)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from helpers import TINY, speech_rows
+from slam_jax.layers.attention import SelfAttention
 from slam_jax.layers.conformer import depthwise_conv1d, segment_group_norm
 from slam_jax.model import build_model
 
@@ -32,6 +35,37 @@ def test_shift_depthwise_conv_matches_native_values_and_gradients():
                                depthwise_conv1d(x, kernel, seg, "native") * (seg > 0)[..., None], atol=TOL)
     for a, b in zip(jax.grad(f("shift"), (0, 1))(x, kernel), jax.grad(f("native"), (0, 1))(x, kernel)):
         np.testing.assert_allclose(a, b, atol=TOL, rtol=TOL)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_head_major_attention_matches_dot_product_attention(dtype):
+    """Both attention paths hold the same parameters and agree in values and gradients, packing and padding
+    included (bf16: same rounding points, so only summation order differs)."""
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(3, 23, 32)), jnp.float32)
+    seg = np.ones((3, 23), np.int32)
+    seg[1, 17:] = 0  # padding
+    seg[2, 9:] = 2  # two packed examples
+    seg[2, 20:] = 0
+    seg = jnp.asarray(seg)
+    with nnx.use_eager_sharding(False):
+        layer = SelfAttention(32, 4, dtype=dtype, rngs=nnx.Rngs(0))
+    graph, params = nnx.split(layer)
+
+    def loss(impl):
+        def f(params, x):
+            m = nnx.merge(graph, params)
+            m.implementation = impl
+            y = m(x, seg).astype(jnp.float32) * (seg > 0)[..., None]
+            return jnp.sum(jnp.sin(y) * x), y
+        return jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))
+
+    (_, y_ref), g_ref = loss("xla")(params, x)
+    (_, y), g = loss("head_major")(params, x)
+    tol = TOL if dtype == jnp.float32 else 4e-3  # bf16: half an ulp of the largest entry
+    for a, b in zip(jax.tree.leaves((y, g)), jax.tree.leaves((y_ref, g_ref))):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol * float(jnp.abs(b).max()))
+    assert float(jnp.abs(y_ref).max()) > 0.1  # not a trivially zero comparison
 
 
 def test_segment_group_norm_matches_per_segment_reference():

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from slam_jax.layers import common
+from slam_jax.layers.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 from slam_jax.layers.attention import SelfAttention
 
 Array = jax.Array
@@ -38,7 +39,8 @@ class ConformerConfig:
       conv_impl: depthwise conv implementation. 'shift' (sum of k shifted multiplies, exact at segment boundaries,
         fast forward and backward on every backend) or 'native' (XLA grouped convolution; zeroes padding but mixes
         adjacent packed segments, so use it only with one example per row).
-      attention_impl: `jax.nn.dot_product_attention` implementation: None (auto), 'xla' or 'cudnn'.
+      attention_impl: None (auto: 'head_major' on CPU, else `jax.nn.dot_product_attention` picks), 'xla' or
+        'cudnn' (`jax.nn.dot_product_attention`), or 'head_major' (same math, heads-first layout; fastest on XLA:CPU).
     """
 
     d_model: int = 1024
@@ -59,6 +61,8 @@ class ConformerConfig:
             raise ValueError(f"d_model {self.d_model} not divisible by group_norm_groups {self.group_norm_groups}")
         if self.conv_impl not in ("shift", "native"):
             raise ValueError(f"conv_impl must be 'shift' or 'native', got {self.conv_impl!r}")
+        if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLEMENTATIONS}, got {self.attention_impl!r}")
 
 
 def depthwise_conv1d(x: Array, kernel: Array, segment_ids: Array, impl: str = "shift") -> Array:
