@@ -281,6 +281,7 @@ def train(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> Tra
     pending: list[tuple[int, Any]] = []
     window_start, window_steps = time.time(), 0
     examples_per_step = sum(kind_batch_sizes.values())
+
     def fetch():
         """The next host batch and its global device batch (the transfer overlaps a running step)."""
         host = next(stream)

@@ -59,7 +59,8 @@ class SelfAttention(nnx.Module):
     def __init__(self, d_model: int, num_heads: int, *, dropout: float = 0.0, dtype: jnp.dtype = jnp.float32,
                  implementation: str | None = None, rngs: nnx.Rngs):
         if implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"unknown attention implementation {implementation!r}; expected one of {IMPLEMENTATIONS}")
+            raise ValueError(f"unknown attention implementation {implementation!r} (gin: ModelConfig.attention_impl); "
+                             f"expected one of {IMPLEMENTATIONS}")
         if d_model % num_heads:
             raise ValueError(f"d_model {d_model} is not divisible by num_heads {num_heads}")
         head_dim = d_model // num_heads

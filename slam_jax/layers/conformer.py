@@ -21,7 +21,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from slam_jax.layers import common
-from slam_jax.layers.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 from slam_jax.layers.attention import SelfAttention
 
 Array = jax.Array
@@ -61,8 +60,6 @@ class ConformerConfig:
             raise ValueError(f"d_model {self.d_model} not divisible by group_norm_groups {self.group_norm_groups}")
         if self.conv_impl not in ("shift", "native"):
             raise ValueError(f"conv_impl must be 'shift' or 'native', got {self.conv_impl!r}")
-        if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLEMENTATIONS}, got {self.attention_impl!r}")
 
 
 def depthwise_conv1d(x: Array, kernel: Array, segment_ids: Array, impl: str = "shift") -> Array:
