@@ -28,11 +28,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from orbax.checkpoint import multihost
 
 from slam_jax import checkpointing, config, optim, partitioning, pretraining
 from slam_jax.model import SlamModel
 
 log = logging.getLogger("slam_jax.train")
+
+# How long a process waits for the others to finish compiling before the first step (large models on busy hosts).
+_BARRIER_TIMEOUT_S = 1800
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +144,23 @@ class Trainer:
         """One optimizer step on a global batch from `device_batch`; returns (params, opt_state, metrics)."""
         with jax.set_mesh(self.mesh):
             return self._train_step(params, opt_state, batch, jnp.asarray(step, jnp.int32))
+
+    def compile(self, params, opt_state, batch: dict, step: int) -> float:
+        """Compiles the train step (and the eval step, when evaluating) for these inputs; returns the seconds taken.
+
+        With several processes, then waits (at a coordination-service barrier, not a collective) until every process
+        has compiled: otherwise one process could start the first step's collectives while another still compiles,
+        and CPU (gloo) collectives give up after 30 s waiting for a peer to join.
+        """
+        start = time.time()
+        with jax.set_mesh(self.mesh):
+            step = jnp.asarray(step, jnp.int32)  # under the mesh, as in `train_step`: its type is part of the key
+            self._train_step.lower(params, opt_state, batch, step).compile()
+            if self.train_cfg.eval_every:
+                self._eval_step.lower(params, batch, step).compile()
+        seconds = time.time() - start
+        multihost.get_barrier_sync_fn()(key="slam_jax_train_compiled", timeout_ms=_BARRIER_TIMEOUT_S * 1000)
+        return seconds
 
     def loss_and_grads(self, params, local_batch: dict, step: int) -> tuple[Any, dict, Any]:
         """(loss, metrics, gradients) of one batch without updating anything (used to check sharding numerics)."""
@@ -290,6 +311,8 @@ def train(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> Tra
     try:
         if step < train_cfg.train_steps:
             local, batch = fetch()
+            seconds = trainer.compile(params, opt_state, batch, step)
+            print(f"compiled the train step in {seconds:.1f} s", flush=True)
         while step < train_cfg.train_steps:
             params, opt_state, metrics = trainer.train_step(params, opt_state, batch, step)
             step += 1

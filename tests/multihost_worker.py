@@ -1,16 +1,19 @@
 """One process of the two-process CPU training test (tests/test_multihost.py).
 
-Usage: multihost_worker.py PROCESS_ID PORT MODEL_DIR OUT_JSON. Joins a 2-process JAX cluster on 127.0.0.1 (gloo
-collectives, 4 fake CPU devices each), trains the tiny model a few steps reading its own data shard, and writes a
-digest of the final (globally gathered) parameters and of its first local batch.
+Usage: multihost_worker.py PROCESS_ID PORT MODEL_DIR OUT_JSON [COMPILE_DELAY_S]. Joins a 2-process JAX cluster on
+127.0.0.1 (gloo collectives, 4 fake CPU devices each), trains the tiny model a few steps reading its own data shard,
+and writes a digest of the final (globally gathered) parameters and of its first local batch. COMPILE_DELAY_S makes
+this process take that much longer to compile the train step, as a busy or slower host would.
 """
 import hashlib
 import json
 import sys
+import time
 
 import jax
 
 pid, port, model_dir, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+compile_delay_s = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
 
@@ -28,6 +31,15 @@ files, bindings, _ = config.split_argv(SMALL + [
     "--gin.TRAIN_STEPS=3", "--gin.TrainConfig.checkpoint_every=3", "--gin.StreamConfig.batch_size=16",
     "--gin.MeshConfig.data=2", "--gin.MeshConfig.fsdp=2", "--gin.MeshConfig.tensor=2"])
 config.parse(files, bindings)
+compile_train_step = train.Trainer.compile
+
+
+def slow_compile(self, *args):
+    time.sleep(compile_delay_s)
+    return compile_train_step(self, *args)
+
+
+train.Trainer.compile = slow_compile
 result = train.train(model_dir)
 leaves = [np.asarray(multihost_utils.process_allgather(x, tiled=True)) for x in jax.tree.leaves(result.params)]
 params_digest = hashlib.sha256(b"".join(np.ascontiguousarray(x).tobytes() for x in leaves)).hexdigest()
