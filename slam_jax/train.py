@@ -312,7 +312,8 @@ def train(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> Tra
         if step < train_cfg.train_steps:
             local, batch = fetch()
             seconds = trainer.compile(params, opt_state, batch, step)
-            print(f"compiled the train step in {seconds:.1f} s", flush=True)
+            steps = "train and eval steps" if train_cfg.eval_every else "train step"
+            print(f"compiled the {steps} in {seconds:.1f} s", flush=True)
         while step < train_cfg.train_steps:
             params, opt_state, metrics = trainer.train_step(params, opt_state, batch, step)
             step += 1
