@@ -31,12 +31,12 @@ files, bindings, _ = config.split_argv(SMALL + [
     "--gin.TRAIN_STEPS=3", "--gin.TrainConfig.checkpoint_every=3", "--gin.StreamConfig.batch_size=16",
     "--gin.MeshConfig.data=2", "--gin.MeshConfig.fsdp=2", "--gin.MeshConfig.tensor=2"])
 config.parse(files, bindings)
-compile_train_step = train.Trainer.compile
+compile_steps = train.Trainer.compile
 
 
 def slow_compile(self, *args):
     time.sleep(compile_delay_s)
-    return compile_train_step(self, *args)
+    return compile_steps(self, *args)
 
 
 train.Trainer.compile = slow_compile
