@@ -2,7 +2,6 @@
 import glob
 import os
 import signal
-import time
 
 import numpy as np
 import pytest
@@ -38,14 +37,15 @@ def test_sigterm_then_resume_matches_straight_run(tmp_path):
 
     resumed = tmp_path / "resumed"
     proc = slam_train(resumed, f"--gin.TRAIN_STEPS={steps}", "--gin.TrainConfig.checkpoint_every=100", popen=True)
-    deadline = time.time() + 600
-    while time.time() < deadline:  # interrupt once a few steps are done
-        path = resumed / "metrics.jsonl"
-        if path.exists() and len(path.read_text().splitlines()) >= 3:
+    # Interrupt once the train step is compiled: the handler is installed by then and the 8 steps still to run
+    # leave the signal time to land (polling metrics.jsonl instead raced the last steps on a fast machine).
+    head = []
+    for line in proc.stdout:
+        head.append(line)
+        if line.startswith("compiled the train step"):
             break
-        time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=600)
+    out = "".join(head) + proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, out
     stopped = max(r["step"] for r in read_metrics(resumed))
     assert "received signal" in out and stopped < steps, out
