@@ -140,10 +140,16 @@ class Trainer:
         """This process' rows -> the global batch sharded over (`data`, `fsdp`); the transfer is asynchronous."""
         return partitioning.global_batch(local_batch, self.mesh)
 
+    @staticmethod
+    def _step_array(step: int) -> jax.Array:
+        """The step as the jitted steps take it; call under `jax.set_mesh` (its sharding type is part of the jit
+        cache key, so `compile` and the calls it prepares must build it the same way)."""
+        return jnp.asarray(step, jnp.int32)
+
     def train_step(self, params, opt_state, batch: dict, step: int):
         """One optimizer step on a global batch from `device_batch`; returns (params, opt_state, metrics)."""
         with jax.set_mesh(self.mesh):
-            return self._train_step(params, opt_state, batch, jnp.asarray(step, jnp.int32))
+            return self._train_step(params, opt_state, batch, self._step_array(step))
 
     def compile(self, params, opt_state, batch: dict, step: int) -> float:
         """Compiles the train step (and the eval step, when evaluating) for these inputs; returns the seconds taken.
@@ -154,7 +160,7 @@ class Trainer:
         """
         start = time.time()
         with jax.set_mesh(self.mesh):
-            step = jnp.asarray(step, jnp.int32)  # under the mesh, as in `train_step`: its type is part of the key
+            step = self._step_array(step)
             self._train_step.lower(params, opt_state, batch, step).compile()
             if self.train_cfg.eval_every:
                 self._eval_step.lower(params, batch, step).compile()
@@ -196,7 +202,7 @@ class Trainer:
             local = {k: local.get(k, empty[k]) for k in template}
             batch = partitioning.global_batch(local, self.mesh)
             with jax.set_mesh(self.mesh):
-                metrics = jax.device_get(self._eval_step(params, batch, jnp.asarray(step, jnp.int32)))
+                metrics = jax.device_get(self._eval_step(params, batch, self._step_array(step)))
             present = {kind: float(metrics.get(key, 0)) > 0 for kind, key in
                        (("speech", "speech/frames"), ("text", "text/tokens"), ("paired", "paired/pairs"))}
             for k, v in metrics.items():
