@@ -20,7 +20,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import gin
 import jax
@@ -31,7 +31,9 @@ from flax import nnx
 from orbax.checkpoint import multihost
 
 from slam_jax import checkpointing, config, optim, partitioning, pretraining
-from slam_jax.model import SlamModel
+from slam_jax.model import ModelConfig, SlamModel
+
+LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 log = logging.getLogger("slam_jax.train")
 
@@ -75,20 +77,26 @@ class NonFiniteLossError(RuntimeError):
 
 # ------------------------------------------------------------------------------------------------ the trainer
 class Trainer:
-    """Sharded state, the jitted train/eval steps and the loop. Built from the gin-bound config dataclasses."""
+    """Sharded state and the jitted train/eval steps of any model and loss (pre-training and fine-tuning).
 
-    def __init__(self, *, model_cfg, objective_cfg: pretraining.ObjectiveConfig, stream_cfg,
-                 optimizer_cfg: optim.OptimizerConfig, mesh_cfg: partitioning.MeshConfig, train_cfg: TrainConfig,
-                 devices: Sequence[jax.Device] | None = None):
-        self.train_cfg, self.objective_cfg = train_cfg, objective_cfg
-        self.model_cfg, self.stream_cfg = model_cfg, stream_cfg
+    model_fn: `rngs -> nnx.Module` builds the model (called abstractly first, so parameters are created sharded).
+    loss_fn: `(model, batch, step, key, train) -> (loss, metrics)`, metrics named `kind/metric`.
+    loss_names: the metric names of the losses that must stay finite (named in the error when one is not).
+    optimizer: (optax transformation, learning-rate schedule).
+    """
+
+    def __init__(self, *, model_fn: Callable[[nnx.Rngs], nnx.Module], loss_fn: LossFn, loss_names: Sequence[str],
+                 optimizer: tuple[optax.GradientTransformation, optax.Schedule], mesh_cfg: partitioning.MeshConfig,
+                 train_cfg: "TrainConfig", devices: Sequence[jax.Device] | None = None):
+        self.train_cfg, self.model_fn, self.loss_fn = train_cfg, model_fn, loss_fn
+        self.loss_names = tuple(loss_names)
         self.mesh = partitioning.make_mesh(mesh_cfg, devices)
         self.rules = mesh_cfg.rules
-        self.tx, self.schedule = optim.make_optimizer(optimizer_cfg)
+        self.tx, self.schedule = optimizer
 
         # Abstract model -> logical shardings -> parameters created directly sharded under jit.
         with nnx.use_eager_sharding(False):
-            abstract = nnx.eval_shape(lambda: SlamModel(model_cfg, rngs=nnx.Rngs(params=0)))
+            abstract = nnx.eval_shape(lambda: model_fn(nnx.Rngs(params=0)))
         self.graphdef, abstract_params = nnx.split(abstract)
         abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
         self.param_shardings = partitioning.logical_shardings(abstract_params, self.mesh, self.rules)
@@ -105,11 +113,22 @@ class Trainer:
         self._grads = jax.jit(jax.value_and_grad(self._losses, has_aux=True), static_argnums=(4,),
                               out_shardings=((self.replicated, self.replicated), self.param_shardings))
 
+    @classmethod
+    def for_pretraining(cls, *, model_cfg: ModelConfig, objective_cfg: pretraining.ObjectiveConfig,
+                        optimizer_cfg: optim.OptimizerConfig, mesh_cfg: partitioning.MeshConfig,
+                        train_cfg: "TrainConfig", devices: Sequence[jax.Device] | None = None) -> "Trainer":
+        """The SLAM pre-training step: `SlamModel` and every active objective of `objective_cfg`."""
+        def losses(model, batch, step, key, train):
+            return pretraining.compute_losses(model, batch, step, key, objective_cfg, train=train)
+        return cls(model_fn=lambda rngs: SlamModel(model_cfg, rngs=rngs), loss_fn=losses,
+                   loss_names=pretraining.loss_names(objective_cfg), optimizer=optim.make_optimizer(optimizer_cfg),
+                   mesh_cfg=mesh_cfg, train_cfg=train_cfg, devices=devices)
+
     # -------------------------------------------------------------------------------------------- state
     def init_params(self) -> Any:
         def init():
             with nnx.use_eager_sharding(False):
-                return nnx.state(SlamModel(self.model_cfg, rngs=nnx.Rngs(params=self.train_cfg.seed)))
+                return nnx.state(self.model_fn(nnx.Rngs(params=self.train_cfg.seed)))
         return jax.jit(init, out_shardings=self.param_shardings)()
 
     def init_opt_state(self, params: Any) -> Any:
@@ -119,7 +138,7 @@ class Trainer:
     def _losses(self, params, batch, step, key, train):
         model = nnx.merge(self.graphdef, params)
         with nnx.logical_axis_rules(tuple(self.rules)):
-            return pretraining.compute_losses(model, batch, step, key, self.objective_cfg, train=train)
+            return self.loss_fn(model, batch, step, key, train)
 
     def _step_fn(self, params, opt_state, batch, step):
         key = jax.random.fold_in(self.base_key, step)
@@ -151,8 +170,9 @@ class Trainer:
         with jax.set_mesh(self.mesh):
             return self._train_step(params, opt_state, batch, self._step_array(step))
 
-    def compile(self, params, opt_state, batch: dict, step: int) -> float:
-        """Compiles the train step (and the eval step, when evaluating) for these inputs; returns the seconds taken.
+    def compile(self, params, opt_state, batch: dict, step: int, eval_step: bool = False) -> float:
+        """Compiles the train step (and the held-out loss step with `eval_step`) for these inputs; returns the
+        seconds taken.
 
         With several processes, then waits (at a coordination-service barrier, not a collective) until every process
         has compiled: otherwise one process could start the first step's collectives while another still compiles,
@@ -162,7 +182,7 @@ class Trainer:
         with jax.set_mesh(self.mesh):
             step = self._step_array(step)
             self._train_step.lower(params, opt_state, batch, step).compile()
-            if self.train_cfg.eval_every:
+            if eval_step:
                 self._eval_step.lower(params, batch, step).compile()
         seconds = time.time() - start
         multihost.get_barrier_sync_fn()(key="slam_jax_train_compiled", timeout_ms=_BARRIER_TIMEOUT_S * 1000)
@@ -176,30 +196,36 @@ class Trainer:
             (loss, metrics), grads = self._grads(params, batch, step, jax.random.fold_in(self.base_key, step), True)
         return loss, metrics, grads
 
-    def evaluate(self, params, step: int, template: dict) -> dict[str, float]:
-        """Held-out losses and accuracies on `eval_split`, averaged over the batches where each kind has data.
+    def eval_batches(self, stream: Iterator[dict], template: dict) -> Iterator[dict]:
+        """This process' host batches of a finite `stream`, in lockstep with the other processes.
 
-        Every process runs the same number of (collective) eval steps: `eval_batches` when set (required with
-        several processes), else one pass over the split. A process whose shard ran out feeds all-padding batches
-        shaped like `template` (a training batch).
+        Every process must run the same number of (collective) eval steps: `TrainConfig.eval_batches` when set
+        (required with several processes), else one pass over the stream. A process whose shard ran out yields
+        all-padding batches shaped like `template` (a training batch); so does a kind the stream lacks.
         """
-        from slam_jax.data import converter
-        cfg = dataclasses.replace(self.stream_cfg, split=self.train_cfg.eval_split, shuffle=False)
-        stream = converter.eval_stream(cfg, shard_index=jax.process_index(), num_shards=jax.process_count())
         n = self.train_cfg.eval_batches
         if jax.process_count() > 1 and not n:
             raise config.ConfigError("multi-process evaluation needs TrainConfig.eval_batches > 0")
         empty = jax.tree.map(np.zeros_like, template)
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
         i = 0
         while not n or i < n:
             local = next(stream, None)
             if local is None:
                 if not n:
-                    break
+                    return
                 local = empty
-            local = {k: local.get(k, empty[k]) for k in template}
+            yield {k: local.get(k, empty[k]) for k in template}
+            i += 1
+
+    def evaluate(self, params, step: int, template: dict, stream_cfg) -> dict[str, float]:
+        """Held-out losses and accuracies on `TrainConfig.eval_split` of the stream `stream_cfg` describes,
+        averaged over the batches where each kind has data (see `eval_batches` for the number of batches)."""
+        from slam_jax.data import converter
+        cfg = dataclasses.replace(stream_cfg, split=self.train_cfg.eval_split, shuffle=False)
+        stream = converter.eval_stream(cfg, shard_index=jax.process_index(), num_shards=jax.process_count())
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for local in self.eval_batches(stream, template):
             batch = partitioning.global_batch(local, self.mesh)
             with jax.set_mesh(self.mesh):
                 metrics = jax.device_get(self._eval_step(params, batch, self._step_array(step)))
@@ -210,8 +236,33 @@ class Trainer:
                 if present.get(kind, any(present.values())):
                     sums[k] = sums.get(k, 0.0) + float(v)
                     counts[k] = counts.get(k, 0) + 1
-            i += 1
         return {f"eval/{k}": v / counts[k] for k, v in sums.items()}
+
+    def predict_fn(self, fn: Callable[[nnx.Module, dict], Any]) -> Callable[[Any, dict], Any]:
+        """Jits `fn(model, batch) -> outputs` (every output [global batch, ...]) for inference on host batches.
+
+        The returned callable takes (params, this process' host batch) and returns this process' rows of the
+        outputs as NumPy arrays (`global_array_to_host_local_array`), in the order of the host batch's rows.
+        """
+        def apply(params, batch):
+            model = nnx.merge(self.graphdef, params)
+            with nnx.logical_axis_rules(tuple(self.rules)):
+                return fn(model, batch)
+
+        jitted = jax.jit(apply)
+
+        def run(params, local_batch: dict) -> Any:
+            from jax.experimental import multihost_utils
+            batch = partitioning.global_batch(local_batch, self.mesh)
+            with jax.set_mesh(self.mesh):
+                out = jitted(params, batch)
+                out = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(
+                    x, partitioning.batch_sharding(self.mesh, x.ndim)), out)
+            local = multihost_utils.global_array_to_host_local_array(
+                out, self.mesh, jax.tree.map(lambda x: partitioning.batch_sharding(self.mesh, x.ndim).spec, out))
+            return jax.tree.map(np.asarray, local)
+
+        return run
 
 
 # ------------------------------------------------------------------------------------------------ logging
@@ -258,20 +309,48 @@ class TrainResult:
 
 
 def train(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> TrainResult:
-    """Runs (or resumes) the gin-configured training; returns the final step, parameters and last metrics."""
+    """Runs (or resumes) the gin-configured pre-training; returns the final step, parameters and last metrics."""
     from slam_jax.data import converter
     model_cfg, objective_cfg = config.ModelConfig(), config.ObjectiveConfig()
     stream_cfg, optimizer_cfg, mesh_cfg = config.StreamConfig(), config.OptimizerConfig(), config.MeshConfig()
     train_cfg = TrainConfig()
-    trainer = Trainer(model_cfg=model_cfg, objective_cfg=objective_cfg, stream_cfg=stream_cfg,
-                      optimizer_cfg=optimizer_cfg, mesh_cfg=mesh_cfg, train_cfg=train_cfg, devices=devices)
+    trainer = Trainer.for_pretraining(model_cfg=model_cfg, objective_cfg=objective_cfg, optimizer_cfg=optimizer_cfg,
+                                      mesh_cfg=mesh_cfg, train_cfg=train_cfg, devices=devices)
     stream = converter.make_stream(stream_cfg, shard_index=jax.process_index(), num_shards=jax.process_count())
-    kind_batch_sizes = {k: v for k, v in stream.kind_batch_sizes.items() if v}
-    partitioning.check_batch_sizes(kind_batch_sizes, trainer.mesh)
+    partitioning.check_batch_sizes({k: v for k, v in stream.kind_batch_sizes.items() if v}, trainer.mesh)
     vocab = converter.vocabulary_for(stream_cfg.mixture).vocab_size
     if vocab > model_cfg.vocab_size:
         raise config.ConfigError(f"mixture {stream_cfg.mixture!r} has a vocabulary of {vocab} ids but "
                                  f"ModelConfig.vocab_size = {model_cfg.vocab_size}")
+
+    def initial_params():
+        params = trainer.init_params()
+        if train_cfg.init_from:
+            params, skipped = checkpointing.warm_start_params(train_cfg.init_from, trainer.abstract_params, params)
+            print(f"warm-started from {train_cfg.init_from}" +
+                  (f"; freshly initialized: {', '.join(skipped)}" if skipped else ""), flush=True)
+        return params
+
+    return run_loop(trainer, stream, model_dir, initial_params=initial_params,
+                    evaluate=lambda params, step, local: trainer.evaluate(params, step, local, stream_cfg),
+                    compile_eval_step=bool(train_cfg.eval_every))
+
+
+def run_loop(trainer: Trainer, stream, model_dir: str, *, initial_params: Callable[[], Any],
+             evaluate: Callable[[Any, int, dict], dict[str, float]] | None = None,
+             meta: dict | None = None, compile_eval_step: bool = False) -> TrainResult:
+    """The training loop shared by pre-training and fine-tuning (t5x conventions).
+
+    Writes the operative gin config to `model_dir/config.gin`, resumes from the latest checkpoint in `model_dir`
+    (else starts from `initial_params()`), runs `TrainConfig.train_steps` steps with metrics (metrics.jsonl,
+    TensorBoard, a progress line with ETA), calls `evaluate(params, step, host batch) -> {"eval/...": value}` every
+    `eval_every` steps, checkpoints every `checkpoint_every` steps (parameters, optimizer state, the data-iterator
+    state of `stream`, `meta`), and on SIGTERM saves the current step on every process and returns.
+
+    `stream`: iterator of host batches with `get_state() -> bytes`, `set_state(bytes)` and `kind_batch_sizes`
+    (global rows per kind). `compile_eval_step`: `evaluate` uses `trainer.evaluate` (compiled before step 1 too).
+    """
+    train_cfg = trainer.train_cfg
     import tensorflow as tf
     tf.io.gfile.makedirs(model_dir)
     operative = gin.operative_config_str()
@@ -288,15 +367,11 @@ def train(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> Tra
         print(f"resumed from {model_dir} at step {step}", flush=True)
     else:
         step = 0
-        params = trainer.init_params()
-        if train_cfg.init_from:
-            params, skipped = checkpointing.warm_start_params(train_cfg.init_from, trainer.abstract_params, params)
-            print(f"warm-started from {train_cfg.init_from}" +
-                  (f"; freshly initialized: {', '.join(skipped)}" if skipped else ""), flush=True)
+        params = initial_params()
         opt_state = trainer.init_opt_state(params)
 
     meta = {"gin_config": operative, "git_sha": checkpointing.git_sha(), "jax_version": jax.__version__,
-            "mesh": dict(trainer.mesh.shape), "process_count": jax.process_count()}
+            "mesh": dict(trainer.mesh.shape), "process_count": jax.process_count(), **(meta or {})}
     logger = MetricLogger(model_dir, train_cfg.train_steps)
     stop = {"signal": None}
 
@@ -307,7 +382,7 @@ def train(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> Tra
     last_saved, last = step, {}
     pending: list[tuple[int, Any]] = []
     window_start, window_steps = time.time(), 0
-    examples_per_step = sum(kind_batch_sizes.values())
+    examples_per_step = sum(stream.kind_batch_sizes.values())
 
     def fetch():
         """The next host batch and its global device batch (the transfer overlaps a running step)."""
@@ -317,8 +392,8 @@ def train(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> Tra
     try:
         if step < train_cfg.train_steps:
             local, batch = fetch()
-            seconds = trainer.compile(params, opt_state, batch, step)
-            steps = "train and eval steps" if train_cfg.eval_every else "train step"
+            seconds = trainer.compile(params, opt_state, batch, step, eval_step=compile_eval_step)
+            steps = "train and eval steps" if compile_eval_step else "train step"
             print(f"compiled the {steps} in {seconds:.1f} s", flush=True)
         while step < train_cfg.train_steps:
             params, opt_state, metrics = trainer.train_step(params, opt_state, batch, step)
@@ -334,7 +409,7 @@ def train(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> Tra
             if step % train_cfg.log_every == 0 or step == train_cfg.train_steps or stopping:
                 values = jax.device_get([m for _, m in pending])
                 for (s, _), v in zip(pending, values):
-                    _check_finite(s, v, objective_cfg, last_saved)
+                    _check_finite(s, v, trainer.loss_names, last_saved)
                 elapsed = time.time() - window_start
                 sps = window_steps / max(elapsed, 1e-9)
                 last = {k: float(v) for k, v in values[-1].items()}
@@ -343,8 +418,8 @@ def train(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> Tra
                 pending, window_start, window_steps = [], time.time(), 0
             if stopping:
                 break
-            if train_cfg.eval_every and step % train_cfg.eval_every == 0:
-                scalars = trainer.evaluate(params, step, local)
+            if evaluate is not None and train_cfg.eval_every and step % train_cfg.eval_every == 0:
+                scalars = evaluate(params, step, local)
                 logger.write(step, scalars, console=False)
                 print("eval " + " ".join(f"{k[5:]}={v:.4f}" for k, v in sorted(scalars.items())
                                          if k.endswith(("_loss", "_accuracy"))), flush=True)
@@ -373,10 +448,10 @@ def _should_stop(signum) -> bool:
     return bool(np.any(flag))
 
 
-def _check_finite(step: int, metrics: dict, objective_cfg, last_saved: int) -> None:
+def _check_finite(step: int, metrics: dict, loss_names: Sequence[str], last_saved: int) -> None:
     if np.isfinite(metrics["loss"]):
         return
-    bad = [k for k in pretraining.loss_names(objective_cfg) if k in metrics and not np.isfinite(metrics[k])]
+    bad = [k for k in loss_names if k in metrics and not np.isfinite(metrics[k])]
     raise NonFiniteLossError(
         f"non-finite loss at step {step} (objectives: {', '.join(bad) or 'total only'}); the update was skipped. "
         f"Last good checkpoint: step {last_saved}.")

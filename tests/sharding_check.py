@@ -18,9 +18,9 @@ MODEL = dataclasses.replace(TINY, scan_layers=False)
 
 
 def run(mesh_cfg, devices):
-    trainer = Trainer(model_cfg=MODEL, objective_cfg=pretraining.ObjectiveConfig(tlm=True, stm=True, num_negatives=8),
-                      stream_cfg=None, optimizer_cfg=optim.OptimizerConfig(), mesh_cfg=mesh_cfg,
-                      train_cfg=TrainConfig(), devices=devices)
+    trainer = Trainer.for_pretraining(
+        model_cfg=MODEL, objective_cfg=pretraining.ObjectiveConfig(tlm=True, stm=True, num_negatives=8),
+        optimizer_cfg=optim.OptimizerConfig(), mesh_cfg=mesh_cfg, train_cfg=TrainConfig(), devices=devices)
     params = trainer.init_params()
     loss, _, grads = trainer.loss_and_grads(params, full_batch(batch=4), 3)
     sharded = sum(not leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(params))
