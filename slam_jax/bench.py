@@ -2,16 +2,18 @@
 
     slam-bench --gin_file=models/base.gin [--gin.NAME=VALUE ...] [--mode full|speech] [--batch 8 --frames 250
                --tokens 64] [--steps 10] [--json]
-    slam-bench --gin_file=models/base.gin --compile-scaling [--depths 4,8,16,24] [--json]
+    slam-bench --gin_file=models/base.gin --compile_scaling [--depths 4,8,16,24] [--json]
 
 Modes (synthetic, fully valid batches in the data contract of `slam_jax.data.schema`):
 - `full`: the SLAM-TLM-STM objective set (`objectives/slam_tlm_stm.gin`, overridable by later gin files or
   bindings) on speech + text + paired sub-batches: `--batch` speech rows of `--frames` Conformer positions,
   `--text_batch` text rows of `--tokens` tokens, `--paired_batch` paired rows of `--paired_frames` positions and
-  `--tokens` tokens. The step is `pretraining.compute_losses` + the gin optimizer (Adam, clipping), jitted with
-  donated parameters and optimizer state, exactly as `slam-train` builds it.
-- `speech`: the speech-encoder train step: conv subsampling, the N speech Conformer layers, the quantizer and the
-  contrastive (+ diversity) loss, fwd + bwd + Adam over the parameters of that path only.
+  `--tokens` tokens.
+- `speech`: the speech-encoder objective only: conv subsampling, the N speech Conformer layers, the quantizer and
+  the contrastive (+ diversity) loss (the backward reaches that path only; Adam updates every parameter, as
+  `slam-train` would with these objectives).
+Either way the timed step is `slam-train`'s own (`train.Trainer`: the gin optimizer, donated state, the finite
+guard, the metrics, shardings from the gin `MeshConfig` rules over the local devices), compiled ahead of time.
 `--frames` counts Conformer positions, i.e. after the 4x subsampling: the features hold 4 x frames log-mel frames.
 
 After `--warmup` steps the median of `--steps` step times is reported, with throughput (seconds of speech and
@@ -33,30 +35,16 @@ import resource
 import statistics
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
 
-from slam_jax import config, flops, optim, partitioning, pretraining
+from slam_jax import config, flops, optim, partitioning, pretraining, train
 from slam_jax.data import schema
-from slam_jax.model import ModelConfig, SlamModel
+from slam_jax.model import ModelConfig
 
-# bf16 dense peak per chip (vendor figures). Matched against `device.device_kind`, most specific first.
-PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
-    ("TPU v5 lite", 197e12),
-    ("TPU v5e", 197e12),
-    ("TPU v5p", 459e12),
-    ("TPU v5", 459e12),
-    ("TPU v4", 275e12),
-    ("H200", 989e12),
-    ("H100", 989e12),
-)
-
-SPEECH_PATH = ("subsampling", "speech_stack", "quantizer", "contrastive")
 FRAME_SECONDS = 0.01  # log-mel hop: 100 frames per second
 
 
@@ -81,10 +69,10 @@ def device_peak(device: jax.Device, dtype: str) -> tuple[float, str]:
     if device.platform == "cpu":
         return measure_matmul_peak(dtype), f"measured {dtype} jnp.dot 2048x2048 (best of 7), all host cores"
     kind = getattr(device, "device_kind", "")
-    for name, peak in PEAK_BF16_FLOPS:
-        if name.lower() in kind.lower():
-            return peak, f"vendor dense bf16 peak for {name}"
-    return float("nan"), f"unknown device kind {kind!r}: no peak in PEAK_BF16_FLOPS"
+    peak = flops.peak_flops(device)
+    if peak is None:
+        return float("nan"), f"unknown device kind {kind!r}: no peak in flops.PEAK_BF16_FLOPS"
+    return peak, f"vendor dense bf16 peak for {kind}"
 
 
 def peak_memory_bytes(device: jax.Device) -> tuple[int, str]:
@@ -140,21 +128,21 @@ def synthetic_batch(shapes: flops.BatchShapes, vocab_size: int, seed: int = 0) -
 # ------------------------------------------------------------------------------------------ the step
 @dataclasses.dataclass
 class Step:
-    """A compiled train step and its state. `run(step)` advances params / opt_state and returns the loss."""
+    """The compiled train step of `slam-train` and its state. `run(step)` advances params / opt_state and returns
+    the loss."""
 
     compiled: Any
     params: Any
     opt_state: Any
-    frozen: Any
     batch: Any
     compile_s: float
     lower_s: float
     traced_flops: float
 
     def run(self, step: int) -> jax.Array:
-        self.params, self.opt_state, loss = self.compiled(self.params, self.opt_state, self.frozen, self.batch,
-                                                          jnp.asarray(step, jnp.int32))
-        return loss
+        self.params, self.opt_state, metrics = self.compiled(self.params, self.opt_state, self.batch,
+                                                             jnp.asarray(step, jnp.int32))
+        return metrics["loss"]
 
 
 def speech_objectives() -> pretraining.ObjectiveConfig:
@@ -164,65 +152,28 @@ def speech_objectives() -> pretraining.ObjectiveConfig:
 
 
 def build_step(model_cfg: ModelConfig, objective_cfg: pretraining.ObjectiveConfig,
-               optimizer_cfg: optim.OptimizerConfig, batch: dict, *, trainable: Sequence[str] | None = None,
-               mesh: jax.sharding.Mesh | None = None, seed: int = 0) -> Step:
-    """Builds, shards and AOT-compiles one train step (`pretraining.compute_losses` + optimizer, donated state).
-
-    Args:
-      trainable: top-level paths (e.g. 'speech_stack') whose parameters train; None = every parameter. The rest
-        is passed as a frozen, non-donated argument, so the step's backward and Adam cover only the trained path.
-      mesh: device mesh (default: every local device on the `data` axis).
-    """
-    mesh = mesh or partitioning.make_mesh(partitioning.MeshConfig(data=-1), jax.local_devices())
-    partitioning.check_batch_sizes({k: v["segment_ids"].shape[0] for k, v in batch.items()}, mesh)
-    tx, _ = optim.make_optimizer(optimizer_cfg)
-    if trainable is None:
-        train_filter: Any = nnx.Param
-    else:
-        train_filter = nnx.All(nnx.Param, nnx.Any(*[nnx.PathContains(p) for p in trainable]))
-
-    with nnx.use_eager_sharding(False):
-        abstract = nnx.eval_shape(lambda: SlamModel(model_cfg, rngs=nnx.Rngs(params=seed)))
-    graphdef, abstract_train, abstract_frozen = nnx.split(abstract, train_filter, ...)
-    rules = partitioning.LOGICAL_RULES
-    train_sh = partitioning.logical_shardings(abstract_train, mesh, rules)
-    frozen_sh = partitioning.logical_shardings(abstract_frozen, mesh, rules)
-    opt_sh = partitioning.logical_shardings(jax.eval_shape(tx.init, abstract_train), mesh, rules)
-
-    def init():
-        with nnx.use_eager_sharding(False):
-            _, p, f = nnx.split(SlamModel(model_cfg, rngs=nnx.Rngs(params=seed)), train_filter, ...)
-        return p, f
-
-    with jax.set_mesh(mesh):
-        params, frozen = jax.jit(init, out_shardings=(train_sh, frozen_sh))()
-        opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
-    base_key = jax.random.key(seed)
-
-    def step_fn(params, opt_state, frozen, batch, step):
-        def loss_fn(p):
-            model = nnx.merge(graphdef, p, frozen)
-            key = jax.random.fold_in(base_key, step)
-            with nnx.logical_axis_rules(tuple(rules)):  # activation sharding constraints, as in the Trainer
-                return pretraining.compute_losses(model, batch, step, key, objective_cfg, train=True)[0]
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    jitted = jax.jit(step_fn, donate_argnums=(0, 1), out_shardings=(train_sh, opt_sh, replicated))
-    device_batch = partitioning.global_batch(batch, mesh)
-    with jax.set_mesh(mesh):
-        t0 = time.perf_counter()
-        lowered = jitted.lower(params, opt_state, frozen, device_batch, jnp.asarray(0, jnp.int32))
-        t1 = time.perf_counter()
-        compiled = lowered.compile()
-        t2 = time.perf_counter()
+               optimizer_cfg: optim.OptimizerConfig, batch: dict, *,
+               mesh_cfg: partitioning.MeshConfig | None = None, seed: int = 0) -> Step:
+    """AOT-compiles `slam-train`'s train step (`train.Trainer.for_pretraining`: shardings from `mesh_cfg`'s logical
+    rules, donated state, finite guard, metrics) for `batch` over the local devices, with initialized state."""
+    trainer = train.Trainer.for_pretraining(
+        model_cfg=model_cfg, objective_cfg=objective_cfg, optimizer_cfg=optimizer_cfg,
+        mesh_cfg=mesh_cfg or partitioning.MeshConfig(data=-1), train_cfg=train.TrainConfig(seed=seed),
+        devices=jax.local_devices())
+    partitioning.check_batch_sizes({k: v["segment_ids"].shape[0] for k, v in batch.items()}, trainer.mesh)
+    params = trainer.init_params()
+    opt_state = trainer.init_opt_state(params)
+    device_batch = trainer.device_batch(batch)
+    t0 = time.perf_counter()
+    lowered = trainer.lower(device_batch, params, opt_state)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    with jax.set_mesh(trainer.mesh):
         traced = flops.jaxpr_matmul_flops(
-            jax.make_jaxpr(step_fn)(params, opt_state, frozen, device_batch, jnp.asarray(0, jnp.int32)))
-    return Step(compiled=compiled, params=params, opt_state=opt_state, frozen=frozen, batch=device_batch,
-                compile_s=t2 - t1, lower_s=t1 - t0, traced_flops=traced)
+            jax.make_jaxpr(trainer._step_fn)(params, opt_state, device_batch, jnp.asarray(0, jnp.int32)))
+    return Step(compiled=compiled, params=params, opt_state=opt_state, batch=device_batch, compile_s=t2 - t1,
+                lower_s=t1 - t0, traced_flops=traced)
 
 
 # ------------------------------------------------------------------------------------------ measurements
@@ -256,15 +207,15 @@ def objectives_for(mode: str) -> pretraining.ObjectiveConfig:
 
 
 def benchmark(model_cfg: ModelConfig, mode: str, shapes: BenchShapes, *, steps: int = 10, warmup: int = 2,
-              optimizer_cfg: optim.OptimizerConfig | None = None, measure_peak: bool = True) -> dict[str, Any]:
+              optimizer_cfg: optim.OptimizerConfig | None = None, measure_peak: bool = True,
+              mesh_cfg: partitioning.MeshConfig | None = None) -> dict[str, Any]:
     """Runs the step `warmup + steps` times; returns the JSON fields of `slam-bench` (see main's --help)."""
     if mode not in ("full", "speech"):
         raise ValueError(f"mode must be 'full' or 'speech', got {mode!r}")
     objective_cfg = objectives_for(mode)
     batch_shapes = shapes.batch_shapes(mode)
     batch = synthetic_batch(batch_shapes, model_cfg.vocab_size)
-    step = build_step(model_cfg, objective_cfg, optimizer_cfg or optim.OptimizerConfig(), batch,
-                      trainable=SPEECH_PATH if mode == "speech" else None)
+    step = build_step(model_cfg, objective_cfg, optimizer_cfg or optim.OptimizerConfig(), batch, mesh_cfg=mesh_cfg)
     first = time.perf_counter()
     loss = step.run(0)
     loss.block_until_ready()
@@ -328,7 +279,7 @@ def compile_scaling(model_cfg: ModelConfig, depths: Sequence[int], shapes: Bench
     batch = synthetic_batch(shapes.batch_shapes("speech"), model_cfg.vocab_size)
     for depth in depths:
         cfg = dataclasses.replace(model_cfg, speech_layers=depth)
-        step = build_step(cfg, speech_objectives(), optim.OptimizerConfig(), batch, trainable=SPEECH_PATH)
+        step = build_step(cfg, speech_objectives(), optim.OptimizerConfig(), batch)
         rows.append({"layers": depth, "lower_s": step.lower_s, "compile_s": step.compile_s,
                      "total_s": step.lower_s + step.compile_s})
         del step
@@ -370,7 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     p = argparse.ArgumentParser(prog="slam-bench", description=__doc__.strip().splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Shapes count Conformer positions (after the 4x subsampling).")
+                                epilog="Shapes count Conformer positions (after the 4x subsampling).\n\n"
+                                + config.GIN_FLAGS_HELP)
     p.add_argument("--mode", choices=["full", "speech"], default="full")
     p.add_argument("--batch", type=int, default=8, help="speech rows")
     p.add_argument("--frames", type=int, default=250, help="Conformer positions per speech row (log-mel / 4)")
@@ -384,9 +336,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no_peak", action="store_true", help="skip the CPU matmul-peak measurement (MFU = NaN)")
     p.add_argument("--no_tune_malloc", action="store_true",
                    help="keep glibc's default allocator settings on CPU (see tune_cpu_allocator)")
-    p.add_argument("--compile-scaling", "--compile_scaling", dest="compile_scaling", action="store_true",
+    p.add_argument("--compile_scaling", action="store_true",
                    help="report lower + compile time of the speech step at each of --depths instead")
-    p.add_argument("--depths", default="4,8,16,24", help="comma-separated speech-layer depths for --compile-scaling")
+    p.add_argument("--depths", default="4,8,16,24", help="comma-separated speech-layer depths for --compile_scaling")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(rest)
     if not files:
@@ -398,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.parse(head + files, bindings)
         model_cfg = config.ModelConfig()
         optimizer_cfg = config.OptimizerConfig()
+        mesh_cfg = config.MeshConfig()
         depths = [int(d) for d in args.depths.split(",") if d.strip()]
     except (config.ConfigError, ValueError) as e:
         print(f"slam-bench: {e}", file=sys.stderr)
@@ -418,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"{r['layers']:>6}  {r['lower_s']:7.2f}  {r['compile_s']:9.2f}  {r['total_s']:7.2f}")
             return 0
         result = benchmark(model_cfg, args.mode, shapes, steps=args.steps, warmup=args.warmup,
-                           optimizer_cfg=optimizer_cfg, measure_peak=not args.no_peak)
+                           optimizer_cfg=optimizer_cfg, measure_peak=not args.no_peak, mesh_cfg=mesh_cfg)
     except (partitioning.MeshError, ValueError) as e:
         print(f"slam-bench: {e}", file=sys.stderr)
         return 1

@@ -5,6 +5,8 @@ holds the current directory and the package's `gin/` folder, so `--gin_file=mode
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import logging
 import os
 from pathlib import Path
@@ -12,7 +14,7 @@ from typing import Sequence
 
 import gin
 
-from slam_jax import model, optim, partitioning, pretraining
+from slam_jax import finetune, model, optim, partitioning, pretraining
 from slam_jax.data import converter
 
 GIN_DIR = Path(__file__).resolve().parent / "gin"
@@ -22,10 +24,88 @@ ObjectiveConfig = gin.external_configurable(pretraining.ObjectiveConfig, name="O
 OptimizerConfig = gin.external_configurable(optim.OptimizerConfig, name="OptimizerConfig")
 MeshConfig = gin.external_configurable(partitioning.MeshConfig, name="MeshConfig")
 StreamConfig = gin.external_configurable(converter.StreamConfig, name="StreamConfig")
+FinetuneConfig = gin.external_configurable(finetune.FinetuneConfig, name="FinetuneConfig")
+# Each fine-tuning task's decoding options, bound under their class names (e.g. `CtcDecodeConfig.beam_size`).
+DECODE_CONFIGS = {name: gin.external_configurable(task.decode_config_class, name=task.decode_config_class.__name__)
+                  for name, task in finetune.TASKS.items() if task.decode_config_class is not None}
 
 
 class ConfigError(ValueError):
     """A gin file or binding that cannot be applied; the message says which and why."""
+
+
+GIN_FLAGS_HELP = """gin flags (t5x conventions):
+  --gin_file=FILE         gin file, repeatable; looked up in the current directory, then in the package's gin/
+                          (e.g. runs/cpu_smoke.gin, models/base.gin, objectives/slam.gin)
+  --gin.NAME=VALUE        one binding after the files, repeatable (e.g. --gin.TrainConfig.train_steps=20,
+                          --gin.StreamConfig.mixture="'mini_slam'"); unknown names fail before any work"""
+
+
+# Environment variables read by the `tasks` package at import (their default values); `DataConfig` sets them.
+DATA_ENV = {"spm_model": "SLAM_SPM_MODEL", "tfds_data_dir": "TFDS_DATA_DIR",
+            "librispeech_dir": "SLAM_LIBRISPEECH_DIR", "librispeech_prepared": "SLAM_LIBRISPEECH_PREPARED",
+            "librilight_dir": "SLAM_LIBRILIGHT_DIR", "librilight_prepared": "SLAM_LIBRILIGHT_PREPARED",
+            "covost_dir": "SLAM_COVOST_DIR", "common_voice_dir": "SLAM_COMMON_VOICE_DIR",
+            "covost_spm": "SLAM_COVOST_SPM", "toy_corpus": "SLAM_TOY_CORPUS"}
+
+
+def _env(name: str):
+    return dataclasses.field(default_factory=lambda: os.environ.get(DATA_ENV[name]) or None)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the data live (local or gs://): gin bindings, defaulting to the environment variables of `DATA_ENV`.
+
+    spm_model: SentencePiece model of the text tasks (None: the bundled 512-piece mini-corpus model).
+    tfds_data_dir: TFDS data directory (librispeech, librispeech_lm, c4 built with `tfds build`).
+    librispeech_dir / librispeech_prepared: LibriSpeech folder / `slam-prepare` records (registers the folder tasks).
+    librilight_dir / librilight_prepared: Libri-Light folder / `slam-prepare` records.
+    covost_dir / common_voice_dir / covost_spm: CoVoST 2 split TSVs, the Common Voice clips, the target
+      SentencePiece model (registers `covost2_en_*`, tasks/covost.py).
+    toy_corpus: a `scripts/make_toy_corpus.py` folder (registers the `toy_*` tasks, tasks/toy.py).
+    """
+
+    spm_model: str | None = _env("spm_model")
+    tfds_data_dir: str | None = _env("tfds_data_dir")
+    librispeech_dir: str | None = _env("librispeech_dir")
+    librispeech_prepared: str | None = _env("librispeech_prepared")
+    librilight_dir: str | None = _env("librilight_dir")
+    covost_dir: str | None = _env("covost_dir")
+    common_voice_dir: str | None = _env("common_voice_dir")
+    covost_spm: str | None = _env("covost_spm")
+    toy_corpus: str | None = _env("toy_corpus")
+    librilight_prepared: str | None = _env("librilight_prepared")
+
+
+DataConfig = gin.external_configurable(DataConfig, name="DataConfig")
+
+
+def register_tasks(modules: Sequence[str] = ()) -> None:
+    """Applies the gin-bound `DataConfig` to the environment the task modules read, then imports `tasks` and the
+    user's `modules` (`--module_import`) so their seqio registrations see those paths. Call after `parse`."""
+    for name, value in dataclasses.asdict(DataConfig()).items():
+        if value:
+            os.environ[DATA_ENV[name]] = value
+    import_modules(["tasks", *modules])
+
+
+def import_modules(modules: Sequence[str]) -> None:
+    """Imports each module named by `--module_import` (t5x convention), failing with the module's name."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError(f"--module_import={name}: cannot import it ({e}); is it on PYTHONPATH?") from None
+
+
+def macro(name: str) -> str | None:
+    """The value of the gin macro `name` of the parsed configuration, or None when it is not bound."""
+    try:
+        return gin.query_parameter(f"%{name}")
+    except ValueError:
+        return None
+
 
 
 def _resolve(path: str) -> str:
@@ -68,7 +148,10 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
         if arg.startswith("--gin_file="):
             files.append(arg.split("=", 1)[1])
         elif arg == "--gin_file":
-            files.append(next(it))
+            value = next(it, None)
+            if value is None:
+                raise ConfigError("--gin_file needs a file name")
+            files.append(value)
         elif arg.startswith("--gin."):
             name, sep, value = arg[len("--gin."):].partition("=")
             if not sep:

@@ -31,6 +31,24 @@ from slam_jax.model import ModelConfig, abstract_model
 from slam_jax.pretraining import ObjectiveConfig
 
 
+# bf16 dense peak per chip (vendor figures). Matched against `device.device_kind`, most specific first.
+PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
+    ("TPU v5 lite", 197e12),
+    ("TPU v5e", 197e12),
+    ("TPU v5p", 459e12),
+    ("TPU v5", 459e12),
+    ("TPU v4", 275e12),
+    ("H200", 989e12),
+    ("H100", 989e12),
+)
+
+
+def peak_flops(device: jax.Device) -> float | None:
+    """The vendor bf16 dense peak FLOP/s of `device` (PEAK_BF16_FLOPS), or None for other kinds (e.g. CPU)."""
+    kind = getattr(device, "device_kind", "").lower()
+    return next((peak for name, peak in PEAK_BF16_FLOPS if name.lower() in kind), None)
+
+
 @dataclasses.dataclass(frozen=True)
 class BatchShapes:
     """Global batch shapes of one step (the data contract's static shapes, `slam_jax.data.schema`).

@@ -30,7 +30,7 @@ import optax
 from flax import nnx
 from orbax.checkpoint import multihost
 
-from slam_jax import checkpointing, config, optim, partitioning, pretraining
+from slam_jax import checkpointing, config, flops, optim, partitioning, pretraining
 from slam_jax.model import ModelConfig, SlamModel
 
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
@@ -78,6 +78,9 @@ class NonFiniteLossError(RuntimeError):
 # ------------------------------------------------------------------------------------------------ the trainer
 class Trainer:
     """Sharded state and the jitted train/eval steps of any model and loss (pre-training and fine-tuning).
+
+    The one train step (shardings, jit with donated state, finite guard, metrics) that `slam-train` runs,
+    `slam-bench` times and `slam-aot` compiles for a TPU topology (`lower`).
 
     model_fn: `rngs -> nnx.Module` builds the model (called abstractly first, so parameters are created sharded).
     loss_fn: `(model, batch, step, key, train) -> (loss, metrics)`, metrics named `kind/metric`.
@@ -145,10 +148,13 @@ class Trainer:
         (loss, metrics), grads = jax.value_and_grad(self._losses, has_aux=True)(params, batch, step, key, True)
         updates, new_opt = self.tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
-        # A non-finite loss leaves the state untouched; the loop reports it and stops at the last good state.
-        finite = jnp.isfinite(loss)
+        # Guard (as optax.apply_if_finite, without its extra optimizer state): a non-finite loss or gradient leaves
+        # parameters and optimizer state untouched; the loop reports it and stops at the last good state.
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = grad_norm
+        metrics["update_skipped"] = 1.0 - finite.astype(jnp.float32)
         metrics["learning_rate"] = self.schedule(step)
         return keep(new_params, params), keep(new_opt, opt_state), metrics
 
@@ -169,6 +175,14 @@ class Trainer:
         """One optimizer step on a global batch from `device_batch`; returns (params, opt_state, metrics)."""
         with jax.set_mesh(self.mesh):
             return self._train_step(params, opt_state, batch, self._step_array(step))
+
+    def lower(self, batch: dict, params: Any = None, opt_state: Any = None) -> jax.stages.Lowered:
+        """The train step lowered for `batch` (arrays or `ShapeDtypeStruct`s with their shardings) and the given
+        state, by default the abstract sharded state: ahead-of-time compilation needs no device memory."""
+        params = self.abstract_params if params is None else params
+        opt_state = self.abstract_opt if opt_state is None else opt_state
+        with jax.set_mesh(self.mesh):
+            return self._train_step.lower(params, opt_state, batch, jax.ShapeDtypeStruct((), jnp.int32))
 
     def compile(self, params, opt_state, batch: dict, step: int, eval_step: bool = False) -> float:
         """Compiles the train step (and the held-out loss step with `eval_step`) for these inputs; returns the
@@ -247,7 +261,9 @@ class Trainer:
         def apply(params, batch):
             model = nnx.merge(self.graphdef, params)
             with nnx.logical_axis_rules(tuple(self.rules)):
-                return fn(model, batch)
+                out = fn(model, batch)
+            return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(
+                x, partitioning.batch_sharding(self.mesh, x.ndim)), out)
 
         jitted = jax.jit(apply)
 
@@ -256,10 +272,8 @@ class Trainer:
             batch = partitioning.global_batch(local_batch, self.mesh)
             with jax.set_mesh(self.mesh):
                 out = jitted(params, batch)
-                out = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(
-                    x, partitioning.batch_sharding(self.mesh, x.ndim)), out)
             local = multihost_utils.global_array_to_host_local_array(
-                out, self.mesh, jax.tree.map(lambda x: partitioning.batch_sharding(self.mesh, x.ndim).spec, out))
+                out, self.mesh, jax.tree.map(lambda x: x.sharding.spec, out))
             return jax.tree.map(np.asarray, local)
 
         return run
@@ -316,12 +330,9 @@ def train(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> Tra
     train_cfg = TrainConfig()
     trainer = Trainer.for_pretraining(model_cfg=model_cfg, objective_cfg=objective_cfg, optimizer_cfg=optimizer_cfg,
                                       mesh_cfg=mesh_cfg, train_cfg=train_cfg, devices=devices)
+    vocabulary = check_vocabulary(stream_cfg.mixture, model_cfg.vocab_size)
     stream = converter.make_stream(stream_cfg, shard_index=jax.process_index(), num_shards=jax.process_count())
     partitioning.check_batch_sizes({k: v for k, v in stream.kind_batch_sizes.items() if v}, trainer.mesh)
-    vocab = converter.vocabulary_for(stream_cfg.mixture).vocab_size
-    if vocab > model_cfg.vocab_size:
-        raise config.ConfigError(f"mixture {stream_cfg.mixture!r} has a vocabulary of {vocab} ids but "
-                                 f"ModelConfig.vocab_size = {model_cfg.vocab_size}")
 
     def initial_params():
         params = trainer.init_params()
@@ -331,21 +342,74 @@ def train(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> Tra
                   (f"; freshly initialized: {', '.join(skipped)}" if skipped else ""), flush=True)
         return params
 
+    shapes = flops.BatchShapes(
+        speech_rows=stream.kind_batch_sizes.get("speech", 0), speech_frames=stream_cfg.speech_frames,
+        text_rows=stream.kind_batch_sizes.get("text", 0), text_tokens=stream_cfg.text_tokens,
+        paired_rows=stream.kind_batch_sizes.get("paired", 0), paired_frames=stream_cfg.paired_frames,
+        paired_tokens=stream_cfg.paired_tokens)
+    meta = {"vocabulary": vocabulary, "data_paths": dataclasses.asdict(config.DataConfig())}
     return run_loop(trainer, stream, model_dir, initial_params=initial_params,
                     evaluate=lambda params, step, local: trainer.evaluate(params, step, local, stream_cfg),
-                    compile_eval_step=bool(train_cfg.eval_every))
+                    meta=meta, compile_eval_step=bool(train_cfg.eval_every),
+                    flops_per_step=flops.train_step_flops(model_cfg, shapes, objective_cfg),
+                    stream_metrics=lambda: stream_scalars(stream.stats()))
+
+
+def check_vocabulary(mixture: str, vocab_size: int) -> str:
+    """The SentencePiece model file of `mixture`'s text feature; raises ConfigError unless its size is exactly
+    `ModelConfig.vocab_size` (a smaller model leaves embedding rows that never train, a larger one yields ids
+    past the embedding table)."""
+    from slam_jax.data import converter
+    vocabulary = converter.vocabulary_for(mixture)
+    path = getattr(vocabulary, "sentencepiece_model_file", type(vocabulary).__name__)
+    try:
+        size = vocabulary.vocab_size
+    except Exception as e:  # an unreadable or missing model file: name it
+        raise config.ConfigError(f"vocabulary of mixture {mixture!r} ({path}) cannot be loaded: {e}") from None
+    if size != vocab_size:
+        raise config.ConfigError(
+            f"the vocabulary of mixture {mixture!r} ({path}) has {size} pieces but ModelConfig.vocab_size = "
+            f"{vocab_size}: set DataConfig.spm_model (or $SLAM_SPM_MODEL) to the model the run was configured "
+            f"for, or ModelConfig.vocab_size = {size}")
+    return path
+
+
+def stream_scalars(stats: dict) -> dict[str, float]:
+    """Data-stream statistics of this host for the metrics (see `OneStream.stats`): padding fraction per kind,
+    skipped and too-long examples per task, cumulative since the stream started."""
+    out: dict[str, float] = {}
+    for kind in ("speech", "text", "paired"):
+        if kind not in stats:
+            continue
+        s = stats[kind]
+        out[f"data/{kind}/padding_fraction"] = s["padding_fraction"]
+        if "token_padding_fraction" in s:
+            out[f"data/{kind}/token_padding_fraction"] = s["token_padding_fraction"]
+        for task, n in s["skipped"].items():
+            out[f"data/{kind}/skipped/{task}"] = n
+        for task, n in s["too_long"].items():
+            out[f"data/{kind}/too_long/{task}"] = n
+    return out
 
 
 def run_loop(trainer: Trainer, stream, model_dir: str, *, initial_params: Callable[[], Any],
              evaluate: Callable[[Any, int, dict], dict[str, float]] | None = None,
-             meta: dict | None = None, compile_eval_step: bool = False) -> TrainResult:
+             meta: dict | None = None, compile_eval_step: bool = False,
+             flops_per_step: float | None = None,
+             stream_metrics: Callable[[], dict[str, float]] | None = None) -> TrainResult:
     """The training loop shared by pre-training and fine-tuning (t5x conventions).
 
     Writes the operative gin config to `model_dir/config.gin`, resumes from the latest checkpoint in `model_dir`
     (else starts from `initial_params()`), runs `TrainConfig.train_steps` steps with metrics (metrics.jsonl,
     TensorBoard, a progress line with ETA), calls `evaluate(params, step, host batch) -> {"eval/...": value}` every
     `eval_every` steps, checkpoints every `checkpoint_every` steps (parameters, optimizer state, the data-iterator
-    state of `stream`, `meta`), and on SIGTERM saves the current step on every process and returns.
+    state of `stream`, `meta`), and on SIGTERM saves the same step on every process and returns.
+
+    The host never waits for a step between logs: step `n` is dispatched, the preemption check is local (see
+    `PreemptionWatch`), and batch `n + 1` is read and its transfer issued while step `n` runs; metrics are fetched
+    every `log_every` steps only. `flops_per_step` (model FLOPs of one step) adds `tflops_per_s_per_device` and,
+    where the device's peak is known (`flops.peak_flops`), `mfu`; `stream_metrics()` adds data-stream statistics
+    at every log.
 
     `stream`: iterator of host batches with `get_state() -> bytes`, `set_state(bytes)` and `kind_batch_sizes`
     (global rows per kind). `compile_eval_step`: `evaluate` uses `trainer.evaluate` (compiled before step 1 too).
@@ -373,12 +437,9 @@ def run_loop(trainer: Trainer, stream, model_dir: str, *, initial_params: Callab
     meta = {"gin_config": operative, "git_sha": checkpointing.git_sha(), "jax_version": jax.__version__,
             "mesh": dict(trainer.mesh.shape), "process_count": jax.process_count(), **(meta or {})}
     logger = MetricLogger(model_dir, train_cfg.train_steps)
-    stop = {"signal": None}
-
-    def on_sigterm(signum, frame):
-        stop["signal"] = signum
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    devices = trainer.mesh.devices.size
+    peak = flops.peak_flops(trainer.mesh.devices.flat[0]) if flops_per_step else None
+    preemption = PreemptionWatch()
     last_saved, last = step, {}
     pending: list[tuple[int, Any]] = []
     window_start, window_steps = time.time(), 0
@@ -400,11 +461,11 @@ def run_loop(trainer: Trainer, stream, model_dir: str, *, initial_params: Callab
             step += 1
             window_steps += 1
             pending.append((step, metrics))
-            stopping = _should_stop(stop["signal"])
+            stopping = preemption.reached(step)
             saving = step % train_cfg.checkpoint_every == 0
             if not (stopping or saving or step == train_cfg.train_steps):
-                # Prefetch: read and transfer the next batch while this step runs (dispatch is asynchronous). Not
-                # before a checkpoint, whose data-iterator state must be the one right after this step's batch.
+                # Read and transfer the next batch while this step runs (dispatch is asynchronous). Not before a
+                # checkpoint, whose data-iterator state must be the one right after this step's batch.
                 local, batch = fetch()
             if step % train_cfg.log_every == 0 or step == train_cfg.train_steps or stopping:
                 values = jax.device_get([m for _, m in pending])
@@ -414,6 +475,12 @@ def run_loop(trainer: Trainer, stream, model_dir: str, *, initial_params: Callab
                 sps = window_steps / max(elapsed, 1e-9)
                 last = {k: float(v) for k, v in values[-1].items()}
                 last.update({"steps_per_sec": sps, "examples_per_sec": sps * examples_per_step})
+                if flops_per_step:
+                    last["tflops_per_s_per_device"] = flops_per_step * sps / devices / 1e12
+                    if peak:
+                        last["mfu"] = flops_per_step * sps / devices / peak
+                if stream_metrics is not None:
+                    last.update(stream_metrics())
                 logger.write(step, last, steps_per_sec=sps)
                 pending, window_start, window_steps = [], time.time(), 0
             if stopping:
@@ -422,7 +489,7 @@ def run_loop(trainer: Trainer, stream, model_dir: str, *, initial_params: Callab
                 scalars = evaluate(params, step, local)
                 logger.write(step, scalars, console=False)
                 print("eval " + " ".join(f"{k[5:]}={v:.4f}" for k, v in sorted(scalars.items())
-                                         if k.endswith(("_loss", "_accuracy"))), flush=True)
+                                         if k.endswith(("_loss", "_accuracy")) or k.count("/") == 1), flush=True)
             if saving:
                 ckpt.save(step, params, opt_state, stream.get_state(), meta)
                 last_saved = step
@@ -430,27 +497,55 @@ def run_loop(trainer: Trainer, stream, model_dir: str, *, initial_params: Callab
                     local, batch = fetch()
         if last_saved != step:
             ckpt.save(step, params, opt_state, stream.get_state(), meta, force=True)
-        if stop["signal"] is not None:
-            print(f"received signal {stop['signal']}: saved checkpoint at step {step}, exiting", flush=True)
+        if preemption.notified:
+            print(f"received signal (preemption notice): saved checkpoint at step {step}, exiting", flush=True)
     finally:
         ckpt.close()
         logger.close()
-        signal.signal(signal.SIGTERM, previous)
+        preemption.close()
     return TrainResult(step=step, params=params, metrics=last)
 
 
-def _should_stop(signum) -> bool:
-    """True on every process once any process received SIGTERM (so all save the same step)."""
-    flag = np.array([signum is not None], np.int32)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        flag = multihost_utils.process_allgather(flag)
-    return bool(np.any(flag))
+class PreemptionWatch:
+    """SIGTERM -> every process stops after the same step, without a collective per step.
+
+    With several processes, JAX's preemption service (started by `jax.distributed.initialize`) catches SIGTERM on
+    any process and agrees on the step to stop at in the background; `reached(step)` is its local check
+    (`multihost_utils.reached_preemption_sync_point`, the sync point orbax's `reached_preemption` uses). A single
+    process sets a flag in a Python SIGTERM handler.
+    """
+
+    def __init__(self):
+        self.multi_process = jax.process_count() > 1
+        self.notified = False
+        self._signal = None
+        self._previous = None
+        if not self.multi_process:
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum, frame):
+        self._signal = signum
+
+    def reached(self, step: int) -> bool:
+        """True at the step where this process (and, with several, every process) must save and stop."""
+        if self.multi_process:
+            from jax.experimental import multihost_utils
+            self.notified = self.notified or multihost_utils.reached_preemption_sync_point(step)
+        else:
+            self.notified = self._signal is not None
+        return self.notified
+
+    def close(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _check_finite(step: int, metrics: dict, loss_names: Sequence[str], last_saved: int) -> None:
-    if np.isfinite(metrics["loss"]):
+    if not metrics.get("update_skipped", 0) and np.isfinite(metrics["loss"]):
         return
+    if np.isfinite(metrics["loss"]):
+        raise NonFiniteLossError(f"non-finite gradient (norm {metrics['grad_norm']}) at step {step} with a finite "
+                                 f"loss; the update was skipped. Last good checkpoint: step {last_saved}.")
     bad = [k for k in loss_names if k in metrics and not np.isfinite(metrics[k])]
     raise NonFiniteLossError(
         f"non-finite loss at step {step} (objectives: {', '.join(bad) or 'total only'}); the update was skipped. "
@@ -471,39 +566,55 @@ def _initialize_distributed(args) -> None:
         jax.distributed.initialize()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def cli_main(argv: Sequence[str] | None, *, prog: str, description: str, run: Callable[[str], Any],
+             errors: tuple[type[Exception], ...] = ()) -> int:
+    """The command line shared by `slam-train` and `slam-finetune`: gin flags, --model_dir, --module_import,
+    multi-process flags.
+
+    Parses the gin configuration, registers the seqio tasks and the `--module_import` modules (with the gin-bound
+    `DataConfig` paths, see `config.register_tasks`), then runs `run(model_dir)`; configuration errors exit 2,
+    known run-time errors (bad mesh, mismatched checkpoint, non-finite loss, `errors`) print their message and
+    exit 1.
+    """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        files, bindings, rest = config.split_argv(argv)
-    except config.ConfigError as e:
-        print(f"slam-train: {e}", file=sys.stderr)
-        return 2
-    parser = argparse.ArgumentParser(prog="slam-train", description="SLAM pre-training (gin-configured).")
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=config.GIN_FLAGS_HELP)
     parser.add_argument("--model_dir", required=True, help="run directory (local or gs://)")
+    parser.add_argument("--module_import", action="append", default=[],
+                        help="import this module after gin parsing (e.g. your seqio tasks); repeatable")
     parser.add_argument("--coordinator_address", default=None, help="host:port of process 0 (multi-process)")
     parser.add_argument("--num_processes", type=int, default=None)
     parser.add_argument("--process_id", type=int, default=None)
     parser.add_argument("--distributed", action="store_true",
                         help="call jax.distributed.initialize() with no arguments (Cloud TPU pods)")
     parser.add_argument("--cpu_collectives", action="store_true", help="use gloo CPU collectives")
+    try:
+        files, bindings, rest = config.split_argv(argv)
+    except config.ConfigError as e:
+        parser.error(str(e))
     args = parser.parse_args(rest)
     if not files:
         parser.error("give at least one --gin_file (e.g. --gin_file=runs/cpu_smoke.gin)")
     try:
-        import tasks  # noqa: F401  (registers the seqio tasks and mixtures)
         config.parse(files, bindings)
+        config.register_tasks(args.module_import)
     except config.ConfigError as e:
-        print(f"slam-train: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         return 2
     _initialize_distributed(args)
     try:
-        train(args.model_dir)
+        run(args.model_dir)
     except (config.ConfigError, partitioning.MeshError, checkpointing.CheckpointMismatchError,
-            NonFiniteLossError) as e:
-        print(f"slam-train: {e}", file=sys.stderr)
+            NonFiniteLossError, *errors) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return cli_main(argv, prog="slam-train", description="SLAM pre-training (gin-configured).", run=train)
 
 
 if __name__ == "__main__":

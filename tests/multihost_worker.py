@@ -1,9 +1,10 @@
 """One process of the two-process CPU training test (tests/test_multihost.py).
 
-Usage: multihost_worker.py PROCESS_ID PORT MODEL_DIR OUT_JSON [COMPILE_DELAY_S]. Joins a 2-process JAX cluster on
+Usage: multihost_worker.py PROCESS_ID PORT MODEL_DIR OUT_JSON [COMPILE_DELAY_S [TRAIN_STEPS]]. Joins a 2-process JAX cluster on
 127.0.0.1 (gloo collectives, 4 fake CPU devices each), trains the tiny model a few steps reading its own data shard,
 and writes a digest of the final (globally gathered) parameters and of its first local batch. COMPILE_DELAY_S makes
-this process take that much longer to compile the train step, as a busy or slower host would.
+this process take that much longer to compile the train step, as a busy or slower host would. TRAIN_STEPS (default
+3, a checkpoint at the end) is the run's length; a SIGTERM to either process stops both at the same step.
 """
 import hashlib
 import json
@@ -14,6 +15,7 @@ import jax
 
 pid, port, model_dir, out = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 compile_delay_s = float(sys.argv[5]) if len(sys.argv) > 5 else 0.0
+train_steps = int(sys.argv[6]) if len(sys.argv) > 6 else 3
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
 
@@ -28,15 +30,15 @@ from train_utils import SMALL  # noqa: E402
 
 # 16 global rows (8 speech / 4 text / 4 paired) on a 2x2x2 (data, fsdp, tensor) mesh over both processes' 8 devices.
 files, bindings, _ = config.split_argv(SMALL + [
-    "--gin.TRAIN_STEPS=3", "--gin.TrainConfig.checkpoint_every=3", "--gin.StreamConfig.batch_size=16",
+    f"--gin.TRAIN_STEPS={train_steps}", "--gin.TrainConfig.checkpoint_every=3", "--gin.StreamConfig.batch_size=16",
     "--gin.MeshConfig.data=2", "--gin.MeshConfig.fsdp=2", "--gin.MeshConfig.tensor=2"])
 config.parse(files, bindings)
 compile_steps = train.Trainer.compile
 
 
-def slow_compile(self, *args):
+def slow_compile(self, *args, **kwargs):
     time.sleep(compile_delay_s)
-    return compile_steps(self, *args)
+    return compile_steps(self, *args, **kwargs)
 
 
 train.Trainer.compile = slow_compile

@@ -51,7 +51,7 @@ def test_bench_speech_mode_reports_mfu(capsys):
 
 
 def test_bench_compile_scaling_one_row_per_depth(capsys):
-    out = _run_json(capsys, TINY_ARGS + ["--compile-scaling", "--depths", "1,3"])
+    out = _run_json(capsys, TINY_ARGS + ["--compile_scaling", "--depths", "1,3"])
     assert [r["layers"] for r in out["compile_scaling"]] == [1, 3]
     for row in out["compile_scaling"]:
         assert row["compile_s"] > 0 and row["total_s"] >= row["compile_s"]

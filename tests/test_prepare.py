@@ -24,7 +24,7 @@ def test_prepare_librispeech_round_trip(tmp_path, capsys):
     chapter = librispeech_folder(tmp_path / "in", utterances=5)
     out = tmp_path / "out"
     rc = prepare.main(["--input", str(tmp_path / "in"), "--output", str(out), "--split", "train=train",
-                       "--num-shards", "2", "--quiet"])
+                       "--num_shards", "2", "--quiet"])
     assert rc == 0 and "train: 5 examples" in capsys.readouterr().out
     manifest = sources.read_manifest(str(out))
     assert manifest["splits"]["train"]["examples"] == 5 and manifest["splits"]["train"]["skipped"] == []
@@ -55,10 +55,10 @@ def test_prepare_librispeech_round_trip(tmp_path, capsys):
 def test_prepare_stops_on_bad_input_or_skips_and_lists_it(tmp_path, capsys):
     chapter = librispeech_folder(tmp_path / "in", utterances=3)
     bad = write_utterance(chapter, "100-1-0001", rate=8000)
-    args = ["--input", str(tmp_path / "in"), "--split", "train=train", "--num-shards", "1", "--quiet"]
+    args = ["--input", str(tmp_path / "in"), "--split", "train=train", "--num_shards", "1", "--quiet"]
     assert prepare.main(args + ["--output", str(tmp_path / "a")]) == 1
     assert f"slam-prepare: error: {bad}: sample rate 8000 Hz" in capsys.readouterr().err
-    assert prepare.main(args + ["--output", str(tmp_path / "b"), "--on-error", "skip"]) == 0
+    assert prepare.main(args + ["--output", str(tmp_path / "b"), "--on_error", "skip"]) == 0
     assert f"{bad}: sample rate 8000 Hz" in capsys.readouterr().err
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["splits"]["train"]["examples"] == 2
@@ -72,7 +72,7 @@ def test_prepare_librilight_cuts_chunks(tmp_path):
     write_utterance(book, "rec", seconds=5.0)
     (book / "rec.json").write_text("{}")
     assert prepare.main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--layout",
-                         "librilight", "--split", "train=small", "--chunk-seconds", "2", "--num-shards", "1",
+                         "librilight", "--split", "train=small", "--chunk_seconds", "2", "--num_shards", "1",
                          "--quiet"]) == 0
     sources.add_prepared_task("t_prepared_ll", str(tmp_path / "out"), kind="speech", splits=("train",),
                               vocabulary=VOCAB)

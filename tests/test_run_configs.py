@@ -63,13 +63,14 @@ class Resolved:
     optimizer: object
     mesh: partitioning.MeshConfig
     train: object
+    topology: str | None
 
 
 @functools.lru_cache(maxsize=None)
 def resolve(path: Path) -> Resolved:
     config.parse([str(path)], MACROS)
     return Resolved(config.ModelConfig(), config.ObjectiveConfig(), config.StreamConfig(), config.OptimizerConfig(),
-                    config.MeshConfig(), TrainConfig())
+                    config.MeshConfig(), TrainConfig(), config.macro("TOPOLOGY"))
 
 
 def ids(paths):
@@ -77,6 +78,15 @@ def ids(paths):
 
 
 POD_RUNS = [p for p in RUNS if p.stem != "cpu_smoke"]
+
+
+def test_slice_twins_share_their_bindings():
+    """A stage's v4-64 and v5p-64 files differ only in their header, the mesh include and the topology."""
+    for twin in (GIN_DIR / "runs").glob("slam_600m_*_v4_64.gin"):
+        lines = lambda p: [l for l in p.read_text().splitlines() if l and not l.startswith("#")]
+        a, b = lines(twin), lines(twin.with_name(twin.name.replace("_v4_64", "_v5p_64")))
+        assert [l for l in a if not l.startswith("TOPOLOGY")] == [l for l in b if not l.startswith("TOPOLOGY")]
+        assert len(a) == 3, a  # include the stage, include the mesh, TOPOLOGY
 
 
 def test_the_paper_runs_exist():
@@ -107,8 +117,11 @@ def test_pod_run_follows_the_paper(path):
     expected_lr = {1024: 6e-4, 1408: 3.6e-4}[r.model.d_model]
     assert r.optimizer.peak_learning_rate == pytest.approx(expected_lr)
     text = path.read_text()
-    assert f"runs/{path.name}" in text, "the launch command in the header names another file"
-    assert "ESTIMATES" in text and "not measured" in text
+    assert f"--gin_file=runs/{path.name}" in text, "the launch command in the header names another file"
+    assert f"slam-aot --gin_file=runs/{path.name}" in text
+    sl = slice_of(path)
+    assert r.topology == {"v4": "v4:2x4x4", "v5p": "v5p:2x4x4"}[sl.generation]  # 32 chips: v4-64 / v5p-64
+    assert math.prod(int(n) for n in r.topology.split(":")[1].split("x")) == sl.chips
     if "stage2" in path.stem:
         assert r.train.init_from == "gs://test-bucket/stage1"
     elif "stage3" in path.stem:
@@ -117,12 +130,12 @@ def test_pod_run_follows_the_paper(path):
         assert r.train.init_from is None
 
 
-STAGED = [p for p in RUNS if "%STAGE" in p.read_text()]
+STAGED = [p for p in RUNS if "--gin.STAGE" in p.read_text()]
 
 
 @pytest.mark.parametrize("path", STAGED, ids=ids(STAGED))
 def test_later_stages_require_the_previous_run(path):
-    macro = re.search(r"%(STAGE\d_MODEL_DIR)", path.read_text()).group(1)
+    macro = re.search(r"--gin\.(STAGE\d_MODEL_DIR)", path.read_text()).group(1)
     with pytest.raises(config.ConfigError, match=macro):  # at parse time, before any work
         config.parse([str(path)])
 

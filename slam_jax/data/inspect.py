@@ -1,6 +1,7 @@
 """`slam-data inspect`: look at what the one stream feeds the model, and how fast.
 
   slam-data inspect --mixture mini_slam --batches 20 --show 3
+  slam-data inspect --gin_file=runs/cpu_smoke.gin --batches 20     # exactly the stream of that run
 
 prints, over N batches: examples per task and kind against the configured rates, padding fraction per kind, tokens
 and seconds of audio per batch, skipped examples (with their messages), and examples/s and batches/s (timed after
@@ -9,6 +10,7 @@ the first batch, which includes start-up). `--show K` decodes K rows per kind of
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from typing import Optional, Sequence
@@ -58,29 +60,25 @@ def show_batch(batch: dict, vocabulary, rows: int, out=sys.stdout) -> None:
                       file=out)
 
 
-def inspect_stream(args: argparse.Namespace, out=sys.stdout) -> dict:
-    """Runs the stream for `args.batches` batches and prints the report; returns the stream's stats."""
-    import tasks  # noqa: F401  (registers the mixtures)
+def inspect_stream(config, batches: int, show: int = 0, out=sys.stdout) -> dict:
+    """Runs the stream `config` (a `StreamConfig`) for `batches` batches and prints the report; returns the
+    stream's stats. The mixture must be registered (`slam_jax.config.register_tasks`)."""
     from slam_jax.data import converter
 
-    config = converter.StreamConfig(
-        mixture=args.mixture, split=args.split, batch_size=args.batch_size, speech_frames=args.speech_frames,
-        text_tokens=args.text_tokens, paired_frames=args.paired_frames, paired_tokens=args.paired_tokens,
-        seed=args.seed, on_error=args.on_error)
     start = time.perf_counter()
     stream = converter.make_stream(config)
     first = next(stream)
     ready = time.perf_counter()
     first_stats = stream.stats()
-    for _ in range(args.batches - 1):
+    for _ in range(batches - 1):
         next(stream)
     end = time.perf_counter()
     stats = stream.stats()
-    timed = args.batches - 1
+    timed = batches - 1
     examples_first = sum(sum(first_stats[k]["examples"].values()) for k in stream.host_batch_sizes)
     examples = sum(sum(stats[k]["examples"].values()) for k in stream.host_batch_sizes) - examples_first
 
-    print(f"mixture {args.mixture!r} split {args.split!r}: {args.batches} batches of {config.batch_size} rows "
+    print(f"mixture {config.mixture!r} split {config.split!r}: {batches} batches of {config.batch_size} rows "
           f"{stream.kind_batch_sizes} (start-up + first batch {ready - start:.2f} s)", file=out)
     for kind in stream.host_batch_sizes:
         s = stats[kind]
@@ -107,35 +105,57 @@ def inspect_stream(args: argparse.Namespace, out=sys.stdout) -> dict:
     if timed > 0:
         print(f"throughput: {timed / (end - ready):.2f} batches/s, {examples / (end - ready):.1f} examples/s "
               f"(over {timed} batches after the first)", file=out)
-    if args.show:
-        show_batch(first, converter.vocabulary_for(args.mixture), args.show, out=out)
+    if show:
+        show_batch(first, converter.vocabulary_for(config.mixture), show, out=out)
     stream.close()
     return stats
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from slam_jax import config
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="slam-data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("inspect", help="statistics and throughput of a mixture's one stream")
-    p.add_argument("--mixture", required=True, help="registered top-level mixture (e.g. mini_slam) or task")
+    p = sub.add_parser("inspect", help="statistics and throughput of a mixture's one stream",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=config.GIN_FLAGS_HELP + """
+With --gin_file the stream is exactly the run's (its StreamConfig and DataConfig); the flags below override it.""")
+    p.add_argument("--mixture", default=None, help="registered top-level mixture (e.g. mini_slam) or task")
+    p.add_argument("--module_import", action="append", default=[],
+                   help="import this module (e.g. your seqio tasks) before reading; repeatable")
     p.add_argument("--batches", type=int, default=10)
     p.add_argument("--show", type=int, default=0, help="decode this many rows per kind of the first batch")
-    p.add_argument("--split", default="train")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--speech-frames", type=int, default=1024)
-    p.add_argument("--text-tokens", type=int, default=128)
-    p.add_argument("--paired-frames", type=int, default=1024)
-    p.add_argument("--paired-tokens", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--on-error", choices=("raise", "skip"), default="skip")
-    args = parser.parse_args(argv)
+    p.add_argument("--split", default=None, help="default: train")
+    p.add_argument("--batch_size", type=int, default=None, help="global rows (default 16)")
+    p.add_argument("--speech_frames", type=int, default=None, help="default 1024")
+    p.add_argument("--text_tokens", type=int, default=None, help="default 128")
+    p.add_argument("--paired_frames", type=int, default=None, help="default 1024")
+    p.add_argument("--paired_tokens", type=int, default=None, help="default 128")
+    p.add_argument("--seed", type=int, default=None, help="default 0")
+    p.add_argument("--on_error", choices=("raise", "skip"), default=None, help="default skip")
+    try:
+        files, bindings, rest = config.split_argv(argv)
+    except config.ConfigError as e:
+        parser.error(str(e))
+    args = parser.parse_args(rest)
     if args.batches < 1:
         parser.error("--batches must be at least 1")
+    if not files and not args.mixture:
+        parser.error("give --mixture or a run's --gin_file")
+    overrides = {k: getattr(args, k) for k in ("mixture", "split", "batch_size", "speech_frames", "text_tokens",
+                                               "paired_frames", "paired_tokens", "seed", "on_error")
+                 if getattr(args, k) is not None}
     from slam_jax.data.converter import DataError
     try:
-        inspect_stream(args)
-    except (DataError, ValueError, FileNotFoundError) as e:
+        if files:
+            config.parse(files, bindings)
+            stream_cfg = dataclasses.replace(config.StreamConfig(), **overrides)
+        else:
+            config.parse([], bindings)
+            stream_cfg = config.StreamConfig(**{"batch_size": 16, "on_error": "skip", **overrides})
+        config.register_tasks(args.module_import)
+        inspect_stream(stream_cfg, args.batches, args.show, out=sys.stdout)
+    except (config.ConfigError, DataError, ValueError, TypeError, FileNotFoundError) as e:
         print(f"slam-data: error: {e}", file=sys.stderr)
         return 1
     return 0

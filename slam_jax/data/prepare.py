@@ -1,7 +1,7 @@
 """`slam-prepare`: convert a LibriSpeech- or Libri-Light-layout folder into sharded TFRecords for fast reading.
 
   slam-prepare --input /data/LibriSpeech --output gs://bucket/libri_prepared \\
-      --layout librispeech --split train=train-960 --split validation=dev-clean --num-shards 64
+      --layout librispeech --split train=train-960 --split validation=dev-clean --num_shards 64
 
 writes `<output>/<split>/<split>.tfrecord-00000-of-00064 ...` and `<output>/manifest.json`. Each record is a
 tf.train.Example {"id": source file (+ "@<second>" for chunks), "audio": little-endian int16 PCM at 16 kHz mono,
@@ -10,7 +10,7 @@ tf.train.Example {"id": source file (+ "@<second>" for chunks), "audio": little-
 
 Bad input (corrupt audio, wrong sample rate unless --resample, multi-channel, a transcript line without audio, an
 audio file without transcript, an empty transcript, a missing Libri-Light JSON) stops the run with the file and the
-problem, or with `--on-error skip` is left out and listed in the manifest ("skipped") and on the console.
+problem, or with `--on_error skip` is left out and listed in the manifest ("skipped") and on the console.
 """
 from __future__ import annotations
 
@@ -114,18 +114,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--split", action="append", default=[], metavar="NAME=SUBDIR",
                         help="split name and its sub-directory of --input (repeatable); default train=train, "
                              "validation=dev")
-    parser.add_argument("--num-shards", type=int, default=16)
-    parser.add_argument("--no-transcripts", action="store_true",
+    parser.add_argument("--num_shards", type=int, default=16)
+    parser.add_argument("--no_transcripts", action="store_true",
                         help="librispeech layout: do not require a transcript for every audio file")
-    parser.add_argument("--chunk-seconds", type=float, default=None,
+    parser.add_argument("--chunk_seconds", type=float, default=None,
                         help="cut recordings into chunks of at most this many seconds (default: 32 for librilight, "
                              "none otherwise)")
     parser.add_argument("--resample", action="store_true", help="resample other rates to 16 kHz instead of failing")
-    parser.add_argument("--on-error", choices=("raise", "skip"), default="raise")
+    parser.add_argument("--on_error", choices=("raise", "skip"), default="raise")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.num_shards < 1:
-        parser.error("--num-shards must be at least 1")
+        parser.error("--num_shards must be at least 1")
     try:
         splits = _parse_splits(args.split) if args.split else {"train": "train", "validation": "dev"}
     except argparse.ArgumentTypeError as e:

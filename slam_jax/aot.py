@@ -1,0 +1,209 @@
+"""`slam-aot`: compiles a run's train step ahead of time for a TPU topology, on any machine (no TPU needed).
+
+    slam-aot --gin_file=runs/slam_600m_stage1_v5p_64.gin [--topology=v5p:2x4x4] [--gin.NAME=VALUE ...] [--json]
+
+As MaxText's `train_compile`: libtpu (`pip install -e '.[tpu]'`) describes the topology's chips
+(`jax.experimental.topologies`), the run's own train step (`Trainer.for_pretraining`, the object `slam-train`
+runs) is built over a mesh of those chips, lowered with abstract sharded parameters, optimizer state and a batch of
+the run's static shapes (global rows per kind from the mixture's rates, `StreamConfig` row lengths), and compiled
+by XLA:TPU. The report: per-chip argument / output / temporary memory as XLA allocates it against the chip's HBM,
+XLA's FLOPs per chip, the analytic model FLOPs (`slam_jax.flops`), and the compile time. Exits 1 when the step
+does not fit in HBM. The topology defaults to the run file's `TOPOLOGY` macro.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from slam_jax import config, flops, partitioning, train
+from slam_jax.data import schema
+
+# HBM per chip (GiB, vendor figures), by the generation prefix of the topology name.
+HBM_GIB: dict[str, float] = {"v4": 32.0, "v5e": 16.0, "v5litepod": 16.0, "v5p": 95.0, "v6e": 32.0}
+GIB = 2 ** 30
+
+
+class AotError(ValueError):
+    """A topology name or run that cannot be compiled; the message says which and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryReport:
+    """Per-chip bytes of the compiled step (`Compiled.memory_analysis()`); `total` = what must fit in HBM:
+    arguments + outputs - outputs aliased to donated arguments + temporaries + generated code."""
+
+    argument: int
+    output: int
+    alias: int
+    temp: int
+    generated_code: int
+
+    @property
+    def total(self) -> int:
+        return self.argument + self.output - self.alias + self.temp + self.generated_code
+
+
+def hbm_bytes(topology: str) -> int:
+    """HBM bytes per chip of the generation named by `topology` (e.g. 'v5p:4x4x2')."""
+    generation = topology.split(":", 1)[0].split("-", 1)[0].lower()
+    if generation not in HBM_GIB:
+        raise AotError(f"topology {topology!r}: unknown TPU generation {generation!r}; known: {sorted(HBM_GIB)}")
+    return int(HBM_GIB[generation] * GIB)
+
+
+# Generations whose two TensorCores per chip form one JAX device (megacore), as on their Cloud TPU VMs.
+MEGACORE = ("v4", "v5p")
+
+
+def topology_devices(topology: str) -> list:
+    """The chips of a TPU topology ('GENERATION:AxBxC' chips, e.g. 'v5p:2x4x4' = v5p-64), described by libtpu
+    without TPU hardware; one device per chip (megacore on v4 / v5p)."""
+    if ":" not in topology:
+        raise AotError(f"topology {topology!r} must look like 'v5p:2x4x4' (generation:chip grid)")
+    # Describing a topology touches no TPU: let this process load libtpu even while another process holds it.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    from jax.experimental import topologies
+    generation = topology.split(":", 1)[0].lower()
+    try:
+        desc = topologies.get_topology_desc(platform="tpu", topology_name=topology,
+                                            chip_config_name="megacore" if generation in MEGACORE else "default")
+    except Exception as e:  # libtpu missing or an unknown topology: say which
+        raise AotError(f"cannot describe TPU topology {topology!r} ({type(e).__name__}: {e}); "
+                       "is libtpu installed (pip install -e '.[tpu]')?") from None
+    return list(desc.devices)
+
+
+def abstract_batch(stream_cfg, rows: dict[str, int], mesh: jax.sharding.Mesh) -> dict:
+    """`ShapeDtypeStruct`s of one global batch in the data contract (`slam_jax.data.schema`), sharded over the
+    batch mesh axes: `rows[kind]` rows per kind with the `StreamConfig` row lengths."""
+    lengths = {"speech": {"features": stream_cfg.speech_frames, "segment_ids": stream_cfg.speech_frames},
+               "text": {k: stream_cfg.text_tokens for k in schema.KEYS["text"]},
+               "paired": {"features": stream_cfg.paired_frames, "segment_ids": stream_cfg.paired_frames,
+                          "tokens": stream_cfg.paired_tokens, "token_segment_ids": stream_cfg.paired_tokens}}
+    batch: dict[str, dict[str, jax.ShapeDtypeStruct]] = {}
+    for kind, n in rows.items():
+        if not n:
+            continue
+        sub = {}
+        for key in schema.KEYS[kind]:
+            if key == "features":
+                shape, dtype = (n, lengths[kind][key], schema.NUM_MEL_BINS), jnp.float32
+            else:
+                shape, dtype = (n, lengths[kind][key]), jnp.int32
+            sub[key] = jax.ShapeDtypeStruct(shape, dtype, sharding=partitioning.batch_sharding(mesh, len(shape)))
+        batch[kind] = sub
+    return batch
+
+
+def compile_run(topology: str) -> dict[str, Any]:
+    """Compiles the gin-configured run's train step for `topology`; returns the report (see module docstring)."""
+    from slam_jax.data import converter
+    devices = topology_devices(topology)
+    model_cfg, objective_cfg = config.ModelConfig(), config.ObjectiveConfig()
+    stream_cfg, mesh_cfg = config.StreamConfig(), config.MeshConfig()
+    hosts = len({d.process_index for d in devices})
+    start = time.perf_counter()
+    trainer = train.Trainer.for_pretraining(model_cfg=model_cfg, objective_cfg=objective_cfg,
+                                            optimizer_cfg=config.OptimizerConfig(), mesh_cfg=mesh_cfg,
+                                            train_cfg=train.TrainConfig(), devices=devices)
+    rows = converter.kind_batch_sizes(stream_cfg.mixture, stream_cfg.batch_size, hosts)
+    partitioning.check_batch_sizes({k: v for k, v in rows.items() if v}, trainer.mesh)
+    batch = abstract_batch(stream_cfg, rows, trainer.mesh)
+    lowered = trainer.lower(batch)
+    lower_s = time.perf_counter() - start
+    start = time.perf_counter()
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - start
+
+    m = compiled.memory_analysis()
+    memory = MemoryReport(argument=m.argument_size_in_bytes, output=m.output_size_in_bytes,
+                          alias=m.alias_size_in_bytes, temp=m.temp_size_in_bytes,
+                          generated_code=m.generated_code_size_in_bytes)
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    hbm = hbm_bytes(topology)
+    shapes = flops.BatchShapes.from_batch(batch)
+    return {
+        "topology": topology,
+        "chips": len(devices),
+        "hosts": hosts,
+        "device_kind": devices[0].device_kind,
+        "mesh": dict(trainer.mesh.shape),
+        "mixture": stream_cfg.mixture,
+        "rows": rows,
+        "objectives": list(objective_cfg.active),
+        "parameters": flops.parameter_count(model_cfg),
+        "memory_per_chip": {**dataclasses.asdict(memory), "total": memory.total},
+        "hbm_per_chip": hbm,
+        "headroom_per_chip": hbm - memory.total,
+        "fits": memory.total <= hbm,
+        "xla_flops_per_chip": float(cost.get("flops", float("nan"))) if cost else float("nan"),
+        "model_flops_per_step": flops.train_step_flops(model_cfg, shapes, objective_cfg),
+        "lower_s": lower_s,
+        "compile_s": compile_s,
+    }
+
+
+def _human(r: dict[str, Any]) -> str:
+    m = r["memory_per_chip"]
+    gib = lambda b: f"{b / GIB:.2f} GiB"
+    return "\n".join([
+        f"slam-aot {r['topology']}: {r['chips']} x {r['device_kind']} chips on {r['hosts']} hosts, mesh {r['mesh']}; "
+        f"mixture {r['mixture']!r} rows {r['rows']}; objectives {r['objectives']}; {r['parameters'] / 1e6:.1f}M "
+        "parameters",
+        f"  memory per chip: arguments {gib(m['argument'])}, outputs {gib(m['output'])} (aliased to donated "
+        f"arguments {gib(m['alias'])}), temporaries {gib(m['temp'])}, code {gib(m['generated_code'])}",
+        f"  total {gib(m['total'])} of {gib(r['hbm_per_chip'])} HBM: headroom {gib(r['headroom_per_chip'])}"
+        f" -> {'fits' if r['fits'] else 'DOES NOT FIT'}",
+        f"  FLOPs: XLA {r['xla_flops_per_chip'] / 1e12:.2f} TFLOP per chip per step "
+        f"({r['xla_flops_per_chip'] * r['chips'] / 1e15:.2f} PFLOP over the slice); model "
+        f"{r['model_flops_per_step'] / 1e15:.2f} PFLOP per step (slam_jax.flops)",
+        f"  lowering {r['lower_s']:.1f} s, compile {r['compile_s']:.1f} s",
+    ])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="slam-aot", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=config.GIN_FLAGS_HELP)
+    parser.add_argument("--topology", default=None,
+                        help="TPU topology in chips, e.g. v5p:2x4x4 (v5p-64) (default: the run file's TOPOLOGY macro)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--module_import", action="append", default=[],
+                        help="import this module after gin parsing (e.g. your seqio tasks); repeatable")
+    try:
+        files, bindings, rest = config.split_argv(argv)
+    except config.ConfigError as e:
+        parser.error(str(e))
+    args = parser.parse_args(rest)
+    if not files:
+        parser.error("give at least one --gin_file (e.g. --gin_file=runs/slam_600m_stage1_v5p_64.gin)")
+    try:
+        config.parse(files, bindings)
+        config.register_tasks(args.module_import)
+        topology = args.topology or config.macro("TOPOLOGY")
+        if not topology:
+            raise config.ConfigError(f"no --topology and no TOPOLOGY macro in {', '.join(files)}")
+        report = compile_run(topology)
+    except (config.ConfigError, AotError, partitioning.MeshError, ValueError) as e:
+        print(f"slam-aot: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(report) if args.json else _human(report), flush=True)
+    if not report["fits"]:
+        print(f"slam-aot: the step needs {report['memory_per_chip']['total'] / GIB:.2f} GiB per chip but "
+              f"{report['topology']} chips have {report['hbm_per_chip'] / GIB:.0f} GiB", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Configuration at the edges: the vocabulary must match ModelConfig.vocab_size exactly, `--module_import` brings a
+user's corpus module (seeing the gin-bound DataConfig paths), `slam-data inspect --gin_file` reads the exact stream
+of a run, and the CLIs list the gin flags in --help."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+import tasks  # noqa: F401
+from slam_jax import config, train
+from slam_jax.data import inspect as inspect_cli
+from slam_jax.data import sources
+from train_utils import env, slam_train
+
+MINI_SPM = os.path.join(sources.MINI_CORPUS, "spm.model")
+
+
+@pytest.mark.parametrize("vocab_size", [256, 1024])
+def test_vocabulary_size_mismatch_in_either_direction_is_an_error(vocab_size):
+    with pytest.raises(config.ConfigError) as e:
+        train.check_vocabulary("mini_slam", vocab_size)
+    message = str(e.value)
+    assert "has 512 pieces" in message and f"ModelConfig.vocab_size = {vocab_size}" in message
+    assert MINI_SPM in message and "DataConfig.spm_model" in message
+    assert train.check_vocabulary("mini_slam", 512) == MINI_SPM
+
+
+def test_slam_train_refuses_a_larger_model_vocabulary_before_training(tmp_path):
+    result = slam_train(tmp_path / "run", "--gin.ModelConfig.vocab_size=1000", check=False, timeout=300)
+    assert result.returncode == 1
+    assert "has 512 pieces but ModelConfig.vocab_size = 1000" in result.stderr, result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_module_import_registers_a_user_corpus_that_sees_the_gin_data_paths(tmp_path, monkeypatch, capsys):
+    (tmp_path / "sentences.txt").write_text("THE CAT SAT ON THE MAT\nHE SAID THAT IT WAS GOOD\n" * 20)
+    # The module builds its vocabulary from DataConfig.spm_model (through $SLAM_SPM_MODEL, which slam_jax sets
+    # from the gin binding before importing it).
+    (tmp_path / "my_corpus_h13.py").write_text(
+        "from slam_jax.data import sources\n"
+        f"sources.add_text_files_task('my_sentences', {{'train': {str(tmp_path / 'sentences.txt')!r}}},\n"
+        "                             vocabulary=sources.default_vocabulary())\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv(config.DATA_ENV["spm_model"], "/nonexistent/spm.model")  # restored after the test
+    rc = inspect_cli.main(["inspect", "--module_import=my_corpus_h13", "--mixture=my_sentences", "--batches=1",
+                           "--show=1", "--batch_size=2", "--text_tokens=16",
+                           f"--gin.DataConfig.spm_model='{MINI_SPM}'"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "my_sentences" in out and "{'text': 2}" in out
+    assert "THE CAT SAT ON THE MAT" in out or "HE SAID THAT IT WAS GOOD" in out
+
+
+def test_module_import_of_a_missing_module_names_it(capsys):
+    rc = inspect_cli.main(["inspect", "--module_import=no_such_corpus_module", "--mixture=mini_slam"])
+    assert rc == 1
+    assert "--module_import=no_such_corpus_module: cannot import it" in capsys.readouterr().err
+
+
+def test_slam_data_inspect_gin_file_reads_the_runs_stream(capsys):
+    rc = inspect_cli.main(["inspect", "--gin_file=runs/cpu_smoke.gin", "--gin.StreamConfig.batch_size=8",
+                           "--batches=2"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    # cpu_smoke.gin: mixture mini_slam, 512 / 64 / 640 / 64 row lengths; the binding sets 8 rows (4 / 2 / 2).
+    assert "mixture 'mini_slam' split 'train': 2 batches of 8 rows {'speech': 4, 'text': 2, 'paired': 2}" in out
+    assert "[speech] 4 rows/batch" in out and "[paired] 2 rows/batch" in out
+
+
+@pytest.mark.parametrize("module", ["slam_jax.train", "slam_jax.aot", "slam_jax.bench"])
+def test_help_lists_the_gin_flags(module):
+    out = subprocess.run([sys.executable, "-m", module, "--help"], env=env(), capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "--gin_file=FILE" in out.stdout and "--gin.NAME=VALUE" in out.stdout
