@@ -27,10 +27,18 @@ setuptools.setup(
         "clu>=0.0.12",
         "tensorboard>=2.15",
         "tqdm>=4.60",
-        "numpy>=1.26",
+        "numpy>=2.0",
+        "jiwer>=3.0,<5",
+        # n-gram LM shallow fusion in CTC beam search; builds from source (a C++ compiler, as on any Linux CI).
+        "kenlm>=0.2",
+        "sacrebleu>=2.3,<3",
+        "scikit-learn>=1.3",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3", "librosa>=0.10"],
+        # libtpu (Linux only) lets the tests compile for TPU topologies on CPU (slam-aot); no TPU is used.
+        "test": ["pytest>=8", "pytest-xdist>=3", "librosa>=0.10",
+                 "importlib_resources>=6",  # TFDS writes the GLUE test set with it (tests/test_glue.py)
+                 "jax[tpu]>=0.10,<0.11; sys_platform == 'linux'"],
         "gpu": ["jax[cuda12]>=0.10,<0.11"],
         "tpu": ["jax[tpu]>=0.10,<0.11"],
         "bench": ["torch", "transformers"],
@@ -38,8 +46,11 @@ setuptools.setup(
     entry_points={
         "console_scripts": [
             "slam-train=slam_jax.train:main",
+            "slam-finetune=slam_jax.finetune.run:main",
+            "slam-eval=slam_jax.evaluation.run:main",
             "slam-info=slam_jax.info:main",
             "slam-bench=slam_jax.bench:main",
+            "slam-aot=slam_jax.aot:main",
             "slam-data=slam_jax.data.inspect:main",
             "slam-prepare=slam_jax.data.prepare:main",
         ]

@@ -162,3 +162,20 @@ def warm_start_params(directory: str, abstract_params: Any, fresh_params: Any) -
             skipped.append(name)
             out.append(leaf)
     return jax.tree_util.tree_unflatten(treedef, out), skipped
+
+
+def restore_params(directory: str, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
+    """The parameters of `directory`'s checkpoint `step` (default: the latest), exactly matching `abstract_params`
+    (ShapeDtypeStruct leaves with `.sharding`), for evaluation. Returns (params, step).
+
+    Raises FileNotFoundError when there is no checkpoint, CheckpointMismatchError naming the differing parameters.
+    """
+    manager = _reader(directory)
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint found under {directory}")
+    message = describe_mismatch(abstract_params, manager.item_metadata(step)["params"], f"{directory}/{step}")
+    if message:
+        raise CheckpointMismatchError(message)
+    restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
+    return restored["params"], step

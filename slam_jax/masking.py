@@ -96,3 +96,23 @@ def replace_tokens(key: Array, tokens: Array, mask: Array, vocab_size: int, rand
     use_random = mask & (u < random_fraction)
     keep = mask & (u >= random_fraction) & (u < random_fraction + keep_fraction)
     return jnp.where(use_random, random_ids, tokens), mask & ~use_random & ~keep
+
+
+def frequency_mask(key: Array, features: Array, num_masks: int, max_width: int) -> Array:
+    """SpecAugment frequency masking (Park et al. 2019): zeroes `num_masks` bands of log-mel bins per row.
+
+    Each band has a width drawn uniformly from [0, max_width] and a uniform start; bands may overlap.
+    Args:
+      key: PRNG key. features: float [batch, frames, bins] (normalized log-mel, so 0 is the mean).
+    Returns:
+      features with the bands zeroed, same shape and dtype.
+    """
+    if num_masks == 0 or max_width == 0:
+        return features
+    b, bins = features.shape[0], features.shape[-1]
+    k_width, k_start = jax.random.split(key)
+    width = jax.random.randint(k_width, (b, num_masks), 0, max_width + 1)
+    start = (jax.random.uniform(k_start, (b, num_masks)) * (bins - width + 1)).astype(jnp.int32)
+    idx = jnp.arange(bins)
+    band = (idx >= start[..., None]) & (idx < (start + width)[..., None])     # [batch, masks, bins]
+    return jnp.where(jnp.any(band, axis=1)[:, None, :], jnp.zeros((), features.dtype), features)

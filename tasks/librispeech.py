@@ -29,3 +29,8 @@ if os.environ.get("SLAM_LIBRISPEECH_PREPARED"):
     _root = os.environ["SLAM_LIBRISPEECH_PREPARED"]
     sources.add_prepared_task("librispeech_prepared_speech", _root, kind="speech", splits=tuple(FOLDER_SPLITS))
     sources.add_prepared_task("librispeech_prepared_paired", _root, kind="paired", splits=tuple(FOLDER_SPLITS))
+
+# The 100 h fine-tuning set (train-clean-100), same dev / test splits.
+sources.add_tfds_librispeech_task(
+    "librispeech_100h_paired", kind="paired",
+    splits={**sources.LIBRISPEECH_TFDS_SPLITS, "train": "train_clean100"})

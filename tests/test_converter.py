@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+import seqio
 import tasks  # noqa: F401
 from slam_jax.data import converter, schema
 
@@ -134,9 +135,9 @@ def test_vocabulary_and_unknown_mixture():
 
 def test_slam_data_inspect_prints_rates_padding_and_throughput(capsys):
     from slam_jax.data import inspect as inspect_cli
-    rc = inspect_cli.main(["inspect", "--mixture", "mini_slam", "--batches", "3", "--show", "1", "--batch-size", "8",
-                           "--speech-frames", "256", "--text-tokens", "64", "--paired-frames", "256",
-                           "--paired-tokens", "32"])
+    rc = inspect_cli.main(["inspect", "--mixture", "mini_slam", "--batches", "3", "--show", "1", "--batch_size", "8",
+                           "--speech_frames", "256", "--text_tokens", "64", "--paired_frames", "256",
+                           "--paired_tokens", "32"])
     out = capsys.readouterr().out
     assert rc == 0
     assert "{'speech': 4, 'text': 2, 'paired': 2}" in out
@@ -144,3 +145,14 @@ def test_slam_data_inspect_prints_rates_padding_and_throughput(capsys):
     assert out.count("    padding fraction") == 3 and "token padding fraction" in out and "skipped examples: 0" in out
     assert "batches/s" in out and "examples/s" in out
     assert "utterances, seconds" in out and "sentences" in out and "s audio" in out
+
+
+def test_single_kind_mixture_leaves_out_tasks_without_the_split():
+    # mini_text has no "validation" split: like seqio's own mixtures, the stream reads the tasks that have it.
+    seqio.MixtureRegistry.remove("test_text_only")
+    seqio.MixtureRegistry.add("test_text_only", [("mini_text", 1.0), ("mini_transcripts", 1.0)])
+    stream = converter.make_stream(converter.StreamConfig(mixture="test_text_only", split="validation",
+                                                          batch_size=4, text_tokens=32))
+    next(stream)
+    assert stream.stats()["text"]["examples"]["mini_text"] == 0
+    assert stream.stats()["text"]["examples"]["mini_transcripts"] > 0

@@ -58,3 +58,39 @@ def slam_train(model_dir, *args: str, devices: int = 1, check: bool = True, time
 def read_metrics(model_dir) -> list[dict]:
     with open(os.path.join(model_dir, "metrics.jsonl")) as f:
         return [json.loads(line) for line in f]
+
+
+MODEL = [a for a in SMALL if a.startswith("--gin.ModelConfig.")]
+
+FINETUNE_SMALL = [
+    "--gin_file=finetune/mini_ctc.gin",
+    *MODEL,
+    "--gin.StreamConfig.batch_size=4",
+    "--gin.StreamConfig.paired_frames=256",
+    "--gin.StreamConfig.paired_tokens=32",
+    "--gin.TrainConfig.log_every=1",
+    "--gin.TrainConfig.eval_every=0",
+    "--gin.TrainConfig.async_checkpointing=False",
+]
+
+
+def _run(module: str, args: list[str], check: bool, timeout: int, devices: int = 1):
+    result = subprocess.run([sys.executable, "-m", module, *args], env=env(devices), capture_output=True, text=True,
+                            timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{module} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def slam_finetune(model_dir, *args: str, check: bool = True, timeout: int = 900):
+    """Runs slam-finetune (tiny model, mini corpus CTC) to completion."""
+    return _run("slam_jax.finetune.run", [f"--model_dir={model_dir}", *FINETUNE_SMALL, *args], check, timeout)
+
+
+def slam_eval(model_dir, *args: str, check: bool = True, timeout: int = 900):
+    """Runs slam-eval; returns the CompletedProcess (the last stdout line is the JSON result)."""
+    return _run("slam_jax.evaluation.run", [f"--model_dir={model_dir}", *args], check, timeout)
+
+
+def last_json(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])

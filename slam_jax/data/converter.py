@@ -169,10 +169,14 @@ def _kind_examples(kind: str, children: Sequence[tuple[str, float]], config: Str
     datasets, rates = [], []
     for name, rate in children:
         provider = seqio.get_mixture_or_task(name)
+        if isinstance(provider, seqio.Task) and config.split not in provider.splits:
+            continue  # seqio's rule for mixtures: a task without the split is left out
         extra = {"log_mixing_proportions": False} if isinstance(provider, seqio.Mixture) else {}
         ds = provider.get_dataset(num_epochs=None, **args, **extra)
         datasets.append(ds.map(lambda ex: {k: ex[k] for k in keys}))
         rates.append(rate)
+    if not datasets:
+        raise ValueError(f"no {kind} task among {[n for n, _ in children]} has a {config.split!r} split")
     if len(datasets) == 1:
         return datasets[0]
     return tf.data.Dataset.sample_from_datasets(datasets, rates, seed=seed, stop_on_empty_dataset=True)
@@ -305,7 +309,7 @@ def _pair_rows(ds: tf.data.Dataset, *, frames: int, tokens: int, num_tasks: int,
             "tokens": tf.ensure_shape(tf.pad(text, [[0, tokens - m]]), [tokens]),
             "token_segment_ids": tf.ensure_shape(tf.pad(tf.ones([m], tf.int32), [[0, tokens - m]]), [tokens]),
             "_task_counts": onehot, "_skipped": skipped, "_too_long": long_count, "_message": message,
-            "valid": emit,
+            "_id": ex["id"], "valid": emit,
         }
         keep = 1 - tf.cast(emit, tf.int32)
         return {"skipped": skipped * keep, "too_long": long_count * keep,
@@ -361,6 +365,9 @@ class OneStream:
         self._iterator = iter(dataset)
         self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
         self._stats = self._empty_stats()
+        # Example ids of the rows of the batch `__next__` returned last, for kinds with one example per row
+        # (paired): {kind: [id of row 0, ...]}, "" for padding rows.
+        self.ids: dict[str, list[str]] = {}
         _LIVE_STREAMS.add(self)
 
     def close(self) -> None:
@@ -403,6 +410,8 @@ class OneStream:
             for message in arrays.pop("_message"):
                 if message and len(stats["messages"]) < MAX_MESSAGES:
                     stats["messages"].append(message.decode("utf-8", "replace"))
+            if "_id" in arrays:
+                self.ids[kind] = [i.decode("utf-8", "replace") for i in arrays.pop("_id")]
             s["rows"] += arrays["segment_ids"].shape[0]
             s["real"] += int((arrays["segment_ids"] > 0).sum())
             s["slots"] += int(arrays["segment_ids"].size)
@@ -513,14 +522,16 @@ def _pad_finite(per_kind: Mapping[str, tf.data.Dataset], host_rows: Mapping[str,
     padded = {}
     for kind, ds in per_kind.items():
         rows = host_rows[kind]
+        spec = ds.element_spec
+        fill = {k: tf.constant("" if s.dtype == tf.string else 0, s.dtype) for k, s in spec.items()}
 
-        def pad(batch, rows=rows):
+        def pad(batch, rows=rows, fill=fill):
             n = tf.shape(batch["segment_ids"])[0]
-            out = {k: tf.pad(v, [[0, rows - n]] + [[0, 0]] * (len(v.shape) - 1)) for k, v in batch.items()}
+            out = {k: tf.pad(v, [[0, rows - n]] + [[0, 0]] * (len(v.shape) - 1), constant_values=fill[k])
+                   for k, v in batch.items()}
             out["_real"] = n > 0
             return out
 
-        spec = ds.element_spec
         zeros = {k: tf.zeros([rows] + s.shape.as_list()[1:], s.dtype) for k, s in spec.items()}
         zeros["_real"] = tf.constant(False)
         padded[kind] = ds.map(pad).concatenate(tf.data.Dataset.from_tensors(zeros).repeat())

@@ -1,0 +1,2 @@
+"""Evaluation: ASR error rates (asr.py), BLEU (bleu.py), GLUE metrics (glue_metrics.py), cross-modal alignment
+probes (probes.py) and the `slam-eval` entry point."""

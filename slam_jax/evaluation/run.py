@@ -1,0 +1,134 @@
+"""`slam-eval`: scores a run's latest checkpoint (or `--step`) and prints one JSON line.
+
+    slam-eval --model_dir=/tmp/slam_ft [--split=validation]            # a fine-tuning run: its task's metric
+    slam-eval --model_dir=/tmp/slam_ft --gin.CtcDecodeConfig.beam_size=8 \
+        --gin.CtcDecodeConfig.lm_path="'/data/lm.arpa'"                 # CTC beam search + n-gram LM fusion
+    slam-eval --model_dir=/tmp/slam_smoke --probes [--mixture=mini_paired] [--split=validation]
+                                                                        # a pre-training run: alignment probes
+
+The run's own `config.gin` is parsed first, then any `--gin_file` / `--gin.NAME=VALUE` given here (decoding
+options, a different `StreamConfig.mixture`, ...). Scores and predictions are written under `model_dir/eval/`:
+`<split>_step<N>.json` / `.tsv` for a task, `probes_<split>_step<N>.json` for the probes.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from typing import Sequence
+
+import jax
+
+from slam_jax import checkpointing, config, partitioning, train
+from slam_jax.data import converter
+from slam_jax.evaluation import probes
+from slam_jax.finetune import run as finetune_run
+
+
+def _run_config(model_dir: str) -> str:
+    import tensorflow as tf
+    path = os.path.join(model_dir, "config.gin")
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: --model_dir must be a slam-train or slam-finetune run")
+    return path
+
+
+def _is_finetune_run(config_path: str) -> bool:
+    import tensorflow as tf
+    with tf.io.gfile.GFile(config_path) as f:
+        return any(line.startswith("FinetuneConfig.task") for line in f)
+
+
+def _eval_train_config(eval_batches: int) -> train.TrainConfig:
+    """The run's TrainConfig with slam-eval's batch count (0 = the whole split; several processes need a count)."""
+    return dataclasses.replace(train.TrainConfig(), eval_batches=eval_batches)
+
+
+def evaluate_task(model_dir: str, split: str | None, step: int | None, eval_batches: int = 0) -> dict:
+    """The fine-tuning task's scores on `split` (default `TrainConfig.eval_split`)."""
+    train_cfg = _eval_train_config(eval_batches)
+    task = finetune_run.make_task(config.ModelConfig(), config.FinetuneConfig(), config.StreamConfig())
+    trainer = finetune_run.make_trainer(task, config.OptimizerConfig(), config.MeshConfig(), train_cfg)
+    params, step = checkpointing.restore_params(model_dir, trainer.abstract_params, step)
+    split = split or train_cfg.eval_split
+    scores = task.evaluate(trainer, params, split, step, model_dir)
+    return {"task": task.name, "split": split, "step": step, **scores}
+
+
+def evaluate_probes(model_dir: str, split: str | None, step: int | None, mixture: str | None,
+                    eval_batches: int = 0) -> dict:
+    """Alignment probes of a pre-training run on the paired examples of `mixture` (default: the run's own)."""
+    train_cfg = _eval_train_config(eval_batches)
+    objective_cfg = config.ObjectiveConfig()
+    trainer = train.Trainer.for_pretraining(
+        model_cfg=config.ModelConfig(), objective_cfg=objective_cfg, optimizer_cfg=config.OptimizerConfig(),
+        mesh_cfg=config.MeshConfig(), train_cfg=train_cfg)
+    params, step = checkpointing.restore_params(model_dir, trainer.abstract_params, step)
+    stream_cfg = config.StreamConfig()
+    split = split or train_cfg.eval_split
+    cfg = dataclasses.replace(stream_cfg, mixture=mixture or stream_cfg.mixture, split=split, shuffle=False)
+    if "paired" not in converter.kind_children(cfg.mixture):
+        raise ValueError(f"mixture {cfg.mixture!r} has no paired data to probe; pass --mixture=<a paired task>")
+    stream = converter.eval_stream(cfg, shard_index=jax.process_index(), num_shards=jax.process_count())
+    result = probes.alignment_probes(trainer, params, stream)
+    out = {"probes": True, "mixture": cfg.mixture, "split": split, "step": step, "stm_trained": objective_cfg.stm,
+           **dataclasses.asdict(result)}
+    if jax.process_index() == 0:
+        import tensorflow as tf
+        folder = os.path.join(model_dir, "eval")
+        tf.io.gfile.makedirs(folder)
+        with tf.io.gfile.GFile(os.path.join(folder, f"probes_{split}_step{step}.json"), "w") as f:
+            json.dump(out, f, indent=1)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prog = "slam-eval"
+    try:
+        files, bindings, rest = config.split_argv(argv)
+    except config.ConfigError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(prog=prog, description="Evaluate a slam-finetune run, or probe a slam-train "
+                                     "run's cross-modal alignment (--probes).")
+    parser.add_argument("--model_dir", required=True, help="the run directory (holds config.gin and checkpoints/)")
+    parser.add_argument("--split", default=None, help="split to score (default: TrainConfig.eval_split)")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    parser.add_argument("--probes", action="store_true", help="alignment probes of a pre-training run")
+    parser.add_argument("--mixture", default=None, help="--probes: the paired task or mixture to probe on")
+    parser.add_argument("--module_import", action="append", default=[],
+                        help="import this module after gin parsing (e.g. your seqio tasks); repeatable")
+    parser.add_argument("--eval_batches", type=int, default=0,
+                        help="batches per process (default 0: the whole split; required with several processes)")
+    args = parser.parse_args(rest)
+    try:
+        run_config = _run_config(args.model_dir)
+        finetuned = _is_finetune_run(run_config)
+        if args.probes == finetuned:
+            raise config.ConfigError(
+                f"{args.model_dir} is a {'fine-tuning' if finetuned else 'pre-training'} run: "
+                + ("--probes needs a pre-training run (its STM head and both modalities)" if finetuned else
+                   "evaluate it with --probes (alignment probes), or fine-tune it with slam-finetune first"))
+        config.parse([run_config, *files], bindings)
+        config.register_tasks(args.module_import)
+    except (config.ConfigError, FileNotFoundError) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    try:
+        result = evaluate_probes(args.model_dir, args.split, args.step, args.mixture, args.eval_batches) \
+            if args.probes else evaluate_task(args.model_dir, args.split, args.step, args.eval_batches)
+    except (config.ConfigError, partitioning.MeshError, checkpointing.CheckpointMismatchError, FileNotFoundError,
+            ValueError) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

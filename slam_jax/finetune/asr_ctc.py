@@ -1,0 +1,251 @@
+"""ASR fine-tuning with a CTC head on top of the unified encoder, scored by WER / CER.
+
+```
+log-mel [B, T, 80] -(SpecAugment freq masks)-> ConvSubsampling -> z [B, T/4, d] -(time masks)-> N speech layers
+  -> M shared layers (speech alone) -> Linear(d, vocab) -> CTC (blank = id 0, the PAD id)
+```
+Targets (our choice): the paired task's own SentencePiece ids, without the EOS the task appends. A subword vocabulary
+keeps label sequences short enough for the encoder's 25 frames/s (characters would need ~15 labels/s, near the CTC
+limit on fast speech); the paper's fine-tuning used a 1024-piece WordPiece vocabulary with an RNN-T decoder (SLAM
+§4.1), for which CTC is the simpler standard head. For LibriSpeech register the paired task with a ~1k-piece
+SentencePiece model (`vocabulary=` of the task factory, or $SLAM_SPM_MODEL): 32k pieces are too sparse for CTC.
+
+Rows CTC cannot learn from are skipped and counted, never turned into an infinite loss (`ctc_feasible`): a
+transcript with characters outside the vocabulary (SentencePiece maps them to UNK) and audio with fewer encoder frames
+than its labels need (labels + one blank between each repeated pair). Empty transcripts are data errors
+(`StreamConfig.on_error`: raise naming the file, or skip and count).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import seqio
+from flax import nnx
+
+from slam_jax.data import converter
+from slam_jax.decoding import ctc as ctc_decoding
+from slam_jax.evaluation.asr import ErrorCounts, error_counts
+from slam_jax.finetune.base import FinetuneTask, SpecAugment, encode_speech, write_predictions
+from slam_jax.layers import common
+from slam_jax.layers.subsampling import subsampled_length
+from slam_jax.model import ModelConfig, SlamEncoder
+from slam_jax.objectives import ctc
+
+Array = jax.Array
+BLANK_ID = 0
+MAX_SKIP_MESSAGES = 20
+
+
+class AsrModel(nnx.Module):
+    """The SLAM encoder and a linear CTC head over the vocabulary (speech runs alone through both stacks)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.encoder = SlamEncoder(cfg, rngs=rngs)
+        self.ctc = common.dense(cfg.d_model, cfg.vocab_size, ("embed", "vocab"), dtype=jnp.float32, rngs=rngs)
+
+    def __call__(self, features: Array, segment_ids: Array, *, key: Array | None = None,
+                 augment: SpecAugment | None = None) -> tuple[Array, Array]:
+        """Log-mel [B, T, 80] + ids [B, T] -> (CTC logits float32 [B, T/4, vocab], frame ids [B, T/4])."""
+        h, seg = encode_speech(self.encoder, features, segment_ids, key, augment)
+        return self.ctc(common.constrain(h.astype(jnp.float32), common.BATCH_ACTIVATION)), seg
+
+
+def ctc_labels(tokens: np.ndarray, token_segment_ids: np.ndarray, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Paired transcripts -> CTC labels: the tokens without padding and without the trailing EOS.
+
+    Returns (labels int32 [B, L], label_valid bool [B, L]); valid labels come first in each row.
+    """
+    valid = (token_segment_ids > 0) & (tokens != eos_id)
+    return tokens, valid
+
+
+def ctc_feasible(frames: np.ndarray, labels: np.ndarray, label_valid: np.ndarray, unk_id: int | None
+                 ) -> list[str]:
+    """Why CTC cannot train on each row ("" when it can).
+
+    Args:
+      frames: int [B] input log-mel frames per row (0 = padding row); labels / label_valid: [B, L] (`ctc_labels`).
+      unk_id: the vocabulary's UNK id (a transcript holding it has characters outside the vocabulary).
+    A row needs at least `labels + repeats` encoder frames (a blank must separate two equal consecutive labels).
+    """
+    reasons = []
+    for n, lab, ok in zip(frames.tolist(), labels, label_valid):
+        lab = lab[ok]
+        if n == 0 or lab.size == 0:
+            reasons.append("")
+            continue
+        if unk_id is not None and np.any(lab == unk_id):
+            reasons.append(f"transcript has characters outside the vocabulary ({int(np.sum(lab == unk_id))} "
+                           "UNK pieces)")
+            continue
+        needed = lab.size + int(np.sum(lab[1:] == lab[:-1]))
+        have = subsampled_length(n)
+        reasons.append("" if have >= needed else
+                       f"audio too short for CTC: {n / 100:.2f} s gives {have} encoder frames but the transcript "
+                       f"needs {needed} ({lab.size} labels + {needed - lab.size} repeats)")
+    return reasons
+
+
+class CtcStream:
+    """The paired training stream with rows CTC cannot learn from blanked out (made padding) and counted.
+
+    Forwards `get_state` / `set_state` (the skip counts travel with the state) and `kind_batch_sizes`.
+    """
+
+    def __init__(self, stream: converter.OneStream, eos_id: int, unk_id: int | None):
+        self.stream, self.eos_id, self.unk_id = stream, eos_id, unk_id
+        self.kind_batch_sizes = stream.kind_batch_sizes
+        self.skipped: dict[str, int] = {}
+        self.messages: list[str] = []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        batch = next(self.stream)
+        sub = dict(batch["paired"])
+        labels, valid = ctc_labels(sub["tokens"], sub["token_segment_ids"], self.eos_id)
+        reasons = ctc_feasible((sub["segment_ids"] > 0).sum(1), labels, valid, self.unk_id)
+        ids = self.stream.ids.get("paired", [""] * len(reasons))
+        bad = [i for i, r in enumerate(reasons) if r]
+        if bad:
+            for key in sub:
+                sub[key] = sub[key].copy()
+                sub[key][bad] = 0
+            for i in bad:
+                kind = reasons[i].split(":")[0].split(" (")[0]
+                self.skipped[kind] = self.skipped.get(kind, 0) + 1
+                message = f"{ids[i]}: {reasons[i]}; row skipped"
+                if len(self.messages) < MAX_SKIP_MESSAGES:
+                    self.messages.append(message)
+                    print(f"skipping: {message}", flush=True)
+        return {**batch, "paired": sub}
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.stream.stats(), "ctc_skipped": dict(self.skipped), "ctc_messages": list(self.messages)}
+
+    def get_state(self) -> bytes:
+        extra = json.dumps({"skipped": self.skipped, "messages": self.messages}).encode()
+        return len(extra).to_bytes(8, "little") + extra + self.stream.get_state()
+
+    def set_state(self, state: bytes) -> None:
+        n = int.from_bytes(state[:8], "little")
+        extra = json.loads(state[8:8 + n].decode())
+        self.skipped, self.messages = extra["skipped"], extra["messages"]
+        self.stream.set_state(state[8 + n:])
+
+
+class AsrCtcTask(FinetuneTask):
+    """CTC ASR on any registered paired task or mixture (`StreamConfig.mixture`), scored by WER / CER."""
+
+    name = "asr_ctc"
+    loss_names = ("asr/ctc_loss",)
+    decode_config_class = ctc_decoding.CtcDecodeConfig
+
+    def __init__(self, model_cfg, finetune_cfg, stream_cfg, decode_cfg: ctc_decoding.CtcDecodeConfig | None = None):
+        super().__init__(model_cfg, finetune_cfg, stream_cfg, decode_cfg)
+        kinds = converter.kind_children(stream_cfg.mixture)
+        if set(kinds) != {"paired"}:
+            raise ValueError(f"ASR fine-tuning needs a paired task or mixture; StreamConfig.mixture = "
+                             f"{stream_cfg.mixture!r} has kinds {sorted(kinds)}")
+        self.vocabulary: seqio.SentencePieceVocabulary = converter.vocabulary_for(stream_cfg.mixture)
+        if self.vocabulary.vocab_size > model_cfg.vocab_size:
+            raise ValueError(f"the vocabulary of {stream_cfg.mixture!r} has {self.vocabulary.vocab_size} ids but "
+                             f"ModelConfig.vocab_size = {model_cfg.vocab_size} (the CTC head's size)")
+        self.augment = SpecAugment.from_config(finetune_cfg)
+
+    def build_model(self, rngs: nnx.Rngs) -> AsrModel:
+        return AsrModel(self.model_cfg, rngs=rngs)
+
+    def losses(self, model: AsrModel, batch: dict, step: Array, key: Array, train: bool):
+        sub = batch["paired"]
+        logits, seg = model(sub["features"], sub["segment_ids"], key=key if train else None,
+                            augment=self.augment if train else None)
+        labels, valid = ctc_labels(sub["tokens"], sub["token_segment_ids"], self.vocabulary.eos_id)
+        loss, m = ctc.ctc_loss(logits, seg > 0, labels, valid, blank_id=BLANK_ID)
+        return loss, {"loss": loss, "asr/ctc_loss": loss, "asr/utterances": m["count"]}
+
+    def train_stream(self, shard_index: int, num_shards: int) -> CtcStream:
+        stream = converter.make_stream(self.stream_cfg, shard_index=shard_index, num_shards=num_shards)
+        return CtcStream(stream, self.vocabulary.eos_id, self.vocabulary.unk_id)
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    def _pieces(self) -> list[str]:
+        tokenizer = self.vocabulary.tokenizer
+        return [tokenizer.id_to_piece(i) for i in range(tokenizer.get_piece_size())]
+
+    def transcribe(self, outputs: dict[str, np.ndarray], lm: ctc_decoding.WordLM | None,
+                   pieces: list[str] | None) -> list[str]:
+        """Decodes this host's rows of `predict` outputs to text."""
+        cfg, texts = self.decode_cfg, []
+        for row in range(outputs["lengths"].shape[0]):
+            n = int(outputs["lengths"][row])
+            if cfg.beam_size == 1:
+                labels = ctc_decoding.greedy_decode(outputs["best"][row], n, BLANK_ID)
+            else:
+                labels = ctc_decoding.prefix_beam_search(
+                    outputs["log_probs"][row], n, pieces, beam_size=cfg.beam_size, prune_top_k=cfg.prune_top_k,
+                    blank_id=BLANK_ID, lm=lm, alpha=cfg.lm_alpha, beta=cfg.lm_beta)
+            texts.append(self.vocabulary.decode([i for i in labels if i >= 3]))  # no PAD / EOS / UNK ids
+        return texts
+
+    def evaluate(self, trainer, params, split: str, step: int, out_dir: str | None) -> dict[str, float]:
+        """WER / CER of `split` (every utterance, none skipped), decoded per `CtcDecodeConfig`.
+
+        Writes `out_dir/eval/<split>_step<N>.tsv` (id, reference, hypothesis) and `.json` (scores) when `out_dir`
+        is given (with several processes each writes its own rows' `.process<i>.tsv`); errors are summed over hosts.
+        """
+        beam = self.decode_cfg.beam_size > 1
+
+        def predict(model: AsrModel, batch: dict) -> dict[str, Array]:
+            logits, seg = model(batch["paired"]["features"], batch["paired"]["segment_ids"])
+            out = {"best": jnp.argmax(logits, -1).astype(jnp.int32), "lengths": (seg > 0).sum(1)}
+            if beam:
+                out["log_probs"] = jax.nn.log_softmax(logits, -1)
+            return out
+
+        run = trainer.predict_fn(predict)
+        lm = ctc_decoding.WordLM(self.decode_cfg.lm_path) if self.decode_cfg.lm_path else None
+        pieces = self._pieces() if beam else None
+        cfg = dataclasses.replace(self.stream_cfg, split=split, shuffle=False)
+        stream = converter.eval_stream(cfg, shard_index=jax.process_index(), num_shards=jax.process_count())
+        first = next(stream, None)
+        if first is None:
+            raise ValueError(f"split {split!r} of {cfg.mixture!r} has no example for process {jax.process_index()}")
+        template = jax.tree.map(np.zeros_like, first)
+        counts, rows = ErrorCounts(), []
+        for local in trainer.eval_batches(itertools.chain([first], stream), template):
+            ids = stream.ids.get("paired", [])
+            sub = local["paired"]
+            real = (sub["segment_ids"] > 0).any(1)
+            if not real.any():
+                continue
+            hyps = self.transcribe(run(params, local), lm, pieces)
+            labels, valid = ctc_labels(sub["tokens"], sub["token_segment_ids"], self.vocabulary.eos_id)
+            refs = [self.vocabulary.decode(lab[ok].tolist()) for lab, ok in zip(labels, valid)]
+            keep = [i for i in range(len(refs)) if real[i]]
+            counts = counts + error_counts([refs[i] for i in keep], [hyps[i] for i in keep])
+            rows += [(ids[i] if i < len(ids) else "", refs[i], hyps[i]) for i in keep]
+        counts = _sum_over_processes(counts)
+        scores = {"wer": counts.wer, "cer": counts.cer, "utterances": float(counts.utterances),
+                  "words": float(counts.words)}
+        if out_dir:
+            write_predictions(out_dir, split, step, ("id", "reference", "hypothesis"), rows,
+                              {**scores, "decoding": dataclasses.asdict(self.decode_cfg)})
+        return scores
+
+
+def _sum_over_processes(counts: ErrorCounts) -> ErrorCounts:
+    if jax.process_count() == 1:
+        return counts
+    from jax.experimental import multihost_utils
+    values = np.asarray(dataclasses.astuple(counts), np.int64)
+    total = np.asarray(multihost_utils.process_allgather(values)).reshape(-1, values.size).sum(0)
+    return ErrorCounts(*map(int, total))

@@ -1,0 +1,205 @@
+"""What every fine-tuning task shares: its gin config, the task interface and the fine-tuning optimizer.
+
+A task (`FinetuneTask`) owns a model with an `encoder` attribute (a `slam_jax.model.SlamEncoder`), its loss, its
+training stream and its evaluation. Because the encoder sits under the same attribute name as in `SlamModel`, a
+pre-training checkpoint's `encoder/...` parameters warm-start it by name (t5x-style): matching parameters are restored,
+the task's head starts fresh, and a missing or reshaped encoder parameter is an error that names it.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import json
+import os
+from typing import Any, Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from slam_jax import masking, optim
+from slam_jax.model import ModelConfig, SlamEncoder
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning settings (loop settings stay in `TrainConfig`, data in `StreamConfig`, Adam in `OptimizerConfig`).
+
+    task: the registered task name (`slam_jax.finetune.TASKS`), e.g. 'asr_ctc'.
+    init_from: a pre-training run directory (or its `checkpoints/` folder) whose latest checkpoint initializes every
+      encoder parameter; None trains from random initialization (the baseline).
+    freeze_speech_steps: the conv subsampling and the speech-only layers get no update for this many steps
+      (our choice; wav2vec 2.0 freezes its feature encoder likewise), then train with the rest.
+    encoder_lr_scale: learning-rate multiplier of every encoder parameter (1.0 = full fine-tuning, 0.0 = the task
+      head only, i.e. a linear probe of the frozen encoder).
+    layer_lr_decay: layer-wise learning-rate decay (ELECTRA/BEiT style): the top Conformer layer gets
+      `layer_lr_decay`, each layer below one more factor, and the front-ends (conv subsampling, text embedding, CLS)
+      the factor of a layer below the lowest; 1.0 disables it. Multiplies `encoder_lr_scale`.
+    SpecAugment during fine-tuning (Park et al. 2019; the paper fine-tunes with SpecAugment, sizes are our choice):
+      spec_time_mask_fraction / spec_time_mask_span: a fraction of the subsampled frames (40 ms each) is masked in
+        spans, replaced as in pre-training (`SlamEncoder.mask_speech`); 0 disables it.
+      spec_freq_masks / spec_freq_mask_width: bands of log-mel bins zeroed per utterance (SpecAugment's F = 27).
+    """
+
+    task: str = "asr_ctc"
+    init_from: str | None = None
+    freeze_speech_steps: int = 0
+    encoder_lr_scale: float = 1.0
+    layer_lr_decay: float = 1.0
+    spec_time_mask_fraction: float = 0.1
+    spec_time_mask_span: int = 5
+    spec_freq_masks: int = 2
+    spec_freq_mask_width: int = 27
+
+    def __post_init__(self):
+        if self.encoder_lr_scale < 0 or not 0 < self.layer_lr_decay <= 1:
+            raise ValueError(f"FinetuneConfig: encoder_lr_scale must be >= 0 and layer_lr_decay in (0, 1], got "
+                             f"{self.encoder_lr_scale} / {self.layer_lr_decay}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecAugment:
+    """Fine-tuning augmentation of the speech input (see `FinetuneConfig`): spans of encoder frames replaced as in
+    pre-training, bands of log-mel bins zeroed."""
+
+    time_mask_fraction: float
+    time_mask_span: int
+    freq_masks: int
+    freq_mask_width: int
+
+    @classmethod
+    def from_config(cls, cfg: FinetuneConfig) -> "SpecAugment":
+        return cls(cfg.spec_time_mask_fraction, cfg.spec_time_mask_span, cfg.spec_freq_masks,
+                   cfg.spec_freq_mask_width)
+
+
+def encode_speech(encoder: SlamEncoder, features: Array, segment_ids: Array, key: Array | None = None,
+                  augment: SpecAugment | None = None) -> tuple[Array, Array]:
+    """The speech path of every speech task: log-mel [B, T, 80] + ids [B, T] -> (top-layer output [B, T/4, d],
+    frame ids [B, T/4]); speech runs alone through the speech and shared stacks, with SpecAugment when `augment` is
+    given (and `key` drives it and dropout)."""
+    keys = jax.random.split(key, 5) if key is not None else [None] * 5
+    if augment is not None:
+        features = masking.frequency_mask(keys[0], features, augment.freq_masks, augment.freq_mask_width)
+    z, seg = encoder.speech_features(features, segment_ids)
+    if augment is not None and augment.time_mask_fraction > 0:
+        frames = masking.span_mask(keys[1], seg, masking.SpanMasking.for_fraction(
+            augment.time_mask_fraction, augment.time_mask_span))
+        z = encoder.mask_speech(z, frames, keys[2])
+    return encoder.shared(encoder.speech_encoder(z, seg, keys[3]), seg, key=keys[4]), seg
+
+
+def write_predictions(out_dir: str, split: str, step: int, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+                      summary: dict) -> None:
+    """Writes `out_dir/eval/<split>_step<step>.tsv` (one line per example, `columns` as header; with several
+    processes each writes its own rows to `.process<i>.tsv`) and, on process 0, `.json` with `summary`."""
+    import tensorflow as tf
+    folder = os.path.join(out_dir, "eval")
+    tf.io.gfile.makedirs(folder)
+    stem = os.path.join(folder, f"{split}_step{step}")
+    suffix = f".process{jax.process_index()}" if jax.process_count() > 1 else ""
+    with tf.io.gfile.GFile(stem + suffix + ".tsv", "w") as f:
+        f.write("\t".join(columns) + "\n")
+        for row in rows:
+            f.write("\t".join(str(x).replace("\t", " ") for x in row) + "\n")
+    if jax.process_index() == 0:
+        with tf.io.gfile.GFile(stem + ".json", "w") as f:
+            json.dump({"split": split, "step": step, **summary}, f, indent=1)
+
+
+class FinetuneTask(abc.ABC):
+    """One downstream task: its model, loss, training data and evaluation (driven by slam-finetune / slam-eval).
+
+    Subclasses set `name` and `loss_names` and implement the abstract methods. The batch format is the task's own
+    (the ASR task uses the paired sub-batch of `slam_jax.data.schema`).
+    """
+
+    name: str = ""
+    loss_names: tuple[str, ...] = ()
+    # The frozen dataclass of the task's decoding / prediction options, or None; slam_jax.config binds it in gin
+    # under its class name (e.g. `CtcDecodeConfig.beam_size`), and slam-finetune / slam-eval pass it in.
+    decode_config_class: type | None = None
+
+    def __init__(self, model_cfg: ModelConfig, finetune_cfg: FinetuneConfig, stream_cfg, decode_cfg: Any = None):
+        self.model_cfg, self.cfg, self.stream_cfg = model_cfg, finetune_cfg, stream_cfg
+        self.decode_cfg = decode_cfg if decode_cfg is not None or self.decode_config_class is None \
+            else self.decode_config_class()
+
+    @abc.abstractmethod
+    def build_model(self, rngs: nnx.Rngs) -> nnx.Module:
+        """The model: an `encoder` attribute (`SlamEncoder`) and the task's head(s)."""
+
+    @abc.abstractmethod
+    def losses(self, model: nnx.Module, batch: dict, step: Array, key: Array, train: bool
+               ) -> tuple[Array, dict[str, Array]]:
+        """(total loss, metrics) of one global batch; metrics hold "loss" (the total) and `kind/metric` entries.
+        `train` enables augmentation and dropout."""
+
+    @abc.abstractmethod
+    def train_stream(self, shard_index: int, num_shards: int) -> Iterator[dict]:
+        """This host's infinite training batches, with `get_state`, `set_state` and `kind_batch_sizes`."""
+
+    @abc.abstractmethod
+    def evaluate(self, trainer, params: Any, split: str, step: int, out_dir: str | None) -> dict[str, float]:
+        """Scores `params` on `split`; writes predictions under `out_dir/eval/` when given; returns {metric: value}."""
+
+
+# ------------------------------------------------------------------------------------------------ optimizer
+def _path_str(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def lr_multiplier(path: str, shape: tuple[int, ...], step: Array, model_cfg: ModelConfig,
+                  cfg: FinetuneConfig) -> Array:
+    """The learning-rate multiplier of one parameter at `step` (scalar, or [layers, 1, ...] for stacked layers).
+
+    Parameters outside `encoder/` (the task heads) get 1. Stacked Conformer parameters carry a leading layer axis
+    (`ConformerStack`), so layer-wise decay is a vector along it.
+    """
+    if not path.startswith("encoder/"):
+        return jnp.ones((), jnp.float32)
+    n_speech, n_total = model_cfg.speech_layers, model_cfg.speech_layers + model_cfg.shared_layers
+    decay = cfg.layer_lr_decay
+    speech_side = path.startswith(("encoder/subsampling/", "encoder/speech_stack/", "encoder/speech_mask"))
+    if path.startswith("encoder/speech_stack/"):
+        depth = jnp.arange(n_speech)                              # layer index from the bottom
+    elif path.startswith("encoder/shared_stack/"):
+        depth = n_speech + jnp.arange(model_cfg.shared_layers)
+    else:
+        depth = jnp.asarray(-1)                                   # front-ends sit below the lowest layer
+    scale = cfg.encoder_lr_scale * jnp.power(decay, (n_total - depth).astype(jnp.float32))
+    if speech_side and cfg.freeze_speech_steps:
+        scale = jnp.where(step < cfg.freeze_speech_steps, 0.0, scale)
+    if scale.ndim == 1:
+        scale = scale.reshape((-1,) + (1,) * (len(shape) - 1))
+    return scale
+
+
+def scale_by_param_group(multiplier: Callable[[str, tuple[int, ...], Array], Array]
+                         ) -> optax.GradientTransformation:
+    """Multiplies each parameter's update by `multiplier(path, shape, step)` (step = updates applied so far)."""
+    def init(params):
+        del params
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params=None):
+        del params
+        scaled = jax.tree_util.tree_map_with_path(
+            lambda path, u: u * multiplier(_path_str(path), u.shape, state.count).astype(u.dtype), updates)
+        return scaled, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(optimizer_cfg: optim.OptimizerConfig, model_cfg: ModelConfig, cfg: FinetuneConfig
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Pre-training's Adam + Transformer schedule (`OptimizerConfig`), then the per-group multipliers of `cfg`."""
+    tx, schedule = optim.make_optimizer(optimizer_cfg)
+    plain = cfg.encoder_lr_scale == 1.0 and cfg.layer_lr_decay == 1.0 and not cfg.freeze_speech_steps
+    if plain:
+        return tx, schedule
+    return optax.chain(tx, scale_by_param_group(
+        lambda path, shape, step: lr_multiplier(path, shape, step, model_cfg, cfg))), schedule

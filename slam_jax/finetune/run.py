@@ -1,0 +1,97 @@
+"""`slam-finetune`: gin-configured fine-tuning of the SLAM encoder on a downstream task (t5x conventions).
+
+    slam-finetune --gin_file=finetune/mini_ctc.gin --model_dir=/tmp/ft \
+        [--gin.FinetuneConfig.init_from="'/tmp/slam_smoke'"] [--gin.TRAIN_STEPS=200] [--gin.NAME=VALUE ...]
+
+Same run directory as `slam-train` (config.gin, orbax checkpoints with exact resume, TensorBoard, metrics.jsonl, a
+progress line with ETA; SIGTERM saves and exits 0). `FinetuneConfig.init_from` names a pre-training run whose latest
+checkpoint initializes every encoder parameter (a missing or mismatched encoder parameter is an error naming it);
+without it the encoder starts from random initialization, the baseline. Every `TrainConfig.eval_every` steps the task
+is scored on `TrainConfig.eval_split` (`eval/<metric>` in metrics.jsonl; predictions under `model_dir/eval/`).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Sequence
+
+import jax
+
+from slam_jax import checkpointing, config, partitioning, train
+from slam_jax.finetune import TASKS, base
+
+
+class FinetuneError(ValueError):
+    """A fine-tuning configuration or warm start that cannot work; the message says why."""
+
+
+def make_task(model_cfg, finetune_cfg: base.FinetuneConfig, stream_cfg) -> base.FinetuneTask:
+    """The configured task, with its gin-bound decoding options."""
+    if finetune_cfg.task not in TASKS:
+        raise config.ConfigError(f"FinetuneConfig.task = {finetune_cfg.task!r} is not a fine-tuning task; "
+                                 f"known: {sorted(TASKS)}")
+    decode = config.DECODE_CONFIGS.get(finetune_cfg.task)
+    return TASKS[finetune_cfg.task](model_cfg, finetune_cfg, stream_cfg, decode() if decode else None)
+
+
+def make_trainer(task: base.FinetuneTask, optimizer_cfg, mesh_cfg, train_cfg,
+                 devices: Sequence[jax.Device] | None = None) -> train.Trainer:
+    return train.Trainer(model_fn=task.build_model, loss_fn=task.losses, loss_names=task.loss_names,
+                         optimizer=base.make_optimizer(optimizer_cfg, task.model_cfg, task.cfg),
+                         mesh_cfg=mesh_cfg, train_cfg=train_cfg, devices=devices)
+
+
+def warm_start_encoder(directory: str, trainer: train.Trainer, fresh_params: Any) -> Any:
+    """Every `encoder/...` parameter from `directory`'s latest checkpoint; the task's head stays `fresh_params`.
+
+    Raises FinetuneError naming the encoder parameters the checkpoint lacks or holds with another shape (e.g. a
+    pre-training run of another model size or vocabulary).
+    """
+    try:
+        params, fresh = checkpointing.warm_start_params(directory, trainer.abstract_params, fresh_params)
+    except FileNotFoundError as e:
+        raise FinetuneError(f"FinetuneConfig.init_from: {e}") from None
+    missing = [name for name in fresh if name.startswith("encoder/")]
+    if missing:
+        raise FinetuneError(
+            f"FinetuneConfig.init_from={directory!r}: the checkpoint does not hold {len(missing)} encoder "
+            f"parameter(s) of this model with the same shape (different model size or vocabulary?): "
+            + ", ".join(missing[:12]) + (" ..." if len(missing) > 12 else ""))
+    print(f"warm-started the encoder from {directory}; freshly initialized: {', '.join(fresh) or 'nothing'}",
+          flush=True)
+    return params
+
+
+def finetune(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> train.TrainResult:
+    """Runs (or resumes) the gin-configured fine-tuning; returns the final step, parameters and last metrics."""
+    model_cfg, finetune_cfg, stream_cfg = config.ModelConfig(), config.FinetuneConfig(), config.StreamConfig()
+    train_cfg = train.TrainConfig()
+    if train_cfg.init_from:
+        raise config.ConfigError("TrainConfig.init_from is for pre-training stages; fine-tuning starts from "
+                                 "FinetuneConfig.init_from")
+    task = make_task(model_cfg, finetune_cfg, stream_cfg)
+    trainer = make_trainer(task, config.OptimizerConfig(), config.MeshConfig(), train_cfg, devices)
+    stream = task.train_stream(jax.process_index(), jax.process_count())
+    partitioning.check_batch_sizes({k: v for k, v in stream.kind_batch_sizes.items() if v}, trainer.mesh)
+
+    def initial_params():
+        params = trainer.init_params()
+        if not finetune_cfg.init_from:
+            print("encoder: random initialization (no FinetuneConfig.init_from)", flush=True)
+            return params
+        return warm_start_encoder(finetune_cfg.init_from, trainer, params)
+
+    def evaluate(params, step: int, local: dict) -> dict[str, float]:
+        scores = task.evaluate(trainer, params, train_cfg.eval_split, step, model_dir)
+        return {f"eval/{k}": v for k, v in scores.items()}
+
+    return train.run_loop(trainer, stream, model_dir, initial_params=initial_params, evaluate=evaluate,
+                          meta={"finetune_task": task.name, "init_from": finetune_cfg.init_from or ""})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return train.cli_main(argv, prog="slam-finetune", description="SLAM fine-tuning (gin-configured).",
+                          run=finetune, errors=(FinetuneError,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""slam-finetune / slam-eval end to end on the mini corpus, the fine-tuning optimizer, and bad fine-tuning input."""
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+from slam_jax import checkpointing, masking
+from slam_jax.finetune import base
+from slam_jax.model import ModelConfig
+from train_utils import last_json, read_metrics, slam_eval, slam_finetune, slam_train
+
+
+def _checkpoint_params(model_dir) -> dict[str, np.ndarray]:
+    manager = checkpointing._reader(str(model_dir))
+    tree = manager.restore(manager.latest_step(), args=ocp.args.Composite(params=ocp.args.StandardRestore()))
+    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(tree["params"])}
+
+
+def test_pretrain_then_finetune_restores_every_encoder_parameter_evaluates_and_probes(tmp_path):
+    pre, ft = tmp_path / "pre", tmp_path / "ft"
+    slam_train(pre, "--gin.TRAIN_STEPS=2", "--gin.TrainConfig.checkpoint_every=2")
+    # Head-only fine-tuning (encoder_lr_scale=0): the encoder must leave the run exactly as it was restored.
+    out = slam_finetune(ft, "--gin.TRAIN_STEPS=2", "--gin.TrainConfig.eval_every=2",
+                        f"--gin.FinetuneConfig.init_from='{pre}'", "--gin.FinetuneConfig.encoder_lr_scale=0.0").stdout
+    assert "warm-started the encoder" in out and "freshly initialized: ctc/" in out
+    before, after = _checkpoint_params(pre), _checkpoint_params(ft)
+    encoder = [k for k in after if k.startswith("['encoder']")]
+    assert len(encoder) > 50 and set(encoder) <= set(before)
+    for name in encoder:
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+
+    evals = [r for r in read_metrics(ft) if "eval/wer" in r]
+    assert [r["step"] for r in evals] == [2] and evals[0]["eval/utterances"] == 64
+    rows = (ft / "eval" / "validation_step2.tsv").read_text().splitlines()
+    assert rows[0] == "id\treference\thypothesis" and len(rows) == 65
+    assert rows[1].split("\t")[1] == "THE SAILOR TIED A STRONG KNOT"
+
+    scores = last_json(slam_eval(ft, "--gin.CtcDecodeConfig.beam_size=4").stdout)
+    assert scores["task"] == "asr_ctc" and scores["step"] == 2 and scores["utterances"] == 64
+    assert 0.0 <= scores["cer"] and np.isfinite(scores["wer"])
+    assert json.loads((ft / "eval" / "validation_step2.json").read_text())["decoding"]["beam_size"] == 4
+
+    probes = last_json(slam_eval(pre, "--probes", "--mixture=mini_paired").stdout)
+    assert probes["pairs"] == 64 and probes["stm_trained"] is True
+    for key in ("stm_accuracy", "speech_to_text_r1", "speech_to_text_r5", "text_to_speech_r1", "text_to_speech_r5"):
+        assert 0.0 <= probes[key] <= 1.0, key
+    assert (pre / "eval" / "probes_validation_step2.json").exists()
+
+    wrong = slam_eval(pre, check=False)
+    assert wrong.returncode == 2 and "evaluate it with --probes" in wrong.stderr
+
+
+def test_finetune_resumes_exactly(tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    slam_finetune(straight, "--gin.TRAIN_STEPS=4", "--gin.TrainConfig.checkpoint_every=100")
+    slam_finetune(resumed, "--gin.TRAIN_STEPS=2", "--gin.TrainConfig.checkpoint_every=100")
+    out = slam_finetune(resumed, "--gin.TRAIN_STEPS=4", "--gin.TrainConfig.checkpoint_every=100").stdout
+    assert f"resumed from {resumed} at step 2" in out
+    a = {r["step"]: r for r in read_metrics(straight)}
+    b = {r["step"]: r for r in read_metrics(resumed)}
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for step in range(1, 5):
+        for name in ("loss", "asr/ctc_loss", "grad_norm"):
+            assert a[step][name] == pytest.approx(b[step][name], rel=1e-6, abs=1e-6), (step, name)
+
+
+def test_mismatched_or_missing_init_checkpoint_is_a_clear_error(tmp_path):
+    pre = tmp_path / "pre"
+    slam_train(pre, "--gin.TRAIN_STEPS=1", "--gin.TrainConfig.checkpoint_every=1")
+    bigger = slam_finetune(tmp_path / "ft", f"--gin.FinetuneConfig.init_from='{pre}'", "--gin.ModelConfig.d_model=48",
+                           check=False)
+    assert bigger.returncode == 1
+    assert "encoder parameter(s) of this model with the same shape" in bigger.stderr
+    assert "encoder/" in bigger.stderr
+    missing = slam_finetune(tmp_path / "ft2", f"--gin.FinetuneConfig.init_from='{tmp_path / 'nothing'}'",
+                            check=False)
+    assert missing.returncode == 1 and "no checkpoint found" in missing.stderr
+
+
+# ------------------------------------------------------------------------------------------------ optimizer
+TINY = ModelConfig(d_model=16, num_heads=2, ffn_dim=32, speech_layers=2, shared_layers=3, vocab_size=20)
+
+
+def _multiplier(path, shape, step, **cfg):
+    return np.asarray(base.lr_multiplier(path, shape, jnp.asarray(step), TINY, base.FinetuneConfig(**cfg)))
+
+
+def test_learning_rate_multipliers_per_parameter_group():
+    head = "ctc/kernel/value"
+    speech = "encoder/speech_stack/blocks/ffn1/up/kernel/value"
+    shared = "encoder/shared_stack/blocks/ffn1/up/kernel/value"
+    front = "encoder/subsampling/conv1/kernel/value"
+    assert _multiplier(head, (16, 20), 0, encoder_lr_scale=0.0) == 1.0
+    assert np.all(_multiplier(shared, (3, 16, 32), 0, encoder_lr_scale=0.0) == 0.0)
+    # Freezing: the speech side gets nothing for 10 steps, then trains; the shared stack always trains.
+    assert np.all(_multiplier(speech, (2, 16, 32), 9, freeze_speech_steps=10) == 0.0)
+    assert np.all(_multiplier(front, (3, 3), 9, freeze_speech_steps=10) == 0.0)
+    assert np.all(_multiplier(speech, (2, 16, 32), 10, freeze_speech_steps=10) == 1.0)
+    assert np.all(_multiplier(shared, (3, 16, 32), 0, freeze_speech_steps=10) == 1.0)
+    # Layer-wise decay: 5 layers; the top gets 0.5, each lower layer one more factor, the front-end 0.5^6.
+    d = 0.5
+    np.testing.assert_allclose(_multiplier(shared, (3, 16, 32), 0, layer_lr_decay=d).ravel(), [d ** 3, d ** 2, d])
+    np.testing.assert_allclose(_multiplier(speech, (2, 16, 32), 0, layer_lr_decay=d).ravel(), [d ** 5, d ** 4])
+    assert _multiplier(speech, (2, 16, 32), 0, layer_lr_decay=d).shape == (2, 1, 1)
+    np.testing.assert_allclose(_multiplier(front, (3, 3), 0, layer_lr_decay=d), d ** 6)
+
+
+def test_head_only_optimizer_leaves_the_encoder_untouched():
+    cfg = base.FinetuneConfig(encoder_lr_scale=0.0)
+    from slam_jax import optim
+    tx, _ = base.make_optimizer(optim.OptimizerConfig(warmup_steps=1, peak_learning_rate=0.1), TINY, cfg)
+    params = {"encoder": {"cls": jnp.ones(4)}, "ctc": {"kernel": jnp.ones((4, 2))}}
+    grads = jax.tree.map(jnp.ones_like, params)
+    state = tx.init(params)
+    updates, state = tx.update(grads, state, params)
+    new = optax.apply_updates(params, updates)
+    np.testing.assert_array_equal(new["encoder"]["cls"], params["encoder"]["cls"])
+    assert np.all(new["ctc"]["kernel"] < 1.0)
+
+
+def test_frequency_mask_zeroes_whole_bands_only():
+    x = jnp.ones((4, 10, 80))
+    y = np.asarray(masking.frequency_mask(jax.random.key(0), x, num_masks=2, max_width=10))
+    zero_bins = (y == 0).all(1)                       # [batch, bins]: a band covers every frame
+    assert np.array_equal((y == 0).any(1), zero_bins)
+    assert 0 < zero_bins.sum(1).max() <= 20 and zero_bins.sum() > 0
+    assert masking.frequency_mask(jax.random.key(0), x, 0, 10) is x
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def _bad_corpus(root):
+    """A LibriSpeech-layout folder: good rows, an empty transcript, characters outside the vocabulary, and a
+    0.2 s clip with a long transcript."""
+    mini = os.path.join(os.path.dirname(checkpointing.__file__), "assets", "mini_corpus", "train", "1001", "10011")
+    folder = root / "train" / "7" / "1"
+    folder.mkdir(parents=True)
+    lines = {0: "THE SAILOR TIED A STRONG KNOT", 1: "", 2: "THE CAT \u03a9\u03a9 SAT", 3: "A GRAY CLOUD COVERED THE SUN",
+             4: " ".join(["THE SAILOR TIED A STRONG KNOT"] * 3)}
+    import soundfile as sf
+    for i in lines:
+        src = os.path.join(mini, f"1001-10011-{i:04d}.flac")
+        if i == 4:
+            audio, rate = sf.read(src)
+            sf.write(str(folder / f"7-1-{i:04d}.flac"), audio[:3200], rate)
+        else:
+            shutil.copy(src, folder / f"7-1-{i:04d}.flac")
+    (folder / "7-1.trans.txt").write_text("".join(f"7-1-{i:04d} {t}\n" for i, t in lines.items()))
+
+
+@pytest.fixture()
+def bad_task(tmp_path):
+    import tasks  # noqa: F401
+    from slam_jax.data import sources
+    from tasks import mini
+    _bad_corpus(tmp_path)
+    sources.add_librispeech_folder_task("ft_bad_paired", str(tmp_path), kind="paired", splits={"train": "train"},
+                                        vocabulary=mini.vocabulary())
+    return "ft_bad_paired"
+
+
+def test_bad_transcripts_are_skipped_with_reasons_or_raise(bad_task):
+    from slam_jax.data import converter
+    from slam_jax.finetune.asr_ctc import AsrCtcTask
+    cfg = converter.StreamConfig(mixture=bad_task, batch_size=4, paired_frames=256, paired_tokens=64,
+                                 on_error="skip", shuffle=False)
+    task = AsrCtcTask(ModelConfig(vocab_size=512), base.FinetuneConfig(), cfg)
+    stream = task.train_stream(0, 1)
+    batch = next(stream)
+    stats = stream.stats()
+    assert stats["paired"]["skipped"] == {bad_task: 1}                  # the empty transcript
+    assert any("empty transcript" in m for m in stats["messages"])
+    assert sorted(stats["ctc_skipped"]) == ["audio too short for CTC", "transcript has characters outside the vocabulary"]
+    assert all(m.split(": ")[0].endswith(".flac") for m in stats["ctc_messages"])
+    kept = (batch["paired"]["token_segment_ids"] > 0).any(1)
+    assert kept.sum() == 2 and not batch["paired"]["segment_ids"][~kept].any()
+    # The skip counts travel with the iterator state.
+    restored = task.train_stream(0, 1)
+    restored.set_state(stream.get_state())
+    assert restored.stats()["ctc_skipped"] == stats["ctc_skipped"]
+
+    strict = AsrCtcTask(ModelConfig(vocab_size=512), base.FinetuneConfig(),
+                        converter.StreamConfig(mixture=bad_task, batch_size=4, paired_frames=256, paired_tokens=64,
+                                               shuffle=False))
+    with pytest.raises(converter.DataError, match=r"7-1.trans.txt:2: empty transcript"):
+        next(strict.train_stream(0, 1))
+
+
+@pytest.mark.parametrize("name", sorted(f for f in os.listdir(os.path.join(os.path.dirname(checkpointing.__file__),
+                                                                         "gin", "finetune"))
+                                        if f.endswith("_ctc.gin")))
+def test_every_ctc_finetune_config_resolves_to_a_task_and_sharded_state(name):
+    import tasks  # noqa: F401
+    from slam_jax import config, train
+    from slam_jax.finetune import run
+    config.parse([f"finetune/{name}"], ["PRETRAINED_MODEL_DIR = '/nowhere'"] if "librispeech" in name else [])
+    task = run.make_task(config.ModelConfig(), config.FinetuneConfig(), config.StreamConfig())
+    trainer = run.make_trainer(task, config.OptimizerConfig(), config.MeshConfig(), train.TrainConfig())
+    names = checkpointing._paths_and_shapes(trainer.abstract_params)
+    assert "ctc/kernel" in names and sum(k.startswith("encoder/") for k in names) > 50
+    assert not any(k.startswith(("quantizer/", "speech_mlm/", "stm/")) for k in names)
