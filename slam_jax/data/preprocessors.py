@@ -32,29 +32,32 @@ def _ok(ex: Mapping[str, tf.Tensor]) -> tf.Tensor:
     return tf.equal(tf.strings.length(_error(ex)), 0)
 
 
-def _read_and_decode(path: bytes, error: bytes, allow_multichannel: bool) -> tuple[np.ndarray, bytes]:
+def _read_and_decode(path: bytes, error: bytes, allow_multichannel: bool, resample: bool
+                     ) -> tuple[np.ndarray, bytes]:
     """Python side of `read_audio`: returns (float32 waveform [samples], error message or b"")."""
     empty = np.zeros([0], np.float32)
     if error:
         return empty, error
     name = path.decode("utf-8")
     try:
-        wav = audio.load_audio(name, sample_rate=features.SAMPLE_RATE, resample=False,
+        wav = audio.load_audio(name, sample_rate=features.SAMPLE_RATE, resample=resample,
                                allow_multichannel=allow_multichannel)
     except audio.AudioError as e:
         return empty, str(e).encode()
     return np.asarray(wav, np.float32).reshape([-1]), b""
 
 
-def read_audio(allow_multichannel: bool = False):
-    """Preprocessor: {"audio_path", "error"} -> + "waveform" float32 [samples] (decoded FLAC/WAV/OGG, 16 kHz mono).
+def read_audio(allow_multichannel: bool = False, resample: bool = False):
+    """Preprocessor: {"audio_path", "error"} -> + "waveform" float32 [samples] (FLAC/WAV/OGG/MP3, 16 kHz mono).
 
-    A missing/unreadable file, corrupt data, a sample rate other than 16 kHz or (unless `allow_multichannel`) a
-    multi-channel file sets "error" to "<path>: <problem>" and leaves the waveform empty.
+    A missing/unreadable file, corrupt data, a sample rate other than 16 kHz (unless `resample`: converted with
+    `audio.resample_waveform`) or (unless `allow_multichannel`) a multi-channel file sets "error" to
+    "<path>: <problem>" and leaves the waveform empty.
     """
     def fn(ex: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         ex = dict(ex)
-        wav, err = tf.numpy_function(functools.partial(_read_and_decode, allow_multichannel=allow_multichannel),
+        wav, err = tf.numpy_function(functools.partial(_read_and_decode, allow_multichannel=allow_multichannel,
+                                                       resample=resample),
                                      [ex["audio_path"], _error(ex)], [tf.float32, tf.string], stateful=False)
         ex["waveform"] = tf.ensure_shape(wav, [None])
         ex["error"] = tf.ensure_shape(err, [])

@@ -1,0 +1,149 @@
+#!/usr/bin/env python
+"""Regenerates the mini English->German speech-translation set `slam_jax/assets/mini_corpus/st_de/`, deterministically.
+
+  python scripts/make_mini_st_de.py
+
+Input: `scripts/mini_st_de_translations.tsv` (every mini-corpus sentence with a German translation written for the
+project, CC0) and the mini corpus' LibriSpeech-layout transcripts. Output, in CoVoST 2's layout so the CoVoST task
+factory (`slam_jax.data.covost`) reads it with the mini corpus folder as the clips folder:
+  covost_v2.en_de.train.tsv, covost_v2.en_de.dev.tsv   header `path sentence translation client_id`; path is relative
+                                                       to slam_jax/assets/mini_corpus (e.g. train/1001/10011/...flac)
+  spm.model, spm.vocab     SentencePiece unigram over the German translations, PAD=0 EOS=1 UNK=2, no BOS
+  README.md                provenance, licence and statistics
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from make_mini_corpus import DEFAULT_OUT as MINI_CORPUS, transcript  # noqa: E402
+
+TRANSLATIONS = os.path.join(HERE, "mini_st_de_translations.tsv")
+DEFAULT_OUT = os.path.join(MINI_CORPUS, "st_de")
+SPLITS = {"train": "train", "dev": "dev"}  # CoVoST split name -> mini corpus folder
+VOCAB_SIZE = 256
+
+
+def read_translations(path: str = TRANSLATIONS) -> dict[str, str]:
+    """{upper-case English transcript: German translation}."""
+    out = {}
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            line = line.rstrip("\n")
+            if not line or line.startswith("#"):
+                continue
+            english, sep, german = line.partition("\t")
+            if not sep or not german.strip():
+                raise ValueError(f"{path}:{lineno}: expected <English>\\t<German>")
+            key = transcript(english)
+            if key in out:
+                raise ValueError(f"{path}:{lineno}: duplicate sentence {english!r}")
+            out[key] = german.strip()
+    return out
+
+
+def split_rows(corpus: str, folder: str, translations: dict[str, str]) -> list[tuple[str, str, str, str]]:
+    """(path relative to the corpus, transcript, German, speaker) for every utterance of `corpus/folder`."""
+    rows = []
+    for dirpath, _, files in sorted(os.walk(os.path.join(corpus, folder))):
+        for f in sorted(files):
+            if not f.endswith(".trans.txt"):
+                continue
+            with open(os.path.join(dirpath, f), encoding="utf-8") as fh:
+                for line in fh:
+                    utt, _, text = line.strip().partition(" ")
+                    if text not in translations:
+                        raise ValueError(f"{os.path.join(dirpath, f)}: no German translation for {text!r} in "
+                                         f"{TRANSLATIONS}")
+                    path = os.path.relpath(os.path.join(dirpath, utt + ".flac"), corpus)
+                    rows.append((path, text, translations[text], utt.split("-")[0]))
+    if not rows:
+        raise FileNotFoundError(f"{os.path.join(corpus, folder)}: no transcripts (regenerate the mini corpus first)")
+    return rows
+
+
+def train_spm(out: str, lines: list[str]) -> None:
+    """SentencePiece unigram `out/spm.model` (+ .vocab), VOCAB_SIZE pieces, PAD=0 EOS=1 UNK=2, no BOS."""
+    import sentencepiece as spm
+
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)  # relative names: the model records its input path
+        try:
+            with open("corpus.txt", "w", encoding="utf-8") as fh:
+                fh.writelines(line + "\n" for line in lines)
+            spm.SentencePieceTrainer.train(
+                input="corpus.txt", model_prefix="spm", vocab_size=VOCAB_SIZE, model_type="unigram",
+                character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, num_threads=1,
+                input_sentence_size=0, shuffle_input_sentence=False, hard_vocab_limit=True, minloglevel=2,
+                normalization_rule_name="identity")
+        finally:
+            os.chdir(cwd)
+        for name in ("spm.model", "spm.vocab"):
+            shutil.copyfile(os.path.join(tmp, name), os.path.join(out, name))
+
+
+def readme(counts: dict[str, tuple[int, int]], max_tokens: int) -> str:
+    rows = "\n".join(f"| {split} | {n_utt} | {n_sent} |" for split, (n_utt, n_sent) in counts.items())
+    return f"""# mini English->German speech translation set
+
+German translations of the mini corpus' sentences, laid out like CoVoST 2 so that the CoVoST task factory
+(`slam_jax.data.covost`) reads it, with this corpus folder as the Common Voice clips folder. Registered as the seqio
+task `mini_st_de` (`tasks/covost.py`). Regenerate with `python scripts/make_mini_st_de.py` (also after
+`scripts/make_mini_corpus.py`, which replaces the whole corpus folder, this one included).
+
+| split | utterances | distinct sentences |
+|---|---|---|
+{rows}
+
+- `covost_v2.en_de.<split>.tsv`: header `path sentence translation client_id`; `path` is relative to
+  `slam_jax/assets/mini_corpus` (the FLAC files of the mini corpus' train/ and dev/), `sentence` the mini corpus
+  transcript (upper case, LibriSpeech convention), `translation` the German sentence (mixed case, punctuated), and
+  `client_id` the speaker id. Dev shares neither sentences nor voices with train.
+- `spm.model` / `spm.vocab`: SentencePiece unigram model, {VOCAB_SIZE} pieces, trained on all German translations
+  (train and dev, like the mini corpus' English model, so no dev character is unknown); ids PAD=0, EOS=1, UNK=2,
+  no BOS (seqio / T5 convention); identity normalization. The longest translation is {max_tokens} pieces plus EOS.
+
+## Source and licence
+
+The German translations (`scripts/mini_st_de_translations.tsv`) were written for this project by its contributors
+and are dedicated to the public domain under CC0 1.0 (https://creativecommons.org/publicdomain/zero/1.0/), as are the
+TSV and SentencePiece files made from them. The audio is the mini corpus' (see `../README.md`).
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--corpus", default=MINI_CORPUS, help="the mini corpus folder")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="output folder (replaced)")
+    args = parser.parse_args(argv)
+    translations = read_translations()
+    rows = {split: split_rows(args.corpus, folder, translations) for split, folder in SPLITS.items()}
+    if os.path.exists(args.out):
+        shutil.rmtree(args.out)
+    os.makedirs(args.out)
+    for split, split_rows_ in rows.items():
+        with open(os.path.join(args.out, f"covost_v2.en_de.{split}.tsv"), "w", encoding="utf-8") as fh:
+            fh.write("path\tsentence\ttranslation\tclient_id\n")
+            fh.writelines("\t".join(r) + "\n" for r in split_rows_)
+    # All translations, dev included (as the mini corpus' English model): only the vocabulary sees dev, so no dev
+    # character is UNK (a train-only model lacked a capital 'C').
+    train_spm(args.out, sorted({r[2] for split_rows_ in rows.values() for r in split_rows_}))
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(args.out, "spm.model"))
+    max_tokens = max(len(sp.encode(r[2])) for split_rows_ in rows.values() for r in split_rows_)
+    counts = {s: (len(r), len({x[1] for x in r})) for s, r in rows.items()}
+    with open(os.path.join(args.out, "README.md"), "w", encoding="utf-8") as fh:
+        fh.write(readme(counts, max_tokens))
+    for split, (n, k) in counts.items():
+        print(f"{split}: {n} utterances, {k} sentences")
+    print(f"longest translation: {max_tokens} pieces + EOS")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""Speech translation: the SLAM encoder + a Transformer decoder, trained with label-smoothed teacher forcing and
+decoded by beam search; scored by corpus BLEU (sacrebleu, with its signature).
+
+```
+log-mel [B, T, 80] -(SpecAugment)-> ConvSubsampling -> N speech layers -> M shared layers (speech alone)
+   -> memory [B, T/4, d] -> TransformerDecoder (cross-attention to memory) -> target subword logits
+```
+SLAM §4 (CoVoST 2 En->X): a 4-layer Transformer decoder (384 dim, 1536 FFN, 4 heads) with an 8192-token multilingual
+subword vocabulary is attached to the pre-trained encoder. Our choices (not reported): the decoder details in
+`slam_jax.layers.decoder`, label smoothing 0.1, beam 4 with GNMT length penalty alpha 0.6, the speech path of the
+ASR task (speech alone through both stacks) and its SpecAugment (`FinetuneConfig.spec_*`).
+
+Data: any paired task or mixture whose "text" feature holds the target-language ids (`tasks/covost.py`:
+`mini_st_de`, `covost2_en_{de,ca,ar,tr}`); the decoder's vocabulary is that task's vocabulary. References for BLEU
+are the decoded target ids (exact for SentencePiece with identity normalization and full character coverage; a
+reference holding UNK pieces is counted in `references_with_unk`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any
+
+import jax
+import numpy as np
+import seqio
+from flax import nnx
+
+from slam_jax.data import converter
+from slam_jax.decoding.beam_search import beam_search
+from slam_jax.evaluation import bleu
+from slam_jax.finetune.base import FinetuneTask, SpecAugment, encode_speech, write_predictions
+from slam_jax.layers import common
+from slam_jax.layers.decoder import DecoderConfig, TransformerDecoder
+from slam_jax.model import ModelConfig, SlamEncoder
+from slam_jax.objectives import seq2seq
+
+Array = jax.Array
+START_ID = 0  # T5 convention: the decoder starts from PAD
+
+
+@dataclasses.dataclass(frozen=True)
+class TranslationConfig:
+    """Decoder size and decoding options (gin: `TranslationConfig.*`; size presets in gin/finetune/decoders/).
+
+    decoder_*: SLAM §4's ST decoder by default (4 layers, 384 dim, 1536 FFN, 4 heads); decoder_dropout (ours: 0.1).
+    label_smoothing (ours: 0.1). beam_size (ours: 4; 1 = greedy), length_penalty: GNMT alpha (ours: 0.6).
+    max_decode_length: most generated tokens, EOS included (0: `StreamConfig.paired_tokens`).
+    """
+
+    decoder_layers: int = 4
+    decoder_dim: int = 384
+    decoder_heads: int = 4
+    decoder_ffn_dim: int = 1536
+    decoder_dropout: float = 0.1
+    label_smoothing: float = 0.1
+    beam_size: int = 4
+    length_penalty: float = 0.6
+    max_decode_length: int = 0
+
+    def __post_init__(self):
+        if self.beam_size < 1:
+            raise ValueError(f"TranslationConfig.beam_size must be >= 1, got {self.beam_size}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"TranslationConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+    def decoder(self, vocab_size: int, dtype: str) -> DecoderConfig:
+        return DecoderConfig(num_layers=self.decoder_layers, d_model=self.decoder_dim, num_heads=self.decoder_heads,
+                             ffn_dim=self.decoder_ffn_dim, vocab_size=vocab_size, dropout=self.decoder_dropout,
+                             dtype=dtype)
+
+
+class TranslationModel(nnx.Module):
+    """The SLAM encoder and a Transformer decoder over its top-layer speech output."""
+
+    def __init__(self, cfg: ModelConfig, decoder_cfg: DecoderConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.encoder = SlamEncoder(cfg, rngs=rngs)
+        self.decoder = TransformerDecoder(decoder_cfg, cfg.d_model, rngs=rngs)
+
+    def encode(self, features: Array, segment_ids: Array, *, key: Array | None = None,
+               augment: SpecAugment | None = None) -> tuple[Array, Array]:
+        """-> (memory [B, T/4, d], memory_mask bool [B, T/4])."""
+        h, seg = encode_speech(self.encoder, features, segment_ids, key, augment)
+        return common.constrain(h, common.BATCH_ACTIVATION), seg > 0
+
+    def __call__(self, features: Array, segment_ids: Array, decoder_inputs: Array, *, key: Array | None = None,
+                 augment: SpecAugment | None = None) -> Array:
+        """Teacher forcing: decoder_inputs int [B, L] -> float32 logits [B, L, target vocab]."""
+        k_enc, k_dec = common.split_key(key, 2)
+        memory, mask = self.encode(features, segment_ids, key=k_enc, augment=augment)
+        return self.decoder(decoder_inputs, memory, mask, key=k_dec)
+
+    def translate(self, features: Array, segment_ids: Array, *, beam_size: int, max_length: int, eos_id: int,
+                  alpha: float) -> tuple[Array, Array]:
+        """Beam search -> (best tokens int32 [B, max_length], zero after EOS; scores float32 [B])."""
+        memory, mask = self.encode(features, segment_ids)
+        cache = self.decoder.init_cache(memory, mask, max_length)
+        tokens, scores = beam_search(self.decoder.decode_step, cache, batch_size=features.shape[0],
+                                     beam_size=beam_size, max_length=max_length, eos_id=eos_id, start_id=START_ID,
+                                     alpha=alpha)
+        return tokens[:, 0], scores[:, 0]
+
+
+class TranslateTask(FinetuneTask):
+    """Speech translation on any registered paired task or mixture (`StreamConfig.mixture`), scored by BLEU."""
+
+    name = "translate"
+    loss_names = ("st/xent_loss",)
+    decode_config_class = TranslationConfig
+
+    def __init__(self, model_cfg, finetune_cfg, stream_cfg, decode_cfg: TranslationConfig | None = None):
+        super().__init__(model_cfg, finetune_cfg, stream_cfg, decode_cfg)
+        kinds = converter.kind_children(stream_cfg.mixture)
+        if set(kinds) != {"paired"}:
+            raise ValueError(f"speech translation needs a paired task or mixture (target text as its 'text' "
+                             f"feature); StreamConfig.mixture = {stream_cfg.mixture!r} has kinds {sorted(kinds)}")
+        self.vocabulary: seqio.Vocabulary = converter.vocabulary_for(stream_cfg.mixture)
+        self.decoder_cfg = self.decode_cfg.decoder(self.vocabulary.vocab_size, model_cfg.dtype)
+        self.max_length = self.decode_cfg.max_decode_length or stream_cfg.paired_tokens
+        self.augment = SpecAugment.from_config(finetune_cfg)
+
+    def build_model(self, rngs: nnx.Rngs) -> TranslationModel:
+        return TranslationModel(self.model_cfg, self.decoder_cfg, rngs=rngs)
+
+    def losses(self, model: TranslationModel, batch: dict, step: Array, key: Array, train: bool):
+        sub = batch["paired"]
+        targets, weights = sub["tokens"], sub["token_segment_ids"] > 0
+        logits = model(sub["features"], sub["segment_ids"], seq2seq.shift_right(targets, START_ID),
+                       key=key if train else None, augment=self.augment if train else None)
+        loss, m = seq2seq.smoothed_cross_entropy(logits, targets, weights, self.decode_cfg.label_smoothing)
+        return loss, {"loss": loss, "st/xent_loss": loss, "st/nll": m["nll"], "st/token_accuracy": m["accuracy"],
+                      "st/tokens": m["tokens"]}
+
+    def train_stream(self, shard_index: int, num_shards: int) -> converter.OneStream:
+        return converter.make_stream(self.stream_cfg, shard_index=shard_index, num_shards=num_shards)
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    def detokenize(self, tokens: np.ndarray, valid: np.ndarray | None = None) -> str:
+        """One row of ids -> text: up to the first EOS, without PAD (and within `valid` when given)."""
+        ids = tokens[valid] if valid is not None else tokens
+        ids = ids.tolist()
+        eos = self.vocabulary.eos_id
+        if eos in ids:
+            ids = ids[:ids.index(eos)]
+        return self.vocabulary.decode([i for i in ids if i != 0])
+
+    def evaluate(self, trainer, params: Any, split: str, step: int, out_dir: str | None) -> dict[str, float]:
+        """Corpus BLEU of `split` (every pair; pairs the stream skips are counted in its statistics).
+
+        Prints sacrebleu's score line and signature; writes `out_dir/eval/<split>_step<N>.tsv` (id, reference,
+        hypothesis) and `.json` (scores, signature, decoding options) when `out_dir` is given. Statistics are summed
+        over hosts before the score is computed.
+        """
+        cfg = self.decode_cfg
+
+        def predict(model: TranslationModel, batch: dict) -> dict[str, Array]:
+            sub = batch["paired"]
+            tokens, scores = model.translate(sub["features"], sub["segment_ids"], beam_size=cfg.beam_size,
+                                             max_length=self.max_length, eos_id=self.vocabulary.eos_id,
+                                             alpha=cfg.length_penalty)
+            return {"tokens": tokens, "scores": scores}
+
+        run = trainer.predict_fn(predict)
+        stream_cfg = dataclasses.replace(self.stream_cfg, split=split, shuffle=False)
+        stream = converter.eval_stream(stream_cfg, shard_index=jax.process_index(), num_shards=jax.process_count())
+        first = next(stream, None)
+        if first is None:
+            raise ValueError(f"split {split!r} of {stream_cfg.mixture!r} has no example for process "
+                             f"{jax.process_index()}")
+        template = jax.tree.map(np.zeros_like, first)
+        stats = np.zeros(bleu.NUM_STATISTICS, np.int64)
+        rows, unk = [], 0
+        unk_id = getattr(self.vocabulary, "unk_id", None)
+        for local in trainer.eval_batches(itertools.chain([first], stream), template):
+            ids = stream.ids.get("paired", [])
+            sub = local["paired"]
+            real = (sub["segment_ids"] > 0).any(1)
+            if not real.any():
+                continue
+            out = run(params, local)
+            keep = np.nonzero(real)[0]
+            hyps = [self.detokenize(out["tokens"][i]) for i in keep]
+            refs = [self.detokenize(sub["tokens"][i], sub["token_segment_ids"][i] > 0) for i in keep]
+            unk += sum(int(unk_id is not None and np.any(sub["tokens"][i] == unk_id)) for i in keep)
+            stats += bleu.bleu_statistics(hyps, refs)
+            rows += [(ids[i] if i < len(ids) else "", r, h) for i, r, h in zip(keep, refs, hyps)]
+        stats, counts = _sum_over_processes(stats, np.asarray([len(rows), unk], np.int64))
+        result = bleu.bleu_from_statistics(stats)
+        print(f"{split} step {step}: {result['bleu_details']} (sacreBLEU {result['bleu_signature']})", flush=True)
+        scores = {"bleu": result["bleu"], "sentences": float(counts[0]), "references_with_unk": float(counts[1])}
+        if out_dir:
+            write_predictions(out_dir, split, step, ("id", "reference", "hypothesis"), rows,
+                              {**scores, "bleu_signature": result["bleu_signature"],
+                               "bleu_details": result["bleu_details"], "decoding": dataclasses.asdict(cfg)})
+        return scores
+
+
+def _sum_over_processes(*arrays: np.ndarray) -> list[np.ndarray]:
+    if jax.process_count() == 1:
+        return list(arrays)
+    from jax.experimental import multihost_utils
+    return [np.asarray(multihost_utils.process_allgather(a)).reshape(-1, a.size).sum(0) for a in arrays]

@@ -1,0 +1,33 @@
+"""Speech translation tasks (CoVoST 2 layout, `slam_jax.data.covost`); registering touches no data.
+
+  mini_st_de           the bundled English->German set (`slam_jax/assets/mini_corpus/st_de`, CC0): the mini
+                       corpus' audio with German translations; splits train / validation (dev). Target vocabulary:
+                       its 256-piece German SentencePiece model.
+  covost2_en_de, covost2_en_ca, covost2_en_ar, covost2_en_tr
+                       CoVoST 2 En->X (SLAM §4's four pairs), registered when $SLAM_COVOST_DIR (the folder of the
+                       split TSVs `covost_v2.en_<xx>.<split>.tsv`) and $SLAM_COMMON_VOICE_DIR (the Common Voice
+                       English folder holding `clips/`) are set; splits train / validation (dev) / test. Target
+                       vocabulary: the SentencePiece model $SLAM_COVOST_SPM (default `$SLAM_COVOST_DIR/spm.model`;
+                       `scripts/make_covost_spm.py` trains the paper's 8192-piece multilingual model).
+"""
+import os
+
+import seqio
+
+from slam_jax.data import covost, sources
+
+MINI_ST_DE = os.path.join(sources.MINI_CORPUS, "st_de")
+COVOST_PAIRS = ("de", "ca", "ar", "tr")
+
+covost.add_covost_task("mini_st_de", covost_dir=MINI_ST_DE, clips_dir=sources.MINI_CORPUS, target_lang="de",
+                       splits={"train": "train", "validation": "dev"},
+                       vocabulary=seqio.SentencePieceVocabulary(os.path.join(MINI_ST_DE, "spm.model")))
+
+if os.environ.get("SLAM_COVOST_DIR") and os.environ.get("SLAM_COMMON_VOICE_DIR"):
+    _covost_dir = os.environ["SLAM_COVOST_DIR"]
+    _vocabulary = seqio.SentencePieceVocabulary(
+        os.environ.get("SLAM_COVOST_SPM") or os.path.join(_covost_dir, "spm.model"))
+    for _lang in COVOST_PAIRS:
+        covost.add_covost_task(f"covost2_en_{_lang}", covost_dir=_covost_dir,
+                               clips_dir=os.path.join(os.environ["SLAM_COMMON_VOICE_DIR"], "clips"),
+                               target_lang=_lang, vocabulary=_vocabulary)
