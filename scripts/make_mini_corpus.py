@@ -117,7 +117,8 @@ _WEATHER = ["rain fell", "snow fell", "the wind blew", "thunder rolled", "the su
             "a storm passed", "the bells rang"]
 
 
-def _sentence(rng: np.random.Generator) -> str:
+def grammar_sentence(rng: np.random.Generator) -> str:
+    """One sentence of the grammar above (lower case, no punctuation), drawn with `rng`."""
     pick = lambda xs: xs[int(rng.integers(len(xs)))]  # noqa: E731
     form = int(rng.integers(7))
     maybe = lambda xs, p=0.5: (" " + pick(xs)) if rng.random() < p else ""  # noqa: E731
@@ -143,7 +144,7 @@ def text_lines(train: list[str], dev: list[str], rng: np.random.Generator, count
     lines = {transcript(s) for s in train}
     generated: set[str] = set()
     while len(generated) < count:
-        line = transcript(_sentence(rng))
+        line = transcript(grammar_sentence(rng))
         if line not in dev_set and line not in lines:
             generated.add(line)
     out = sorted(lines | generated)
@@ -168,25 +169,31 @@ def synthesize(text: str, voice: str, speed: int, espeak: str) -> np.ndarray:
     return wav[max(0, loud[0] - margin):loud[-1] + margin]
 
 
-def speak(text: str, voice: str, rng: np.random.Generator, espeak: str) -> np.ndarray:
-    """An utterance of `text` with a duration in DURATION_S (speed adjusted if needed) -> int16 [samples]."""
-    speed = int(rng.integers(SPEED_WPM[0], SPEED_WPM[1] + 1))
+def speak(text: str, voice: str, rng: np.random.Generator, espeak: str, *,
+          speed_wpm: tuple[int, int] = SPEED_WPM, duration_s: tuple[float, float] = DURATION_S) -> np.ndarray:
+    """An utterance of `text` at a speed drawn from `speed_wpm`, with a duration in `duration_s` (speed adjusted if
+    needed) -> int16 [samples]."""
+    speed = int(rng.integers(speed_wpm[0], speed_wpm[1] + 1))
     peak = rng.uniform(*PEAK)
     for _ in range(6):
         wav = synthesize(text, voice, speed, espeak)
         seconds = len(wav) / SAMPLE_RATE
-        if DURATION_S[0] <= seconds <= DURATION_S[1]:
+        if duration_s[0] <= seconds <= duration_s[1]:
             break
-        target = min(max(seconds, DURATION_S[0] * 1.02), DURATION_S[1] * 0.95)
+        target = min(max(seconds, duration_s[0] * 1.02), duration_s[1] * 0.95)
         speed = int(np.clip(round(speed * seconds / target), 80, 450))
     else:
-        raise RuntimeError(f"cannot fit {text!r} ({voice}) into {DURATION_S} s; last try {seconds:.2f} s")
+        raise RuntimeError(f"cannot fit {text!r} ({voice}) into {duration_s} s; last try {seconds:.2f} s")
     return np.round(wav / np.abs(wav).max() * peak * 32767).astype(np.int16)
 
 
 def write_split(out: str, split: str, plan: list[tuple[int, str, str]], rng: np.random.Generator,
-                espeak: str) -> list[float]:
-    """plan: (speaker, voice, sentence) in order -> LibriSpeech folders under out/split; returns durations."""
+                espeak: str, *, chapter_offset: int = 0, **speak_options) -> list[float]:
+    """plan: (speaker, voice, sentence) in order -> LibriSpeech folders under out/split; returns durations.
+
+    A speaker's chapters are numbered `speaker * 10 + chapter_offset + 1, 2, ...` (an offset keeps two folders of
+    one speaker apart); `speak_options` go to `speak`.
+    """
     by_speaker: dict[int, list[tuple[str, str]]] = collections.defaultdict(list)
     for speaker, voice, sentence in plan:
         by_speaker[speaker].append((voice, sentence))
@@ -194,13 +201,13 @@ def write_split(out: str, split: str, plan: list[tuple[int, str, str]], rng: np.
     for speaker in sorted(by_speaker):
         items = by_speaker[speaker]
         for start in range(0, len(items), UTTS_PER_CHAPTER):
-            chapter = speaker * 10 + start // UTTS_PER_CHAPTER + 1
+            chapter = speaker * 10 + chapter_offset + start // UTTS_PER_CHAPTER + 1
             folder = os.path.join(out, split, str(speaker), str(chapter))
             os.makedirs(folder)
             lines = []
             for k, (voice, sentence) in enumerate(items[start:start + UTTS_PER_CHAPTER]):
                 utt = f"{speaker}-{chapter}-{k:04d}"
-                samples = speak(sentence, voice, rng, espeak)
+                samples = speak(sentence, voice, rng, espeak, **speak_options)
                 sf.write(os.path.join(folder, utt + ".flac"), samples, SAMPLE_RATE, format="FLAC",
                          subtype="PCM_16", compression_level=1.0)
                 durations.append(len(samples) / SAMPLE_RATE)
@@ -235,8 +242,12 @@ def plans(train: list[str], dev: list[str], rng: np.random.Generator
 
 
 # ------------------------------------------------------------------------------------------------ vocabulary
-def train_spm(out: str, lines: list[str]) -> None:
-    """SentencePiece unigram model `out/spm.model` (+ .vocab) over `lines`; ids PAD=0 EOS=1 UNK=2, no BOS."""
+def train_spm(out: str, lines: list[str], *, hard_vocab_limit: bool = True) -> None:
+    """SentencePiece unigram model `out/spm.model` (+ .vocab) over `lines`; ids PAD=0 EOS=1 UNK=2, no BOS.
+
+    VOCAB_SIZE pieces exactly, or with `hard_vocab_limit=False` at most that many (a corpus with few distinct words
+    cannot fill it).
+    """
     import sentencepiece as spm
 
     cwd = os.getcwd()
@@ -249,7 +260,8 @@ def train_spm(out: str, lines: list[str]) -> None:
             spm.SentencePieceTrainer.train(
                 input="corpus.txt", model_prefix="spm", vocab_size=VOCAB_SIZE, model_type="unigram",
                 character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, num_threads=1,
-                input_sentence_size=0, shuffle_input_sentence=False, hard_vocab_limit=True, minloglevel=2,
+                input_sentence_size=0, shuffle_input_sentence=False, hard_vocab_limit=hard_vocab_limit,
+                minloglevel=2,
                 normalization_rule_name="identity")  # text is already normalized; drops the 200 kB NFKC table
         finally:
             os.chdir(cwd)

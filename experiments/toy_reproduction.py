@@ -1,0 +1,564 @@
+#!/usr/bin/env python
+"""Toy-scale reproduction of the SLAM paper's qualitative claims (Bapna et al. 2021, arXiv 2110.10329).
+
+The paper's runs take TPU-months; this sweep asks whether its qualitative claims hold at toy scale, measuring every
+variant the same way:
+
+  python scripts/make_toy_corpus.py --out /data/toy_corpus                   # once; needs espeak-ng
+  python experiments/toy_reproduction.py --corpus /data/toy_corpus --out /data/toy_runs --budget cpu --seeds 0,1,2
+
+For each seed it pre-trains the tiny model (`models/tiny.gin`) with each variant for the same number of steps
+(`slam-train`, `gin/experiments/toy_pretrain.gin`), fine-tunes CTC ASR on the corpus' labelled subset
+(`slam-finetune`, `gin/experiments/toy_ctc.gin`), scores dev and test WER / CER (`slam-eval`) and probes the
+pre-trained encoder's cross-modal alignment on dev pairs (`slam-eval --probes`: STM accuracy, retrieval R@1). It then
+writes `results.json` under `--out`, and a table, plots and the claims the numbers support into the section of
+`--doc` (default docs/EXPERIMENTS.md) between the markers below; a re-run replaces that section. Every step runs as a
+subprocess whose command and output go to `<run dir>/toy_log.txt`; a finished step leaves `toy_done.json` and is
+skipped on re-runs, so an interrupted sweep resumes (`slam-train` / `slam-finetune` themselves resume from their
+checkpoints). `--dry_run` prints the commands only. The same command runs on a GPU (install `.[gpu]`).
+
+Variants (the paper's named variants, one `gin/objectives/` file each; batches hold 8 speech / 4 text / 4 paired
+rows of the kinds the variant trains on, so all see the same speech per step):
+  random_init         no pre-training: the fine-tuning baseline
+  w2v_conformer       speech contrastive only                   speech
+  w2v_bert            contrastive + masked prediction           speech
+  w2v_conformer_bert  contrastive + SpanBERT                    speech + text
+  bert                SpanBERT only (text-quality reference, not fine-tuned for ASR)       text
+  slam                w2v-BERT + SpanBERT                       speech + text
+  slam_tlm            SLAM, then + TLM                          speech + text + paired
+  slam_tlm_stm        SLAM, then + TLM + STM                    speech + text + paired
+The three SLAM variants share one stage-1 run (w2v-BERT + SpanBERT for `stage1_steps`) and then train
+`pretrain_steps - stage1_steps` steps with their own objectives (`slam` continues with stage 1's objectives), so
+they differ only in what stage 2 adds (the paper's multi-stage recipe: stage 1 w2v-BERT + SpanBERT, stage 2 adds
+TLM / STM). A stage-2 run restarts the learning-rate warm-up (a fresh optimizer, t5x-style warm start) and continues
+the Gumbel temperature where stage 1 left it; every run anneals the temperature from 2.0 to 0.5 over the whole budget
+(our choice, as runs/cpu_smoke.gin anneals within its budget).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from typing import Sequence
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # `tasks` imports TensorFlow
+from tasks import toy  # noqa: E402  (rows per kind; registers nothing unless $SLAM_TOY_CORPUS is set)
+
+BEGIN = "<!-- toy_reproduction:begin (written by experiments/toy_reproduction.py; edits here are replaced) -->"
+END = "<!-- toy_reproduction:end -->"
+DONE, LOG = "toy_done.json", "toy_log.txt"
+PRETRAIN_GIN, FINETUNE_GIN = "experiments/toy_pretrain.gin", "experiments/toy_ctc.gin"
+MODULES = {"train": "slam_jax.train", "finetune": "slam_jax.finetune.run", "eval": "slam_jax.evaluation.run"}
+GUMBEL_START, GUMBEL_END = 2.0, 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    label: str
+    objective: str | None            # gin/objectives file; None = no pre-training
+    mixture: str | None = None       # tasks/toy.py mixture of the (stage-2) pre-training
+    staged: bool = False             # starts from the shared SLAM stage-1 run
+    finetune: bool = True            # fine-tuned for ASR
+
+
+VARIANTS = {
+    "random_init": Variant("random init", None),
+    "w2v_conformer": Variant("w2v-Conformer", "objectives/w2v_conformer.gin", "toy_speech_mix"),
+    "w2v_bert": Variant("w2v-BERT", "objectives/w2v_bert.gin", "toy_speech_mix"),
+    "w2v_conformer_bert": Variant("w2v-Conformer + BERT", "objectives/w2v_conformer_bert.gin", "toy_unpaired"),
+    "bert": Variant("BERT (text only)", "objectives/bert.gin", "toy_text_only", finetune=False),
+    "slam": Variant("SLAM", "objectives/slam.gin", "toy_unpaired", staged=True),
+    "slam_tlm": Variant("SLAM-TLM", "objectives/slam_tlm.gin", "toy_slam", staged=True),
+    "slam_tlm_stm": Variant("SLAM-TLM-STM", "objectives/slam_tlm_stm.gin", "toy_slam", staged=True),
+}
+STAGE1 = Variant("SLAM stage 1", "objectives/slam.gin", "toy_unpaired", finetune=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """Steps of one variant (all its pre-training stages together) and of its fine-tuning, and run settings."""
+
+    pretrain_steps: int
+    stage1_steps: int
+    finetune_steps: int
+    log_every: int
+    eval_batches: int                # pre-training's one held-out evaluation (held-out text MLM accuracy)
+    checkpoint_every: int
+    bindings: tuple[str, ...] = ()   # extra gin bindings of every pre-training and fine-tuning run
+
+    def __post_init__(self):
+        if not 0 < self.stage1_steps < self.pretrain_steps or self.finetune_steps < 1:
+            raise ValueError(f"budget: need 0 < stage1_steps < pretrain_steps and finetune_steps >= 1, got {self}")
+
+
+BUDGETS = {
+    # A few steps of a smaller model: checks the whole pipeline end to end (tests/test_toy_reproduction.py).
+    "miniature": Budget(pretrain_steps=4, stage1_steps=2, finetune_steps=4, log_every=1, eval_batches=1,
+                        checkpoint_every=4, bindings=(
+                            "ModelConfig.d_model=32", "ModelConfig.ffn_dim=64", "ModelConfig.speech_layers=1",
+                            "ModelConfig.shared_layers=1", "ModelConfig.subsampling_channels=4",
+                            "ModelConfig.codebook_size=32", "ModelConfig.code_dim=16",
+                            "StreamConfig.speech_frames=256", "ObjectiveConfig.num_negatives=10")),
+    # The tiny model for a few hours per seed on 2 CPU cores (docs/EXPERIMENTS.md has the measured times).
+    "cpu": Budget(pretrain_steps=1500, stage1_steps=1000, finetune_steps=1000, log_every=10, eval_batches=8,
+                  checkpoint_every=500),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One subprocess of the sweep: `module` with `args`, run in `run_dir` (done when run_dir/toy_done.json exists)."""
+
+    name: str            # e.g. "seed0/pretrain/slam_tlm"
+    module: str
+    args: tuple[str, ...]
+    run_dir: str         # where toy_done.json / toy_log.txt go (the model_dir of train / finetune steps)
+
+    @property
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", self.module, *self.args]
+
+
+def _gin(name: str, value) -> str:
+    return f"--gin.{name}={value!r}" if isinstance(value, str) else f"--gin.{name}={value}"
+
+
+def pretrain_dir(out: str, seed: int, name: str) -> str:
+    return os.path.join(out, f"seed{seed}", "pretrain", name)
+
+
+def finetune_dir(out: str, seed: int, name: str) -> str:
+    return os.path.join(out, f"seed{seed}", "finetune", name)
+
+
+def plan(budget: Budget, seeds: Sequence[int], variants: Sequence[str], out: str, vocab_size: int) -> list[Step]:
+    """Every subprocess of the sweep, in an order that respects dependencies (a pure function).
+
+    vocab_size: the corpus' SentencePiece pieces (`toy_corpus.json`), the model's `ModelConfig.vocab_size`.
+    """
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
+    decay = (GUMBEL_END / GUMBEL_START) ** (1.0 / budget.pretrain_steps)
+    common = [*(f"--gin.{b}" for b in budget.bindings), _gin("ModelConfig.vocab_size", vocab_size)]
+    steps: list[Step] = []
+
+    def pretrain(seed: int, name: str, variant: Variant, n_steps: int, init_from: str | None, done_before: int):
+        model_dir = pretrain_dir(out, seed, name)
+        args = [f"--model_dir={model_dir}", f"--gin_file={PRETRAIN_GIN}", f"--gin_file={variant.objective}",
+                *common, _gin("TRAIN_STEPS", n_steps), _gin("StreamConfig.mixture", variant.mixture),
+                _gin("StreamConfig.batch_size", toy.batch_size(variant.mixture)),
+                _gin("StreamConfig.seed", seed), _gin("TrainConfig.seed", seed),
+                _gin("TrainConfig.log_every", budget.log_every), _gin("TrainConfig.eval_batches", budget.eval_batches),
+                _gin("TrainConfig.checkpoint_every", budget.checkpoint_every),
+                _gin("OptimizerConfig.warmup_steps", max(1, n_steps // 10)),
+                _gin("ModelConfig.gumbel_temperature_decay", decay),
+                _gin("ModelConfig.gumbel_temperature_start", GUMBEL_START * decay ** done_before)]
+        if init_from:
+            args.append(_gin("TrainConfig.init_from", init_from))
+        steps.append(Step(f"seed{seed}/pretrain/{name}", MODULES["train"], tuple(args), model_dir))
+
+    for seed in seeds:
+        if any(VARIANTS[v].staged for v in variants):
+            pretrain(seed, "slam_stage1", STAGE1, budget.stage1_steps, None, 0)
+        for name in variants:
+            variant = VARIANTS[name]
+            if variant.objective is None:
+                continue
+            if variant.staged:
+                pretrain(seed, name, variant, budget.pretrain_steps - budget.stage1_steps,
+                         pretrain_dir(out, seed, "slam_stage1"), budget.stage1_steps)
+            else:
+                pretrain(seed, name, variant, budget.pretrain_steps, None, 0)
+            model_dir = pretrain_dir(out, seed, name)
+            # Every dev pair (not the run's eval_batches), in the same batches for every variant: retrieval's
+            # chance level depends on the pool size.
+            steps.append(Step(f"seed{seed}/probes/{name}", MODULES["eval"],
+                              (f"--model_dir={model_dir}", "--probes", "--mixture=toy_paired", "--split=validation",
+                               _gin("TrainConfig.eval_batches", 0),
+                               _gin("StreamConfig.batch_size", toy.ROWS["paired"])),
+                              os.path.join(model_dir, "probes")))
+        for name in variants:
+            variant = VARIANTS[name]
+            if not variant.finetune:
+                continue
+            model_dir = finetune_dir(out, seed, name)
+            args = [f"--model_dir={model_dir}", f"--gin_file={FINETUNE_GIN}", *common,
+                    _gin("TRAIN_STEPS", budget.finetune_steps), _gin("StreamConfig.seed", seed),
+                    _gin("TrainConfig.seed", seed), _gin("TrainConfig.log_every", budget.log_every),
+                    _gin("TrainConfig.checkpoint_every", budget.checkpoint_every),
+                    _gin("OptimizerConfig.warmup_steps", max(1, budget.finetune_steps // 10))]
+            if variant.objective is not None:
+                args.append(_gin("FinetuneConfig.init_from", pretrain_dir(out, seed, name)))
+            steps.append(Step(f"seed{seed}/finetune/{name}", MODULES["finetune"], tuple(args), model_dir))
+            for split in ("validation", "test"):
+                steps.append(Step(f"seed{seed}/eval_{split}/{name}", MODULES["eval"],
+                                  (f"--model_dir={model_dir}", f"--split={split}"),
+                                  os.path.join(model_dir, f"eval_{split}")))
+    return steps
+
+
+# ------------------------------------------------------------------------------------------------ running
+def run_step(step: Step, env: dict[str, str]) -> dict:
+    """Runs `step` unless done; returns its record {"seconds", "output" (the last JSON line printed, if any)}."""
+    done_path = os.path.join(step.run_dir, DONE)
+    if os.path.exists(done_path):
+        with open(done_path) as f:
+            return json.load(f)
+    os.makedirs(step.run_dir, exist_ok=True)
+    log_path = os.path.join(step.run_dir, LOG)
+    print(f"[{time.strftime('%H:%M:%S')}] {step.name} ...", flush=True)
+    start = time.time()
+    with open(log_path, "a") as log:
+        log.write("$ " + shlex.join(step.command) + "\n")
+        log.flush()
+        proc = subprocess.run(step.command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              cwd=REPO)
+        log.write(proc.stdout)
+    seconds = time.time() - start
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stdout.splitlines()[-25:])
+        raise RuntimeError(f"{step.name} failed (exit {proc.returncode}); full log: {log_path}\n{tail}")
+    output = None
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("{"):
+            output = json.loads(line)
+            break
+    record = {"name": step.name, "command": step.command, "seconds": seconds, "output": output,
+              "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    with open(done_path, "w") as f:
+        json.dump(record, f, indent=1)
+    print(f"[{time.strftime('%H:%M:%S')}] {step.name} done in {seconds:.0f} s", flush=True)
+    return record
+
+
+def subprocess_env(corpus: str, out: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env[toy.ENV] = os.path.abspath(corpus)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    # The sweep compiles the same programs once per seed: JAX's persistent cache keeps them across subprocesses.
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(os.path.abspath(out), "jax_cache"))
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def machine(env: dict[str, str]) -> str:
+    """'<cpu model>, <n> cores; JAX devices: ...' (the devices as a subprocess sees them)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    devices = subprocess.run([sys.executable, "-c", "import jax; print(', '.join(str(d.device_kind) for d in "
+                              "jax.devices()))"], env=env, capture_output=True, text=True).stdout.strip()
+    return f"{cpu}, {os.cpu_count()} cores visible; JAX devices: {devices or 'unknown'}"
+
+
+# ------------------------------------------------------------------------------------------------ results
+def read_metrics(model_dir: str) -> list[dict]:
+    path = os.path.join(model_dir, "metrics.jsonl")
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def collect(records: dict[str, dict], budget: Budget, seeds: Sequence[int], variants: Sequence[str], out: str
+            ) -> dict:
+    """results.json: per variant and seed the scores, probes, held-out text MLM accuracy, times and loss curves."""
+    runs: dict[str, dict[str, dict]] = {}
+    for seed in seeds:
+        stage1 = pretrain_dir(out, seed, "slam_stage1")
+        for name in variants:
+            variant, r = VARIANTS[name], {}
+            if variant.objective is not None:
+                model_dir = pretrain_dir(out, seed, name)
+                curve = [(m["step"], m["loss"]) for m in read_metrics(model_dir) if "loss" in m]
+                seconds = records[f"seed{seed}/pretrain/{name}"]["seconds"]
+                if variant.staged:
+                    head = [(m["step"], m["loss"]) for m in read_metrics(stage1) if "loss" in m]
+                    curve = head + [(s + budget.stage1_steps, v) for s, v in curve]
+                    seconds += records[f"seed{seed}/pretrain/slam_stage1"]["seconds"]
+                final_eval = {k: v for m in read_metrics(model_dir) for k, v in m.items() if k.startswith("eval/")}
+                r.update(pretrain_curve=curve, pretrain_seconds=seconds, pretrain_eval=final_eval,
+                         probes=records[f"seed{seed}/probes/{name}"]["output"])
+            if variant.finetune:
+                model_dir = finetune_dir(out, seed, name)
+                r.update(finetune_curve=[(m["step"], m["asr/ctc_loss"]) for m in read_metrics(model_dir)
+                                         if "asr/ctc_loss" in m],
+                         finetune_seconds=records[f"seed{seed}/finetune/{name}"]["seconds"],
+                         dev=records[f"seed{seed}/eval_validation/{name}"]["output"],
+                         test=records[f"seed{seed}/eval_test/{name}"]["output"])
+            runs.setdefault(name, {})[str(seed)] = r
+    return {"budget": dataclasses.asdict(budget), "seeds": list(seeds), "variants": list(variants), "runs": runs}
+
+
+def values(results: dict, variant: str, get) -> list[float]:
+    """The per-seed values `get(run)` of a variant (seeds where it is missing or not finite left out)."""
+    out = []
+    for run in results["runs"].get(variant, {}).values():
+        try:
+            v = float(get(run))
+        except (KeyError, TypeError):
+            continue
+        if math.isfinite(v):
+            out.append(v)
+    return out
+
+
+def fmt(xs: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    """'mean ± std (n)' of per-seed values (sample std), or the value for one seed, or '—'."""
+    if not xs:
+        return "—"
+    import numpy as np
+    a = np.asarray(xs) * scale
+    if len(a) == 1:
+        return f"{a[0]:.{digits}f}"
+    return f"{a.mean():.{digits}f} ± {a.std(ddof=1):.{digits}f} ({len(a)})"
+
+
+def compare(a: list[float], b: list[float], lower_is_better: bool) -> tuple[str, str]:
+    """Verdict of 'a is better than b' from per-seed values (fractions): Welch's t-test, two-sided, p < 0.05 decides.
+
+    Returns (verdict, evidence): "supported" / "contradicted" (significant either way) or "cannot decide" (fewer than
+    two seeds on a side, or p >= 0.05).
+    """
+    import numpy as np
+    from scipy import stats
+    if not a or not b:
+        return "not measured", "the runs are missing"
+    ma, mb = float(np.mean(a)), float(np.mean(b))
+    evidence = f"{100 * ma:.1f}% vs {100 * mb:.1f}% (mean of n = {len(a)} / {len(b)} seeds)"
+    if len(a) < 2 or len(b) < 2:
+        return "cannot decide", evidence + "; one seed gives no spread"
+    if np.std(a) == 0 and np.std(b) == 0:
+        p = 0.0 if ma != mb else 1.0
+    else:
+        p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    evidence += f", Welch p = {p:.3f}"
+    if p >= 0.05:
+        return "cannot decide", evidence
+    better = ma < mb if lower_is_better else ma > mb
+    return ("supported" if better else "contradicted"), evidence
+
+
+CLAIMS = [
+    # (claim, variant a, variant b, metric, lower is better): "a beats b" is the paper's claim.
+    ("(1) With text added, w2v-BERT speech pre-training beats contrastive-only (SLAM beats w2v-Conformer + BERT; "
+     "test WER)", "slam", "w2v_conformer_bert", lambda r: r["test"]["wer"], True),
+    ("(2) TLM improves over plain SLAM (SLAM-TLM beats SLAM; test WER)", "slam_tlm", "slam",
+     lambda r: r["test"]["wer"], True),
+    ("(3) Joint speech-text pre-training costs text quality versus text-only (BERT beats SLAM in held-out text MLM "
+     "accuracy)", "bert", "slam",
+     lambda r: r["pretrain_eval"]["eval/text/mlm_accuracy"], False),
+    ("(4) Joint training on paired data aligns the modalities (SLAM-TLM-STM beats unpaired SLAM in speech-to-text "
+     "retrieval R@1 on dev pairs)", "slam_tlm_stm", "slam", lambda r: r["probes"]["speech_to_text_r1"], False),
+    ("(4b) ... and text-to-speech retrieval R@1", "slam_tlm_stm", "slam",
+     lambda r: r["probes"]["text_to_speech_r1"], False),
+    ("(sanity) Pre-training helps at all (SLAM-TLM-STM beats random init; test WER)", "slam_tlm_stm", "random_init",
+     lambda r: r["test"]["wer"], True),
+]
+
+
+def plots(results: dict, folder: str) -> list[str]:
+    """Loss curves (pre-training, fine-tuning) of the first seed and WER per variant; returns the PNG names."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    os.makedirs(folder, exist_ok=True)
+    seed = str(results["seeds"][0])
+    names = results["variants"]
+    color = {name: f"C{i}" for i, name in enumerate(VARIANTS)}  # one colour per variant in every panel
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    for name in names:
+        run = results["runs"][name][seed]
+        for ax, key in zip(axes, ("pretrain_curve", "finetune_curve")):
+            if run.get(key):
+                steps, losses = zip(*run[key])
+                ax.plot(steps, losses, label=VARIANTS[name].label, lw=1, color=color[name])
+    axes[0].set(title=f"pre-training total loss (seed {seed}; objectives differ)", xlabel="step", yscale="log")
+    axes[1].set(title=f"CTC fine-tuning loss (seed {seed})", xlabel="step", yscale="log")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, "loss_curves.png"), dpi=80)
+    plt.close(fig)
+
+    tuned = [n for n in names if VARIANTS[n].finetune]
+    fig, ax = plt.subplots(figsize=(10, 3.4))
+    x = np.arange(len(tuned))
+    for offset, split in ((-0.2, "dev"), (0.2, "test")):
+        per = [np.asarray(values(results, n, lambda r, s=split: r[s]["wer"])) * 100 for n in tuned]
+        means = [p.mean() if len(p) else np.nan for p in per]
+        ax.bar(x + offset, means, width=0.4, label=f"{split} WER")
+        for xi, p in zip(x, per):
+            ax.plot([xi + offset] * len(p), p, "k.", ms=4)
+    ax.set_xticks(x, [VARIANTS[n].label for n in tuned], fontsize=8)
+    ax.set(ylabel="WER (%)", title="WER after CTC fine-tuning (bars: mean over seeds; dots: seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(folder, "wer.png"), dpi=80)
+    plt.close(fig)
+    return ["loss_curves.png", "wer.png"]
+
+
+COLUMNS = ("variant", "dev WER", "dev CER", "test WER", "test CER", "STM acc.", "R@1 speech→text",
+           "R@1 text→speech", "held-out text MLM acc.", "pre-train min", "fine-tune min")
+
+
+def render(results: dict, *, command: str, machine_desc: str, corpus: dict, images: list[str], image_dir: str
+           ) -> str:
+    """The markdown section: setup, table, plots, claims."""
+    b = results["budget"]
+    rows = []
+    for name in results["variants"]:
+        get = lambda f, n=name: values(results, n, f)  # noqa: E731
+        stm = fmt(get(lambda r: r["probes"]["stm_accuracy"]), 100)
+        rows.append("| " + " | ".join([
+            VARIANTS[name].label,
+            fmt(get(lambda r: r["dev"]["wer"]), 100), fmt(get(lambda r: r["dev"]["cer"]), 100),
+            fmt(get(lambda r: r["test"]["wer"]), 100), fmt(get(lambda r: r["test"]["cer"]), 100),
+            stm + ("*" if stm != "—" and name != "slam_tlm_stm" else ""),
+            fmt(get(lambda r: r["probes"]["speech_to_text_r1"]), 100),
+            fmt(get(lambda r: r["probes"]["text_to_speech_r1"]), 100),
+            fmt(get(lambda r: r["pretrain_eval"]["eval/text/mlm_accuracy"]), 100),
+            fmt(get(lambda r: r["pretrain_seconds"]), 1 / 60), fmt(get(lambda r: r["finetune_seconds"]), 1 / 60),
+        ]) + " |")
+    pairs = values(results, "slam_tlm_stm", lambda r: r["probes"]["pairs"]) or \
+        [v for n in results["variants"] for v in values(results, n, lambda r: r["probes"]["pairs"])]
+    chance = f"{100 / pairs[0]:.1f}%" if pairs else "1/pairs"
+    claims = []
+    for text, a, b_, get, lower in CLAIMS:
+        if a not in results["variants"] or b_ not in results["variants"]:
+            continue
+        verdict, evidence = compare(values(results, a, get), values(results, b_, get), lower)
+        claims.append(f"- {text}: **{verdict}** — {evidence}.")
+    splits = corpus.get("splits", {})
+    corpus_line = ", ".join(f"{k} {v['utterances']} utterances / {v['hours']:.2f} h" for k, v in splits.items())
+    figures = "\n".join(f"![{img}]({image_dir}/{img})" for img in images)
+    return f"""{BEGIN}
+## Toy-scale reproduction (`experiments/toy_reproduction.py`)
+
+Generated {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} on {machine_desc}.
+
+```bash
+{command}
+```
+
+Corpus (`scripts/make_toy_corpus.py`, seed {corpus.get('args', {}).get('seed', '?')}): {corpus_line};
+{corpus.get('text_lines', '?')} text lines, {corpus.get('spm_pieces', '?')} SentencePiece pieces. Budget
+`{results.get('budget_name', '')}`: every variant pre-trains {b['pretrain_steps']} steps (the SLAM variants
+{b['stage1_steps']} of them in the shared stage 1), then CTC fine-tunes {b['finetune_steps']} steps on
+`train/labelled`; seeds {', '.join(map(str, results['seeds']))}. Values are mean ± sample std (number of seeds)
+over seeds, in %; times in minutes (a SLAM variant's includes the shared stage 1).
+
+| {' | '.join(COLUMNS)} |
+|{'---|' * len(COLUMNS)}
+{chr(10).join(rows)}
+
+STM accuracy (dev pairs, each with one rolled negative; chance 50%) means something only for SLAM-TLM-STM, the
+one variant that trains the STM head; the others' (marked *) is an untrained head's. Retrieval (dev pairs, mean-pooled
+top-layer outputs of each modality encoded alone, cosine similarity; chance R@1 ≈ {chance}) and held-out text MLM
+accuracy (the pre-training evaluation on dev transcripts) come from the pre-trained encoder before fine-tuning.
+
+{figures}
+
+### The paper's claims at toy scale
+
+A claim is *supported* or *contradicted* when Welch's two-sided t-test over the per-seed values gives p < 0.05 in
+that direction, and *cannot decide* otherwise (including with one seed).
+
+{chr(10).join(claims)}
+{END}
+"""
+
+
+def write_section(doc: str, section: str) -> None:
+    """Replaces the marked section of `doc` (appends it, or creates the file, when absent)."""
+    text = ""
+    if os.path.exists(doc):
+        with open(doc, encoding="utf-8") as f:
+            text = f.read()
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + section.rstrip("\n") + text[text.index(END) + len(END):]
+    else:
+        if BEGIN in text or END in text:
+            raise ValueError(f"{doc}: holds only one of the toy_reproduction markers; restore or remove it")
+        text = (text.rstrip("\n") + "\n\n" if text else "# Experiments\n\n") + section
+    os.makedirs(os.path.dirname(os.path.abspath(doc)), exist_ok=True)
+    with open(doc, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", default=os.environ.get(toy.ENV),
+                        help=f"the toy corpus folder (scripts/make_toy_corpus.py; default ${toy.ENV})")
+    parser.add_argument("--out", required=True, help="sweep folder (run directories, results.json); resumable")
+    parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " +
+                        ", ".join(VARIANTS))
+    parser.add_argument("--doc", default=os.path.join(REPO, "docs", "EXPERIMENTS.md"),
+                        help="markdown file whose toy_reproduction section is (re)written; plots go beside it")
+    parser.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
+    args = parser.parse_args(argv)
+    if not args.corpus:
+        parser.error(f"--corpus (or ${toy.ENV}) is required: the folder scripts/make_toy_corpus.py wrote")
+    manifest_path = os.path.join(args.corpus, "toy_corpus.json")
+    if not os.path.exists(manifest_path):
+        parser.error(f"{manifest_path} does not exist: --corpus must be a folder written by scripts/make_toy_corpus.py")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    budget = BUDGETS[args.budget]
+    with open(manifest_path) as f:
+        corpus = json.load(f)
+    try:
+        steps = plan(budget, seeds, variants, args.out, corpus["spm_pieces"])
+    except ValueError as e:
+        parser.error(str(e))
+    env = subprocess_env(args.corpus, args.out)
+    if args.dry_run:
+        for step in steps:
+            print(shlex.join(step.command))
+        return 0
+    records = {}
+    for step in steps:
+        try:
+            records[step.name] = run_step(step, env)
+        except RuntimeError as e:
+            print(f"toy_reproduction: {e}", file=sys.stderr)
+            return 1
+    results = {**collect(records, budget, seeds, variants, args.out), "budget_name": args.budget,
+               "corpus": corpus}
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    image_dir = "toy_reproduction"
+    images = plots(results, os.path.join(os.path.dirname(os.path.abspath(args.doc)), image_dir))
+    command = " ".join(["python experiments/toy_reproduction.py", f"--corpus {args.corpus}", f"--out {args.out}",
+                        f"--budget {args.budget}", f"--seeds {','.join(map(str, seeds))}",
+                        f"--variants {','.join(variants)}"])
+    write_section(args.doc, render(results, command=command, machine_desc=machine(env), corpus=corpus,
+                                   images=images, image_dir=image_dir))
+    print(f"results: {os.path.join(args.out, 'results.json')}; table and plots: {args.doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
