@@ -31,7 +31,8 @@ from flax import nnx
 from slam_jax.data import converter
 from slam_jax.decoding import ctc as ctc_decoding
 from slam_jax.evaluation.asr import ErrorCounts, error_counts
-from slam_jax.finetune.base import FinetuneTask, SpecAugment, encode_speech, write_predictions
+from slam_jax.finetune.base import (FinetuneTask, SpecAugment, encode_speech, paired_vocabulary,
+                                    write_predictions)
 from slam_jax.layers import common
 from slam_jax.layers.subsampling import subsampled_length
 from slam_jax.model import ModelConfig, SlamEncoder
@@ -151,11 +152,7 @@ class AsrCtcTask(FinetuneTask):
 
     def __init__(self, model_cfg, finetune_cfg, stream_cfg, decode_cfg: ctc_decoding.CtcDecodeConfig | None = None):
         super().__init__(model_cfg, finetune_cfg, stream_cfg, decode_cfg)
-        kinds = converter.kind_children(stream_cfg.mixture)
-        if set(kinds) != {"paired"}:
-            raise ValueError(f"ASR fine-tuning needs a paired task or mixture; StreamConfig.mixture = "
-                             f"{stream_cfg.mixture!r} has kinds {sorted(kinds)}")
-        self.vocabulary: seqio.SentencePieceVocabulary = converter.vocabulary_for(stream_cfg.mixture)
+        self.vocabulary: seqio.SentencePieceVocabulary = paired_vocabulary(stream_cfg.mixture, "ASR fine-tuning")
         if self.vocabulary.vocab_size > model_cfg.vocab_size:
             raise ValueError(f"the vocabulary of {stream_cfg.mixture!r} has {self.vocabulary.vocab_size} ids but "
                              f"ModelConfig.vocab_size = {model_cfg.vocab_size} (the CTC head's size)")

@@ -110,6 +110,17 @@ def write_predictions(out_dir: str, split: str, step: int, columns: Sequence[str
             json.dump({"split": split, "step": step, **summary}, f, indent=1)
 
 
+def paired_vocabulary(mixture: str, what: str):
+    """The text vocabulary of a paired task or mixture (`StreamConfig.mixture`) for the speech task `what`;
+    raises ValueError naming the mixture when it holds other kinds."""
+    from slam_jax.data import converter
+    kinds = converter.kind_children(mixture)
+    if set(kinds) != {"paired"}:
+        raise ValueError(f"{what} needs a paired task or mixture; StreamConfig.mixture = {mixture!r} has kinds "
+                         f"{sorted(kinds)}")
+    return converter.vocabulary_for(mixture)
+
+
 class FinetuneTask(abc.ABC):
     """One downstream task: its model, loss, training data and evaluation (driven by slam-finetune / slam-eval).
 

@@ -29,7 +29,8 @@ from flax import nnx
 from slam_jax.data import converter
 from slam_jax.decoding.beam_search import beam_search
 from slam_jax.evaluation import bleu
-from slam_jax.finetune.base import FinetuneTask, SpecAugment, encode_speech, write_predictions
+from slam_jax.finetune.base import (FinetuneTask, SpecAugment, encode_speech, paired_vocabulary,
+                                    write_predictions)
 from slam_jax.layers import common
 from slam_jax.layers.decoder import DecoderConfig, TransformerDecoder
 from slam_jax.model import ModelConfig, SlamEncoder
@@ -111,11 +112,8 @@ class TranslateTask(FinetuneTask):
 
     def __init__(self, model_cfg, finetune_cfg, stream_cfg, decode_cfg: TranslationConfig | None = None):
         super().__init__(model_cfg, finetune_cfg, stream_cfg, decode_cfg)
-        kinds = converter.kind_children(stream_cfg.mixture)
-        if set(kinds) != {"paired"}:
-            raise ValueError(f"speech translation needs a paired task or mixture (target text as its 'text' "
-                             f"feature); StreamConfig.mixture = {stream_cfg.mixture!r} has kinds {sorted(kinds)}")
-        self.vocabulary: seqio.Vocabulary = converter.vocabulary_for(stream_cfg.mixture)
+        self.vocabulary: seqio.Vocabulary = paired_vocabulary(
+            stream_cfg.mixture, "speech translation (target text as the 'text' feature)")
         self.decoder_cfg = self.decode_cfg.decoder(self.vocabulary.vocab_size, model_cfg.dtype)
         self.max_length = self.decode_cfg.max_decode_length or stream_cfg.paired_tokens
         self.augment = SpecAugment.from_config(finetune_cfg)
