@@ -6,6 +6,8 @@ variant the same way:
 
   python scripts/make_toy_corpus.py --out /data/toy_corpus                   # once; needs espeak-ng
   python experiments/toy_reproduction.py --corpus /data/toy_corpus --out /data/toy_runs --budget cpu --seeds 0,1,2
+  # or one pre-training per variant, fine-tuned with three seeds (fine-tuning's spread only; ~40% of the time):
+  python experiments/toy_reproduction.py --corpus /data/toy_corpus --out /data/toy_runs --seeds 0 --finetune_seeds 0,1,2
 
 For each seed it pre-trains the tiny model (`models/tiny.gin`) with each variant for the same number of steps
 (`slam-train`, `gin/experiments/toy_pretrain.gin`), fine-tunes CTC ASR on the corpus' labelled subset
@@ -137,14 +139,24 @@ def pretrain_dir(out: str, seed: int, name: str) -> str:
     return os.path.join(out, f"seed{seed}", "pretrain", name)
 
 
-def finetune_dir(out: str, seed: int, name: str) -> str:
-    return os.path.join(out, f"seed{seed}", "finetune", name)
+def finetune_dir(out: str, seed: int, name: str, finetune_seed: int | None = None) -> str:
+    """seed<S>/finetune/<name> for fine-tuning with the pre-training's seed S, seed<S>/finetune_seed<F>/<name> else."""
+    sub = "finetune" if finetune_seed in (None, seed) else f"finetune_seed{finetune_seed}"
+    return os.path.join(out, f"seed{seed}", sub, name)
 
 
-def plan(budget: Budget, seeds: Sequence[int], variants: Sequence[str], out: str, vocab_size: int) -> list[Step]:
+def finetune_key(seed: int, finetune_seed: int) -> str:
+    """The results.json key of a run: "S" when fine-tuned with the pre-training's seed, "S/ftF" otherwise."""
+    return str(seed) if finetune_seed == seed else f"{seed}/ft{finetune_seed}"
+
+
+def plan(budget: Budget, seeds: Sequence[int], variants: Sequence[str], out: str, vocab_size: int,
+         finetune_seeds: Sequence[int] | None = None) -> list[Step]:
     """Every subprocess of the sweep, in an order that respects dependencies (a pure function).
 
     vocab_size: the corpus' SentencePiece pieces (`toy_corpus.json`), the model's `ModelConfig.vocab_size`.
+    finetune_seeds: every pre-trained encoder is fine-tuned once per seed here (data order, SpecAugment, head
+      initialization); None fine-tunes each with its pre-training's seed.
     """
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -188,23 +200,25 @@ def plan(budget: Budget, seeds: Sequence[int], variants: Sequence[str], out: str
                                _gin("TrainConfig.eval_batches", 0),
                                _gin("StreamConfig.batch_size", toy.ROWS["paired"])),
                               os.path.join(model_dir, "probes")))
-        for name in variants:
-            variant = VARIANTS[name]
-            if not variant.finetune:
-                continue
-            model_dir = finetune_dir(out, seed, name)
-            args = [f"--model_dir={model_dir}", f"--gin_file={FINETUNE_GIN}", *common,
-                    _gin("TRAIN_STEPS", budget.finetune_steps), _gin("StreamConfig.seed", seed),
-                    _gin("TrainConfig.seed", seed), _gin("TrainConfig.log_every", budget.log_every),
-                    _gin("TrainConfig.checkpoint_every", budget.checkpoint_every),
-                    _gin("OptimizerConfig.warmup_steps", max(1, budget.finetune_steps // 10))]
-            if variant.objective is not None:
-                args.append(_gin("FinetuneConfig.init_from", pretrain_dir(out, seed, name)))
-            steps.append(Step(f"seed{seed}/finetune/{name}", MODULES["finetune"], tuple(args), model_dir))
-            for split in ("validation", "test"):
-                steps.append(Step(f"seed{seed}/eval_{split}/{name}", MODULES["eval"],
-                                  (f"--model_dir={model_dir}", f"--split={split}"),
-                                  os.path.join(model_dir, f"eval_{split}")))
+        for tune_seed in (seed,) if finetune_seeds is None else finetune_seeds:
+            key = "seed" + finetune_key(seed, tune_seed)
+            for name in variants:
+                variant = VARIANTS[name]
+                if not variant.finetune:
+                    continue
+                model_dir = finetune_dir(out, seed, name, tune_seed)
+                args = [f"--model_dir={model_dir}", f"--gin_file={FINETUNE_GIN}", *common,
+                        _gin("TRAIN_STEPS", budget.finetune_steps), _gin("StreamConfig.seed", tune_seed),
+                        _gin("TrainConfig.seed", tune_seed), _gin("TrainConfig.log_every", budget.log_every),
+                        _gin("TrainConfig.checkpoint_every", budget.checkpoint_every),
+                        _gin("OptimizerConfig.warmup_steps", max(1, budget.finetune_steps // 10))]
+                if variant.objective is not None:
+                    args.append(_gin("FinetuneConfig.init_from", pretrain_dir(out, seed, name)))
+                steps.append(Step(f"{key}/finetune/{name}", MODULES["finetune"], tuple(args), model_dir))
+                for split in ("validation", "test"):
+                    steps.append(Step(f"{key}/eval_{split}/{name}", MODULES["eval"],
+                                      (f"--model_dir={model_dir}", f"--split={split}"),
+                                      os.path.join(model_dir, f"eval_{split}")))
     return steps
 
 
@@ -273,9 +287,14 @@ def read_metrics(model_dir: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def collect(records: dict[str, dict], budget: Budget, seeds: Sequence[int], variants: Sequence[str], out: str
-            ) -> dict:
-    """results.json: per variant and seed the scores, probes, held-out text MLM accuracy, times and loss curves."""
+def collect(records: dict[str, dict], budget: Budget, seeds: Sequence[int], variants: Sequence[str], out: str,
+            finetune_seeds: Sequence[int] | None = None) -> dict:
+    """results.json: per variant and run the scores, probes, held-out text MLM accuracy, times and loss curves.
+
+    runs[variant][finetune_key(S, F)]: the pre-training fields (curve, probes, text MLM accuracy) sit in the run
+    fine-tuned with the pre-training's own seed ("S", also when S is not among finetune_seeds); "S/ftF" runs hold
+    only fine-tuning fields, so per-seed statistics count each pre-training once and each fine-tuning once.
+    """
     runs: dict[str, dict[str, dict]] = {}
     for seed in seeds:
         stage1 = pretrain_dir(out, seed, "slam_stage1")
@@ -292,19 +311,27 @@ def collect(records: dict[str, dict], budget: Budget, seeds: Sequence[int], vari
                 final_eval = {k: v for m in read_metrics(model_dir) for k, v in m.items() if k.startswith("eval/")}
                 r.update(pretrain_curve=curve, pretrain_seconds=seconds, pretrain_eval=final_eval,
                          probes=records[f"seed{seed}/probes/{name}"]["output"])
-            if variant.finetune:
-                model_dir = finetune_dir(out, seed, name)
-                r.update(finetune_curve=[(m["step"], m["asr/ctc_loss"]) for m in read_metrics(model_dir)
-                                         if "asr/ctc_loss" in m],
-                         finetune_seconds=records[f"seed{seed}/finetune/{name}"]["seconds"],
-                         dev=records[f"seed{seed}/eval_validation/{name}"]["output"],
-                         test=records[f"seed{seed}/eval_test/{name}"]["output"])
-            runs.setdefault(name, {})[str(seed)] = r
-    return {"budget": dataclasses.asdict(budget), "seeds": list(seeds), "variants": list(variants), "runs": runs}
+            if r:
+                runs.setdefault(name, {})[str(seed)] = r
+            for tune_seed in (seed,) if finetune_seeds is None else finetune_seeds:
+                if not variant.finetune:
+                    continue
+                key = finetune_key(seed, tune_seed)
+                model_dir = finetune_dir(out, seed, name, tune_seed)
+                runs.setdefault(name, {}).setdefault(key, {}).update(
+                    finetune_curve=[(m["step"], m["asr/ctc_loss"]) for m in read_metrics(model_dir)
+                                    if "asr/ctc_loss" in m],
+                    finetune_seconds=records[f"seed{key}/finetune/{name}"]["seconds"],
+                    dev=records[f"seed{key}/eval_validation/{name}"]["output"],
+                    test=records[f"seed{key}/eval_test/{name}"]["output"])
+    return {"budget": dataclasses.asdict(budget), "seeds": list(seeds),
+            "finetune_seeds": None if finetune_seeds is None else list(finetune_seeds), "variants": list(variants),
+            "runs": runs}
 
 
 def values(results: dict, variant: str, get) -> list[float]:
-    """The per-seed values `get(run)` of a variant (seeds where it is missing or not finite left out)."""
+    """The per-run values `get(run)` of a variant (runs where it is missing or not finite left out): one per
+    pre-training seed for pre-training fields, one per fine-tuning run for fine-tuning fields."""
     out = []
     for run in results["runs"].get(variant, {}).values():
         try:
@@ -328,7 +355,7 @@ def fmt(xs: list[float], scale: float = 1.0, digits: int = 1) -> str:
 
 
 def compare(a: list[float], b: list[float], lower_is_better: bool) -> tuple[str, str]:
-    """Verdict of 'a is better than b' from per-seed values (fractions): Welch's t-test, two-sided, p < 0.05 decides.
+    """Verdict of 'a is better than b' from per-run values (fractions): Welch's t-test, two-sided, p < 0.05 decides.
 
     Returns (verdict, evidence): "supported" / "contradicted" (significant either way) or "cannot decide" (fewer than
     two seeds on a side, or p >= 0.05).
@@ -338,9 +365,9 @@ def compare(a: list[float], b: list[float], lower_is_better: bool) -> tuple[str,
     if not a or not b:
         return "not measured", "the runs are missing"
     ma, mb = float(np.mean(a)), float(np.mean(b))
-    evidence = f"{100 * ma:.1f}% vs {100 * mb:.1f}% (mean of n = {len(a)} / {len(b)} seeds)"
+    evidence = f"{100 * ma:.1f}% vs {100 * mb:.1f}% (mean of n = {len(a)} / {len(b)} runs)"
     if len(a) < 2 or len(b) < 2:
-        return "cannot decide", evidence + "; one seed gives no spread"
+        return "cannot decide", evidence + "; one run gives no spread"
     if np.std(a) == 0 and np.std(b) == 0:
         p = 0.0 if ma != mb else 1.0
     else:
@@ -383,7 +410,7 @@ def plots(results: dict, folder: str) -> list[str]:
     color = {name: f"C{i}" for i, name in enumerate(VARIANTS)}  # one colour per variant in every panel
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     for name in names:
-        run = results["runs"][name][seed]
+        run = results["runs"][name].get(seed, {})
         for ax, key in zip(axes, ("pretrain_curve", "finetune_curve")):
             if run.get(key):
                 steps, losses = zip(*run[key])
@@ -406,7 +433,7 @@ def plots(results: dict, folder: str) -> list[str]:
         for xi, p in zip(x, per):
             ax.plot([xi + offset] * len(p), p, "k.", ms=4)
     ax.set_xticks(x, [VARIANTS[n].label for n in tuned], fontsize=8)
-    ax.set(ylabel="WER (%)", title="WER after CTC fine-tuning (bars: mean over seeds; dots: seeds)")
+    ax.set(ylabel="WER (%)", title="WER after CTC fine-tuning (bars: mean over runs; dots: runs)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(folder, "wer.png"), dpi=80)
@@ -445,6 +472,13 @@ def render(results: dict, *, command: str, machine_desc: str, corpus: dict, imag
             continue
         verdict, evidence = compare(values(results, a, get), values(results, b_, get), lower)
         claims.append(f"- {text}: **{verdict}** — {evidence}.")
+    pre_seeds = ", ".join(map(str, results["seeds"]))
+    if results.get("finetune_seeds") is None:
+        seeds_line = f"seeds {pre_seeds} (each pre-training fine-tuned with its own seed)."
+    else:
+        seeds_line = (f"pre-training seeds {pre_seeds}, each encoder fine-tuned with seeds "
+                      f"{', '.join(map(str, results['finetune_seeds']))}: the WER / CER spread is over all "
+                      f"fine-tuning runs, the probe and MLM spread over pre-training seeds only.")
     splits = corpus.get("splits", {})
     corpus_line = ", ".join(f"{k} {v['utterances']} utterances / {v['hours']:.2f} h" for k, v in splits.items())
     figures = "\n".join(f"![{img}]({image_dir}/{img})" for img in images)
@@ -461,8 +495,8 @@ Corpus (`scripts/make_toy_corpus.py`, seed {corpus.get('args', {}).get('seed', '
 {corpus.get('text_lines', '?')} text lines, {corpus.get('spm_pieces', '?')} SentencePiece pieces. Budget
 `{results.get('budget_name', '')}`: every variant pre-trains {b['pretrain_steps']} steps (the SLAM variants
 {b['stage1_steps']} of them in the shared stage 1), then CTC fine-tunes {b['finetune_steps']} steps on
-`train/labelled`; seeds {', '.join(map(str, results['seeds']))}. Values are mean ± sample std (number of seeds)
-over seeds, in %; times in minutes (a SLAM variant's includes the shared stage 1).
+`train/labelled`; {seeds_line} Values are mean ± sample std (number of runs) over runs,
+in %; times in minutes (a SLAM variant's includes the shared stage 1).
 
 | {' | '.join(COLUMNS)} |
 |{'---|' * len(COLUMNS)}
@@ -477,8 +511,10 @@ accuracy (the pre-training evaluation on dev transcripts) come from the pre-trai
 
 ### The paper's claims at toy scale
 
-A claim is *supported* or *contradicted* when Welch's two-sided t-test over the per-seed values gives p < 0.05 in
-that direction, and *cannot decide* otherwise (including with one seed).
+A claim is *supported* or *contradicted* when Welch's two-sided t-test over the per-run values gives p < 0.05 in
+that direction, and *cannot decide* otherwise (including with one run). Where the runs share one pre-training per
+variant (fine-tuning seeds only), the test measures fine-tuning noise alone: a difference it calls significant can
+still be one pre-training run's luck.
 
 {chr(10).join(claims)}
 {END}
@@ -509,7 +545,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"the toy corpus folder (scripts/make_toy_corpus.py; default ${toy.ENV})")
     parser.add_argument("--out", required=True, help="sweep folder (run directories, results.json); resumable")
     parser.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+    parser.add_argument("--seeds", default="0", help="comma-separated pre-training seeds, e.g. 0,1,2")
+    parser.add_argument("--finetune_seeds", default=None,
+                        help="comma-separated fine-tuning seeds, each pre-trained encoder fine-tuned once per seed "
+                             "(default: each with its pre-training's seed)")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " +
                         ", ".join(VARIANTS))
     parser.add_argument("--doc", default=os.path.join(REPO, "docs", "EXPERIMENTS.md"),
@@ -521,16 +560,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     manifest_path = os.path.join(args.corpus, "toy_corpus.json")
     if not os.path.exists(manifest_path):
         parser.error(f"{manifest_path} does not exist: --corpus must be a folder written by scripts/make_toy_corpus.py")
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        parser.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    def int_list(flag: str, text: str) -> list[int]:
+        try:
+            return [int(s) for s in text.split(",") if s.strip()]
+        except ValueError:
+            parser.error(f"--{flag} must be comma-separated integers, got {text!r}")
+
+    seeds = int_list("seeds", args.seeds)
+    finetune_seeds = None if args.finetune_seeds is None else int_list("finetune_seeds", args.finetune_seeds)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     budget = BUDGETS[args.budget]
     with open(manifest_path) as f:
         corpus = json.load(f)
     try:
-        steps = plan(budget, seeds, variants, args.out, corpus["spm_pieces"])
+        steps = plan(budget, seeds, variants, args.out, corpus["spm_pieces"], finetune_seeds)
     except ValueError as e:
         parser.error(str(e))
     env = subprocess_env(args.corpus, args.out)
@@ -545,7 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except RuntimeError as e:
             print(f"toy_reproduction: {e}", file=sys.stderr)
             return 1
-    results = {**collect(records, budget, seeds, variants, args.out), "budget_name": args.budget,
+    results = {**collect(records, budget, seeds, variants, args.out, finetune_seeds), "budget_name": args.budget,
                "corpus": corpus}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
@@ -553,6 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     images = plots(results, os.path.join(os.path.dirname(os.path.abspath(args.doc)), image_dir))
     command = " ".join(["python experiments/toy_reproduction.py", f"--corpus {args.corpus}", f"--out {args.out}",
                         f"--budget {args.budget}", f"--seeds {','.join(map(str, seeds))}",
+                        *([] if finetune_seeds is None else [f"--finetune_seeds {','.join(map(str, finetune_seeds))}"]),
                         f"--variants {','.join(variants)}"])
     write_section(args.doc, render(results, command=command, machine_desc=machine(env), corpus=corpus,
                                    images=images, image_dir=image_dir))

@@ -553,13 +553,27 @@ def _check_finite(step: int, metrics: dict, loss_names: Sequence[str], last_save
 
 
 # ------------------------------------------------------------------------------------------------ entry point
-def _initialize_distributed(args) -> None:
+def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    """The multi-process flags of every CLI (`initialize_distributed` reads them)."""
+    parser.add_argument("--coordinator_address", default=None, help="host:port of process 0 (multi-process)")
+    parser.add_argument("--num_processes", type=int, default=None)
+    parser.add_argument("--process_id", type=int, default=None)
+    parser.add_argument("--distributed", action="store_true",
+                        help="call jax.distributed.initialize() with no arguments (Cloud TPU pods)")
+
+
+def initialize_distributed(args: argparse.Namespace) -> None:
+    """Joins the JAX cluster named by the flags (or JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).
+
+    Must run before anything initializes a JAX backend (jax.devices(), a computation). The CPU backend's
+    cross-process collectives use gloo: the fake-device CPU clusters of the tests and a CPU-only run need it, and it
+    does not touch GPU / TPU collectives.
+    """
     address = args.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
     num = args.num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "0") or 0)
     pid = args.process_id if args.process_id is not None else os.environ.get("JAX_PROCESS_ID")
     if address or num:
-        if jax.default_backend() == "cpu" or args.cpu_collectives:
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(address, num_processes=num or None,
                                    process_id=None if pid is None else int(pid))
     elif args.distributed:
@@ -584,12 +598,7 @@ def cli_main(argv: Sequence[str] | None, *, prog: str, description: str, run: Ca
     parser.add_argument("--model_dir", required=True, help="run directory (local or gs://)")
     parser.add_argument("--module_import", action="append", default=[],
                         help="import this module after gin parsing (e.g. your seqio tasks); repeatable")
-    parser.add_argument("--coordinator_address", default=None, help="host:port of process 0 (multi-process)")
-    parser.add_argument("--num_processes", type=int, default=None)
-    parser.add_argument("--process_id", type=int, default=None)
-    parser.add_argument("--distributed", action="store_true",
-                        help="call jax.distributed.initialize() with no arguments (Cloud TPU pods)")
-    parser.add_argument("--cpu_collectives", action="store_true", help="use gloo CPU collectives")
+    add_distributed_flags(parser)
     try:
         files, bindings, rest = config.split_argv(argv)
     except config.ConfigError as e:
@@ -603,7 +612,7 @@ def cli_main(argv: Sequence[str] | None, *, prog: str, description: str, run: Ca
     except config.ConfigError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
-    _initialize_distributed(args)
+    initialize_distributed(args)
     try:
         run(args.model_dir)
     except (config.ConfigError, partitioning.MeshError, checkpointing.CheckpointMismatchError,

@@ -76,3 +76,15 @@ def test_help_lists_the_gin_flags(module):
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert "--gin_file=FILE" in out.stdout and "--gin.NAME=VALUE" in out.stdout
+
+
+def test_tensorflow_start_up_is_quiet():
+    """Importing the package (every CLI does) prints none of TensorFlow's native start-up lines, unless asked to."""
+    quiet = {k: v for k, v in env().items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    code = "import slam_jax.data.converter, tasks"   # TensorFlow, tf.data, seqio and the task registry
+    out = subprocess.run([sys.executable, "-c", code], env=quiet, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""
+    verbose = subprocess.run([sys.executable, "-c", code], env={**quiet, "TF_CPP_MIN_LOG_LEVEL": "0"},
+                             capture_output=True, text=True, timeout=120)
+    assert verbose.returncode == 0 and verbose.stderr.strip()   # the silencing is ours, not a quiet build

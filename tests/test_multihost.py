@@ -1,5 +1,6 @@
-"""Two processes on 127.0.0.1 (gloo, 4 fake CPU devices each) train the tiny model together; a SIGTERM to one of
-them stops both at the same step, each saving it (JAX's preemption sync point, no per-step collective)."""
+"""Two processes on 127.0.0.1 (gloo, fake CPU devices): they train the tiny model together, and a SIGTERM to one of
+them stops both at the same step, each saving it (JAX's preemption sync point, no per-step collective); slam-eval
+on two processes scores a fine-tuned run as one process does."""
 import json
 import signal
 import socket
@@ -8,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from train_utils import env
+from train_utils import env, last_json, slam_eval, slam_finetune
 
 
 def _free_port() -> int:
@@ -65,3 +66,31 @@ def test_two_processes_train_together_and_stop_together_on_sigterm(tmp_path):
     for log in logs:
         assert f"saved checkpoint at step {a['step']}, exiting" in log.read_text()
     assert (tmp_path / "run" / "checkpoints" / str(a["step"])).is_dir()
+
+
+def test_two_processes_evaluate_a_finetuned_run_as_one_does(tmp_path):
+    """slam-eval on a 2-process cluster (the CLI's --coordinator_address flags): each process scores its shard of
+    the split in lockstep, the counts are summed, and both print the single-process whole-split scores."""
+    model_dir = tmp_path / "ft"
+    slam_finetune(model_dir, "--gin.TRAIN_STEPS=2", "--gin.TrainConfig.checkpoint_every=2")
+    one = last_json(slam_eval(model_dir, "--split=validation").stdout)
+    port = str(_free_port())
+    logs = [tmp_path / f"eval{i}.txt" for i in range(2)]
+    procs = []
+    for i, log in enumerate(logs):
+        with log.open("w") as out:
+            # 4-row global batches = 2 rows per process; each process holds half of the split (32 of the mini
+            # corpus' 64 dev utterances): 20 batches cover its shard, the rest are padding.
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "slam_jax.evaluation.run", f"--model_dir={model_dir}", "--split=validation",
+                 "--eval_batches=20", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                 f"--process_id={i}"], env=env(), stdout=out, stderr=subprocess.STDOUT))
+    _wait(procs, timeout=600)
+    outputs = []
+    for p, log in zip(procs, logs):
+        text = log.read_text()
+        assert p.returncode == 0, text[-5000:]
+        outputs.append(last_json(text))
+    assert outputs[0] == outputs[1]
+    assert one["utterances"] > 20 * 2   # the split needs both processes' shards
+    assert outputs[0] == one

@@ -176,6 +176,27 @@ def test_every_variant_gets_the_same_budget(tmp_path):
                 assert order.index(producer) < order.index(name)
 
 
+def test_finetune_seeds_tune_every_encoder_once_per_seed(tmp_path):
+    steps = {s.name: s for s in repro.plan(repro.BUDGETS["cpu"], [0], list(repro.VARIANTS), str(tmp_path), 300,
+                                           finetune_seeds=[0, 1, 2])}
+    assert sum(name.startswith("seed0/pretrain/") for name in steps) == 8   # pre-trained once per variant
+    tuned = [n for n, v in repro.VARIANTS.items() if v.finetune]
+    dirs = set()
+    for key, tune_seed in (("0", 0), ("0/ft1", 1), ("0/ft2", 2)):
+        for name in tuned:
+            tune = steps[f"seed{key}/finetune/{name}"]
+            assert _arg(tune, "StreamConfig.seed") == _arg(tune, "TrainConfig.seed") == str(tune_seed)
+            init = _arg(tune, "FinetuneConfig.init_from")
+            assert init == (None if name == "random_init" else repr(steps[f"seed0/pretrain/{name}"].run_dir))
+            for split in ("validation", "test"):
+                assert steps[f"seed{key}/eval_{split}/{name}"].args[0] == f"--model_dir={tune.run_dir}"
+            dirs.add(tune.run_dir)
+    assert len(dirs) == 3 * len(tuned)
+    # Fine-tuning with the pre-training's own seed keeps the directory of a run without --finetune_seeds.
+    default = {s.name: s for s in repro.plan(repro.BUDGETS["cpu"], [0], list(repro.VARIANTS), str(tmp_path), 300)}
+    assert {n: s.run_dir for n, s in default.items()}.items() <= {n: s.run_dir for n, s in steps.items()}.items()
+
+
 def test_plan_rejects_an_unknown_variant(tmp_path):
     with pytest.raises(ValueError, match="unknown variants"):
         repro.plan(repro.BUDGETS["miniature"], [0], ["slam", "w2v_bart"], str(tmp_path), 300)
@@ -214,7 +235,7 @@ def test_miniature_pipeline_end_to_end(tmp_path):
                           "--test_voices=2", "--text_factor=20"], env=env, capture_output=True, text=True)
     assert gen.returncode == 0, gen.stderr
     argv = [sys.executable, os.path.join(REPO, "experiments", "toy_reproduction.py"), f"--corpus={corpus}",
-            f"--out={out}", "--budget=miniature", "--seeds=0", f"--doc={doc}"]
+            f"--out={out}", "--budget=miniature", "--seeds=0", "--finetune_seeds=0,1", f"--doc={doc}"]
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=3000)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -222,9 +243,11 @@ def test_miniature_pipeline_end_to_end(tmp_path):
     for name, variant in repro.VARIANTS.items():
         run = results["runs"][name]["0"]
         if variant.finetune:
-            for split in ("dev", "test"):
-                assert run[split]["utterances"] == 8 and np.isfinite(run[split]["wer"]) and run[split]["wer"] > 0
-            assert len(run["finetune_curve"]) == repro.BUDGETS["miniature"].finetune_steps
+            for r in (run, results["runs"][name]["0/ft1"]):   # fine-tuned with seeds 0 and 1
+                for split in ("dev", "test"):
+                    assert r[split]["utterances"] == 8 and np.isfinite(r[split]["wer"]) and r[split]["wer"] > 0
+                assert len(r["finetune_curve"]) == repro.BUDGETS["miniature"].finetune_steps
+            assert "probes" not in results["runs"][name]["0/ft1"]   # a pre-training counts once
         if variant.objective is not None:
             assert run["probes"]["pairs"] == 8 and 0 <= run["probes"]["speech_to_text_r1"] <= 1
             assert run["probes"]["stm_trained"] == (name == "slam_tlm_stm")

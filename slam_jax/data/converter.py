@@ -43,11 +43,6 @@ import tensorflow as tf
 
 from slam_jax.data import schema, sources
 
-try:  # keep TensorFlow off accelerators so it never grabs their memory (DESIGN §5)
-    tf.config.set_visible_devices([], "GPU")
-except RuntimeError:  # TF already initialized its devices; nothing to do
-    pass
-
 MAX_MESSAGES = 20
 _LIVE_STREAMS: "weakref.WeakSet[OneStream]" = weakref.WeakSet()
 

@@ -6,6 +6,11 @@
     slam-eval --model_dir=/tmp/slam_smoke --probes [--mixture=mini_paired] [--split=validation]
                                                                         # a pre-training run: alignment probes
 
+Multi-process (a pod slice, several GPU hosts): the flags of `slam-train` (`--coordinator_address`,
+`--num_processes`, `--process_id`, or `--distributed` on Cloud TPU) plus `--eval_batches=N`, enough batches per
+process to cover its shard of the split (processes step in lockstep and pad with empty rows once their shard is
+done); scores are summed over processes and printed by every one.
+
 The run's own `config.gin` is parsed first, then any `--gin_file` / `--gin.NAME=VALUE` given here (decoding
 options, a different `StreamConfig.mixture`, ...). Scores and predictions are written under `model_dir/eval/`:
 `<split>_step<N>.json` / `.tsv` for a task, `probes_<split>_step<N>.json` for the probes.
@@ -105,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="import this module after gin parsing (e.g. your seqio tasks); repeatable")
     parser.add_argument("--eval_batches", type=int, default=0,
                         help="batches per process (default 0: the whole split; required with several processes)")
+    train.add_distributed_flags(parser)
     args = parser.parse_args(rest)
     try:
         run_config = _run_config(args.model_dir)
@@ -119,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (config.ConfigError, FileNotFoundError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
+    train.initialize_distributed(args)
     try:
         result = evaluate_probes(args.model_dir, args.split, args.step, args.mixture, args.eval_batches) \
             if args.probes else evaluate_task(args.model_dir, args.split, args.step, args.eval_batches)
