@@ -33,6 +33,7 @@ setuptools.setup(
         "kenlm>=0.2",
         "sacrebleu>=2.3,<3",
         "scikit-learn>=1.3",
+        "matplotlib>=3.7",  # plots of experiments/toy_reproduction.py (docs/)
     ],
     extras_require={
         # libtpu (Linux only) lets the tests compile for TPU topologies on CPU (slam-aot); no TPU is used.

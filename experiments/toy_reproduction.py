@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib.util
 import json
 import math
 import os
@@ -576,6 +577,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps = plan(budget, seeds, variants, args.out, corpus["spm_pieces"], finetune_seeds)
     except ValueError as e:
         parser.error(str(e))
+    # The report at the end needs these: fail now, not after hours of runs.
+    missing = [m for m in ("matplotlib", "scipy") if importlib.util.find_spec(m) is None]
+    if missing and not args.dry_run:
+        parser.error(f"{', '.join(missing)} not installed (pip install -e . installs them): the table and plots "
+                     "at the end need them")
     env = subprocess_env(args.corpus, args.out)
     if args.dry_run:
         for step in steps:

@@ -197,6 +197,16 @@ def test_finetune_seeds_tune_every_encoder_once_per_seed(tmp_path):
     assert {n: s.run_dir for n, s in default.items()}.items() <= {n: s.run_dir for n, s in steps.items()}.items()
 
 
+def test_a_missing_report_library_fails_before_any_run(tmp_path, monkeypatch, capsys):
+    (tmp_path / "toy_corpus.json").write_text(json.dumps({"spm_pieces": 300}))
+    real = repro.importlib.util.find_spec
+    monkeypatch.setattr(repro.importlib.util, "find_spec", lambda name: None if name == "matplotlib" else real(name))
+    with pytest.raises(SystemExit):
+        repro.main([f"--corpus={tmp_path}", f"--out={tmp_path / 'runs'}"])
+    assert "matplotlib not installed" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_plan_rejects_an_unknown_variant(tmp_path):
     with pytest.raises(ValueError, match="unknown variants"):
         repro.plan(repro.BUDGETS["miniature"], [0], ["slam", "w2v_bart"], str(tmp_path), 300)
