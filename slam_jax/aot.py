@@ -178,15 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--topology", default=None,
                         help="TPU topology in chips, e.g. v5p:2x4x4 (v5p-64) (default: the run file's TOPOLOGY macro)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--module_import", action="append", default=[],
-                        help="import this module after gin parsing (e.g. your seqio tasks); repeatable")
-    try:
-        files, bindings, rest = config.split_argv(argv)
-    except config.ConfigError as e:
-        parser.error(str(e))
-    args = parser.parse_args(rest)
-    if not files:
-        parser.error("give at least one --gin_file (e.g. --gin_file=runs/slam_600m_stage1_v5p_64.gin)")
+    config.add_module_import_flag(parser)
+    args, files, bindings = config.parse_gin_command_line(parser, argv, "runs/slam_600m_stage1_v5p_64.gin")
     try:
         config.parse(files, bindings)
         config.register_tasks(args.module_import)

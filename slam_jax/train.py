@@ -596,16 +596,9 @@ def cli_main(argv: Sequence[str] | None, *, prog: str, description: str, run: Ca
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=config.GIN_FLAGS_HELP)
     parser.add_argument("--model_dir", required=True, help="run directory (local or gs://)")
-    parser.add_argument("--module_import", action="append", default=[],
-                        help="import this module after gin parsing (e.g. your seqio tasks); repeatable")
+    config.add_module_import_flag(parser)
     add_distributed_flags(parser)
-    try:
-        files, bindings, rest = config.split_argv(argv)
-    except config.ConfigError as e:
-        parser.error(str(e))
-    args = parser.parse_args(rest)
-    if not files:
-        parser.error("give at least one --gin_file (e.g. --gin_file=runs/cpu_smoke.gin)")
+    args, files, bindings = config.parse_gin_command_line(parser, argv, "runs/cpu_smoke.gin")
     try:
         config.parse(files, bindings)
         config.register_tasks(args.module_import)

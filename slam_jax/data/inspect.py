@@ -121,8 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=config.GIN_FLAGS_HELP + """
 With --gin_file the stream is exactly the run's (its StreamConfig and DataConfig); the flags below override it.""")
     p.add_argument("--mixture", default=None, help="registered top-level mixture (e.g. mini_slam) or task")
-    p.add_argument("--module_import", action="append", default=[],
-                   help="import this module (e.g. your seqio tasks) before reading; repeatable")
+    config.add_module_import_flag(p)
     p.add_argument("--batches", type=int, default=10)
     p.add_argument("--show", type=int, default=0, help="decode this many rows per kind of the first batch")
     p.add_argument("--split", default=None, help="default: train")

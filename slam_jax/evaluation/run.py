@@ -106,8 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     parser.add_argument("--probes", action="store_true", help="alignment probes of a pre-training run")
     parser.add_argument("--mixture", default=None, help="--probes: the paired task or mixture to probe on")
-    parser.add_argument("--module_import", action="append", default=[],
-                        help="import this module after gin parsing (e.g. your seqio tasks); repeatable")
+    config.add_module_import_flag(parser)
     parser.add_argument("--eval_batches", type=int, default=0,
                         help="batches per process (default 0: the whole split; required with several processes)")
     train.add_distributed_flags(parser)
