@@ -1,8 +1,9 @@
 """Speech translation tasks (CoVoST 2 layout, `slam_jax.data.covost`); registering touches no data.
 
   mini_st_de           the bundled English->German set (`slam_jax/assets/mini_corpus/st_de`, CC0): the mini
-                       corpus' audio with German translations; splits train / validation (dev). Target vocabulary:
-                       its 256-piece German SentencePiece model.
+                       corpus' audio with German translations; splits train, validation (dev: sentences and voices
+                       unseen in train) and validation_new_voices (dev_new_voices: training sentences spoken by
+                       unseen voices). Target vocabulary: its 256-piece German SentencePiece model.
   covost2_en_de, covost2_en_ca, covost2_en_ar, covost2_en_tr
                        CoVoST 2 En->X (SLAM §4's four pairs), registered when $SLAM_COVOST_DIR (the folder of the
                        split TSVs `covost_v2.en_<xx>.<split>.tsv`) and $SLAM_COMMON_VOICE_DIR (the Common Voice
@@ -20,7 +21,8 @@ MINI_ST_DE = os.path.join(sources.MINI_CORPUS, "st_de")
 COVOST_PAIRS = ("de", "ca", "ar", "tr")
 
 covost.add_covost_task("mini_st_de", covost_dir=MINI_ST_DE, clips_dir=sources.MINI_CORPUS, target_lang="de",
-                       splits={"train": "train", "validation": "dev"},
+                       splits={"train": "train", "validation": "dev",
+                               "validation_new_voices": "dev_new_voices"},
                        vocabulary=seqio.SentencePieceVocabulary(os.path.join(MINI_ST_DE, "spm.model")))
 
 if os.environ.get("SLAM_COVOST_DIR") and os.environ.get("SLAM_COMMON_VOICE_DIR"):

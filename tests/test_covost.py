@@ -120,12 +120,16 @@ def test_bundled_mini_st_de_set():
             if not line.startswith("#"):
                 english, german = line.rstrip("\n").split("\t")
                 translations[german] = english
-    counts = {}
-    for split in ("train", "dev"):
-        records = covost.list_covost(covost.tsv_path(ST_DE, "en", "de", split), sources.MINI_CORPUS)
-        counts[split] = len(records)
-        for r in records:
+    records = {split: covost.list_covost(covost.tsv_path(ST_DE, "en", "de", split), sources.MINI_CORPUS)
+               for split in ("train", "dev", "dev_new_voices")}
+    for rs in records.values():
+        for r in rs:
             assert not r["error"] and os.path.exists(r["audio_path"]), r
             assert r["translation"] in translations
-    assert counts == {"train": 406, "dev": 64}
+    assert {k: len(v) for k, v in records.items()} == {"train": 406, "dev": 64, "dev_new_voices": 64}
+    sentences = {k: {r["transcript"] for r in v} for k, v in records.items()}
+    voices = {k: {os.path.basename(r["audio_path"]).split("-")[0] for r in v} for k, v in records.items()}
+    assert not sentences["dev"] & sentences["train"] and sentences["dev_new_voices"] <= sentences["train"]
+    assert not voices["dev_new_voices"] & (voices["train"] | voices["dev"]) and not voices["dev"] & voices["train"]
+    assert set(seqio.get_mixture_or_task("mini_st_de").splits) == {"train", "validation", "validation_new_voices"}
     assert seqio.get_mixture_or_task("mini_st_de").output_features["text"].vocabulary.vocab_size == 256

@@ -53,7 +53,8 @@ def test_mini_tasks_share_one_schema():
     text = _examples("mini_text")[:50]
     assert len(speech) == len(paired) == 64  # the dev split of the bundled corpus
     for ex in speech + paired + text:
-        assert set(ex) == {"speech", "text", "task", "id", "error"}
+        assert set(ex) == {"speech", "text", "source_text", "task", "id", "error"}
+        assert ex["source_text"].dtype == np.int32 and ex["source_text"].size == 0  # only translation pairs have it
         assert ex["speech"].dtype == np.float32 and ex["speech"].ndim == 2 and ex["speech"].shape[1] == 80
         assert ex["text"].dtype == np.int32 and ex["error"] == b""
     assert all(ex["text"].size == 0 and 140 <= ex["speech"].shape[0] <= 210 for ex in speech)

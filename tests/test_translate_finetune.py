@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 import sacrebleu
+from flax import nnx
 
 from slam_jax.evaluation import bleu
 from slam_jax.objectives import seq2seq
@@ -87,6 +88,98 @@ def test_translate_task_trains_and_scores(tmp_path):
     assert len(rows) == 5 and all(len(r.split("\t")) == 3 for r in rows)
 
 
+def test_auxiliary_source_ctc(tmp_path):
+    """TranslationConfig.ctc_weight: the loss is (1 - w) x translation + w x CTC of the head's logits against the
+    English transcript (the source tokens decode to the TSV's sentence); training lowers both terms."""
+    from slam_jax import config
+    from slam_jax.data import covost, sources
+    from slam_jax.finetune import run as finetune_run
+    from slam_jax.objectives import ctc
+    from slam_jax.train import TrainConfig
+
+    import tasks  # noqa: F401
+    config.parse(["finetune/mini_st_de.gin"], _bindings())  # the config trains the auxiliary CTC
+    assert config.DECODE_CONFIGS["translate"]().ctc_weight == 0.3 and config.StreamConfig().paired_source_tokens
+    task = finetune_run.make_task(config.ModelConfig(), config.FinetuneConfig(), config.StreamConfig())
+    assert task.loss_names == ("st/xent_loss", "st/ctc_loss") and task.source_vocabulary.vocab_size == 512
+    trainer = finetune_run.make_trainer(task, config.OptimizerConfig(), config.MeshConfig(), TrainConfig())
+    params = trainer.init_params()
+    stream = task.train_stream(0, 1)
+    host = next(stream)
+    sub = host["paired"]
+    english = {r["audio_path"]: r["transcript"] for r in covost.list_covost(
+        covost.tsv_path(tasks.covost.MINI_ST_DE, "en", "de", "train"), sources.MINI_CORPUS)}
+    vocab = sources.default_vocabulary()
+    for i, example in enumerate(stream.stream.ids["paired"]):
+        ids = sub["source_tokens"][i][sub["source_token_segment_ids"][i] > 0].tolist()
+        assert ids[-1] == vocab.eos_id and vocab.decode(ids[:-1]) == english[example]
+
+    model = nnx.merge(trainer.graphdef, params)
+    loss, metrics = task.losses(model, jax.tree.map(jnp.asarray, host), jnp.int32(0), jax.random.key(0), False)
+    logits, ctc_logits, frame_valid = model(jnp.asarray(sub["features"]), jnp.asarray(sub["segment_ids"]),
+                                            seq2seq.shift_right(jnp.asarray(sub["tokens"])))
+    valid = (sub["source_token_segment_ids"] > 0) & (sub["source_tokens"] != vocab.eos_id)
+    expected_ctc, _ = ctc.ctc_loss(ctc_logits, frame_valid, jnp.asarray(sub["source_tokens"]), jnp.asarray(valid))
+    assert ctc_logits.shape == (4, 64, 512)
+    np.testing.assert_allclose(float(metrics["st/ctc_loss"]), float(expected_ctc), rtol=1e-5)
+    np.testing.assert_allclose(float(loss), 0.7 * float(metrics["st/xent_loss"]) + 0.3 * float(expected_ctc),
+                               rtol=1e-5)
+
+    opt_state = trainer.init_opt_state(params)
+    batch = trainer.device_batch(host)
+    history = []
+    for step in range(3):
+        params, opt_state, m = trainer.train_step(params, opt_state, batch, step)
+        history.append((float(m["st/xent_loss"]), float(m["st/ctc_loss"])))
+    assert history[-1][0] < history[0][0] and history[-1][1] < history[0][1]
+
+
+def test_auxiliary_source_ctc_needs_source_transcripts():
+    """ctc_weight without StreamConfig.paired_source_tokens is a config error; a task without source transcripts
+    fails on its first pair, naming it; a transcript CTC cannot align loses only its labels, counted."""
+    from slam_jax import config
+    from slam_jax.data import converter
+    from slam_jax.finetune import asr_ctc
+    from slam_jax.finetune import run as finetune_run
+
+    import tasks  # noqa: F401
+    config.parse(["finetune/mini_st_de.gin"], _bindings() + [
+        "TranslationConfig.ctc_weight = 0.3", "StreamConfig.paired_source_tokens = 0"])
+    with pytest.raises(ValueError, match="set StreamConfig.paired_source_tokens"):
+        finetune_run.make_task(config.ModelConfig(), config.FinetuneConfig(), config.StreamConfig())
+
+    config.parse(["finetune/mini_st_de.gin"], _bindings() + [
+        "TranslationConfig.ctc_weight = 0.3", "StreamConfig.paired_source_tokens = 24",
+        "StreamConfig.mixture = 'mini_paired'"])  # ASR pairs: English targets, no source transcript
+    task = finetune_run.make_task(config.ModelConfig(), config.FinetuneConfig(), config.StreamConfig())
+    with pytest.raises(converter.DataError, match=r"\.flac: no source transcript: TranslationConfig.ctc_weight"):
+        next(task.train_stream(0, 1))
+
+    cfg = converter.StreamConfig(mixture="mini_st_de", batch_size=4, paired_frames=256, paired_tokens=40,
+                                 paired_source_tokens=24)
+    real = converter.make_stream(cfg)
+    stream = asr_ctc.CtcStream(real, eos_id=1, unk_id=2, labels="source_tokens", whole_row=False)
+    original = next(real)["paired"]
+
+    class OneBatch:  # replays one real batch, its first source transcript made longer than CTC can align
+        kind_batch_sizes, ids = real.kind_batch_sizes, real.ids
+
+        def __next__(self):
+            sub = {k: v.copy() for k, v in original.items()}
+            sub["source_tokens"][0] = 7
+            sub["source_token_segment_ids"][0] = 1
+            sub["segment_ids"][0, 40:] = 0  # 40 frames -> 10 encoder frames for 24 labels
+            return {"paired": sub}
+
+    stream.stream = OneBatch()
+    sub = next(stream)["paired"]
+    assert not sub["source_token_segment_ids"][0].any() and sub["segment_ids"][0, :40].all()
+    np.testing.assert_array_equal(sub["tokens"], original["tokens"])
+    np.testing.assert_array_equal(sub["source_tokens"][1:], original["source_tokens"][1:])
+    assert stream.skipped == {"audio too short for CTC": 1}
+    assert stream.messages[0].endswith("; source_tokens skipped")
+
+
 @pytest.mark.slow
 def test_translate_finetune_and_eval(tmp_path, capsys):
     """slam-finetune trains encoder + decoder on mini_st_de; slam-eval prints BLEU with the sacrebleu signature."""
@@ -98,7 +191,8 @@ def test_translate_finetune_and_eval(tmp_path, capsys):
     model_dir = str(tmp_path / "st")
     config.parse(["finetune/mini_st_de.gin"], _bindings())
     result = finetune_run.finetune(model_dir)
-    assert result.step == 4 and np.isfinite(result.metrics["st/xent_loss"])
+    assert result.step == 4 and np.isfinite(result.metrics["st/xent_loss"]) and np.isfinite(
+        result.metrics["st/ctc_loss"])  # the config trains the auxiliary source CTC
     records = [json.loads(line) for line in open(f"{model_dir}/metrics.jsonl")]
     evals = [r for r in records if "eval/bleu" in r]
     assert evals and evals[-1]["eval/sentences"] == 8 and evals[-1]["eval/references_with_unk"] == 0
@@ -108,9 +202,10 @@ def test_translate_finetune_and_eval(tmp_path, capsys):
     scores = json.loads(out.strip().splitlines()[-1])
     assert scores["task"] == "translate" and scores["sentences"] == 8 and 0 <= scores["bleu"] <= 100
     assert "sacreBLEU nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:" in out
-    saved = json.load(open(f"{model_dir}/eval/validation_step4.json"))
+    assert scores["split"] == "validation_new_voices"  # the config's evaluation split
+    saved = json.load(open(f"{model_dir}/eval/validation_new_voices_step4.json"))
     assert saved["bleu_signature"].startswith("nrefs:1") and saved["bleu"] == scores["bleu"]
-    tsv = open(f"{model_dir}/eval/validation_step4.tsv").read().splitlines()
+    tsv = open(f"{model_dir}/eval/validation_new_voices_step4.tsv").read().splitlines()
     assert tsv[0] == "id\treference\thypothesis" and len(tsv) == 9 and tsv[1].split("\t")[0].endswith(".flac")
 
 

@@ -15,7 +15,8 @@ How it works (all of it one tf.data pipeline, so the iterator state is a tf.data
      a multiple of `schema.SPEECH_ALIGN` frames (<= 30 ms dropped) so every segment starts at a multiple of it and
      padding sits only at the end of the row.
    - paired: one (utterance, transcript) per row, padded; a pair longer than `paired_frames` / `paired_tokens` is
-     not cut (that would break the alignment) but skipped and counted as `too_long`.
+     not cut (that would break the alignment) but skipped and counted as `too_long`. With `paired_source_tokens`
+     the rows also carry the pair's source transcript (speech translation), under the same rule.
 4. Bad examples arrive with `error` set (see sources). `on_error="raise"` raises `DataError` naming the file and
    the problem; `"skip"` drops them and counts them per task (`stats()["skipped"]`, with the first messages).
 
@@ -67,6 +68,8 @@ class StreamConfig:
     batch_size: global rows per batch, split across kinds by the top-level mixture rates.
     speech_frames / text_tokens: row length of packed speech (log-mel frames, 100/s) / text (tokens) rows.
     paired_frames / paired_tokens: row lengths of paired rows (one pair per row).
+    paired_source_tokens: > 0 adds the pairs' source transcripts ("source_text", e.g. CoVoST's English sentence) to
+      paired rows as `source_tokens` / `source_token_segment_ids` of this length; 0 leaves them out.
     on_error: "raise" (DataError naming file and problem) or "skip" (dropped and counted in stats()).
     pack_bins: open rows the packer fills first-fit (more bins, less padding).
     """
@@ -78,6 +81,7 @@ class StreamConfig:
     text_tokens: int = 128
     paired_frames: int = 1024
     paired_tokens: int = 128
+    paired_source_tokens: int = 0
     seed: int = 0
     shuffle: bool = True
     on_error: str = "raise"
@@ -273,16 +277,23 @@ def _pack(ds: tf.data.Dataset, *, length: int, tail: Sequence[int], dtype: tf.DT
     return rows.map(lambda r: {k: v for k, v in r.items() if k != "valid"})
 
 
-def _pair_rows(ds: tf.data.Dataset, *, frames: int, tokens: int, num_tasks: int, flush: bool) -> tf.data.Dataset:
+def _pair_rows(ds: tf.data.Dataset, *, frames: int, tokens: int, source_tokens: int, num_tasks: int,
+               flush: bool) -> tf.data.Dataset:
     """One (utterance, transcript) per row, zero-padded; errors and too-long pairs are counted, not emitted.
 
     With `flush` (finite streams) a last all-padding row carries the counts of trailing skipped pairs.
 
     Output rows: {"features": float32 [frames, 80], "segment_ids": int32 [frames], "tokens": int32 [tokens],
-    "token_segment_ids": int32 [tokens], "_task_counts", "_skipped", "_too_long": int32 [num_tasks], "_message"}.
+    "token_segment_ids": int32 [tokens], "_task_counts", "_skipped", "_too_long": int32 [num_tasks], "_message"}, and
+    with `source_tokens` > 0 "source_tokens" / "source_token_segment_ids": int32 [source_tokens].
     """
     state0 = {"skipped": tf.zeros([num_tasks], tf.int32), "too_long": tf.zeros([num_tasks], tf.int32),
               "message": tf.constant("")}
+
+    def padded(values: tf.Tensor, length: int) -> tuple[tf.Tensor, tf.Tensor]:
+        n = tf.minimum(tf.shape(values)[0], length)
+        return (tf.ensure_shape(tf.pad(values[:length], [[0, length - n]]), [length]),
+                tf.ensure_shape(tf.pad(tf.ones([n], tf.int32), [[0, length - n]]), [length]))
 
     def step(state, ex):
         speech, text = ex["speech"], ex["text"]
@@ -290,22 +301,25 @@ def _pair_rows(ds: tf.data.Dataset, *, frames: int, tokens: int, num_tasks: int,
         is_flush = ex["flush"]
         onehot = tf.one_hot(ex["task"], num_tasks, dtype=tf.int32) * (1 - tf.cast(is_flush, tf.int32))
         is_error = tf.strings.length(ex["error"]) > 0
-        too_long = tf.logical_and(tf.logical_not(is_error), tf.logical_or(n > frames, m > tokens))
+        longer = tf.logical_or(n > frames, m > tokens)
+        if source_tokens:
+            longer = tf.logical_or(longer, tf.shape(ex["source_text"])[0] > source_tokens)
+        too_long = tf.logical_and(tf.logical_not(is_error), longer)
         skipped = state["skipped"] + onehot * tf.cast(is_error, tf.int32)
         long_count = state["too_long"] + onehot * tf.cast(too_long, tf.int32)
         message = tf.where(is_error, ex["error"], state["message"])
         pending = tf.reduce_sum(skipped) + tf.reduce_sum(long_count) > 0
         emit = tf.where(is_flush, pending, tf.logical_not(tf.logical_or(is_error, too_long)))
-        speech, text = speech[:frames], text[:tokens]
-        n, m = tf.minimum(n, frames), tf.minimum(m, tokens)
+        speech, n = speech[:frames], tf.minimum(n, frames)
         row = {  # static shapes, so padded batches (eval_stream) can be built from the element spec
             "features": tf.ensure_shape(tf.pad(speech, [[0, frames - n], [0, 0]]), [frames, schema.NUM_MEL_BINS]),
             "segment_ids": tf.ensure_shape(tf.pad(tf.ones([n], tf.int32), [[0, frames - n]]), [frames]),
-            "tokens": tf.ensure_shape(tf.pad(text, [[0, tokens - m]]), [tokens]),
-            "token_segment_ids": tf.ensure_shape(tf.pad(tf.ones([m], tf.int32), [[0, tokens - m]]), [tokens]),
             "_task_counts": onehot, "_skipped": skipped, "_too_long": long_count, "_message": message,
             "_id": ex["id"], "valid": emit,
         }
+        row["tokens"], row["token_segment_ids"] = padded(text, tokens)
+        if source_tokens:
+            row["source_tokens"], row["source_token_segment_ids"] = padded(ex["source_text"], source_tokens)
         keep = 1 - tf.cast(emit, tf.int32)
         return {"skipped": skipped * keep, "too_long": long_count * keep,
                 "message": tf.where(emit, "", message)}, row
@@ -313,8 +327,9 @@ def _pair_rows(ds: tf.data.Dataset, *, frames: int, tokens: int, num_tasks: int,
     ds = ds.map(lambda ex: {**ex, "flush": tf.constant(False)})
     if flush:
         ds = ds.concatenate(tf.data.Dataset.from_tensors({
-            "speech": tf.zeros([0, schema.NUM_MEL_BINS]), "text": tf.zeros([0], tf.int32), "task": tf.constant(0),
-            "id": tf.constant(""), "error": tf.constant(""), "flush": tf.constant(True)}))
+            "speech": tf.zeros([0, schema.NUM_MEL_BINS]), "text": tf.zeros([0], tf.int32),
+            "source_text": tf.zeros([0], tf.int32), "task": tf.constant(0), "id": tf.constant(""),
+            "error": tf.constant(""), "flush": tf.constant(True)}))
     rows = ds.scan(state0, step).filter(lambda r: r["valid"])
     return rows.map(lambda r: {k: v for k, v in r.items() if k != "valid"})
 
@@ -327,7 +342,7 @@ def _kind_rows(kind: str, examples: tf.data.Dataset, task_names: Sequence[str], 
     examples = examples.map(_check_or_pass(config.on_error))
     if kind == "paired":
         return _pair_rows(examples, frames=config.paired_frames, tokens=config.paired_tokens,
-                          num_tasks=len(task_names), flush=finite)
+                          source_tokens=config.paired_source_tokens, num_tasks=len(task_names), flush=finite)
     value_key = "speech" if kind == "speech" else "text"
     examples = examples.map(lambda ex: {"value": ex[value_key], "task": ex["task"], "error": ex["error"],
                                         "id": ex["id"], "flush": tf.constant(False)})
@@ -498,7 +513,10 @@ def _build(config: StreamConfig, shard_index: int, num_shards: int, finite: bool
     options.deterministic = True
     options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
     dataset = dataset.with_options(options).prefetch(2)
-    fingerprint = json.dumps({"config": dataclasses.asdict(config), "shard": [shard_index, num_shards],
+    described = dataclasses.asdict(config)
+    if not config.paired_source_tokens:
+        del described["paired_source_tokens"]  # streams saved before the field existed still resume
+    fingerprint = json.dumps({"config": described, "shard": [shard_index, num_shards],
                               "finite": finite, "tasks": task_names}, sort_keys=True)
     return OneStream(dataset, config=config, kind_batch_sizes={k: global_rows[k] for k in per_kind},
                      host_batch_sizes=host_rows, task_names=task_names, fingerprint=fingerprint, rates=rates)

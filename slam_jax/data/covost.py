@@ -9,8 +9,10 @@ What the user downloads (nothing is fetched at run time):
 
 Each example: the clip decoded through soundfile/libsndfile (MP3 needs libsndfile >= 1.1), averaged to mono,
 resampled to 16 kHz (`scipy.signal.resample_poly`, polyphase Kaiser FIR) and turned into log-mel; "text" is the
-tokenized translation (or the transcript with `target="transcript"`). Tasks are of kind "paired", so the one-stream
-converter batches them like ASR pairs (`tokens` = target ids).
+tokenized translation (or the transcript with `target="transcript"`), and "source_text" the English transcript in
+the source vocabulary (for the auxiliary source CTC of speech-translation fine-tuning; `StreamConfig.
+paired_source_tokens` puts it in the batch). Tasks are of kind "paired", so the one-stream converter batches them like
+ASR pairs (`tokens` = target ids).
 
 Bad input never disappears silently: a row with the wrong number of fields, an empty path or an empty target, and a
 clip that is missing or cannot be decoded travel as errors "<tsv>:<line>: <problem>" / "<clip>: <problem>", which
@@ -84,7 +86,8 @@ def list_covost(tsv: str, clips_dir: str) -> list[dict[str, str]]:
 
 def add_covost_task(name: str, *, covost_dir: str, clips_dir: str, target_lang: str, source_lang: str = "en",
                     splits: Mapping[str, str] = SPLITS, target: str = "translation",
-                    vocabulary: Optional[seqio.Vocabulary] = None) -> seqio.Task:
+                    vocabulary: Optional[seqio.Vocabulary] = None,
+                    source_vocabulary: Optional[seqio.Vocabulary] = None) -> seqio.Task:
     """A paired seqio task over CoVoST 2 `<source>_<target>` (see the module docstring); touches no file.
 
     Args:
@@ -92,6 +95,8 @@ def add_covost_task(name: str, *, covost_dir: str, clips_dir: str, target_lang: 
       splits: seqio split name -> CoVoST split ("train", "dev", "test").
       target: "translation" (speech translation) or "transcript" (the English transcript: ASR on CoVoST audio).
       vocabulary: the target-side SentencePiece vocabulary (SLAM §4: 8192 multilingual subwords).
+      source_vocabulary: the vocabulary of "source_text" (translation targets only); default: the pre-training text
+        vocabulary (`sources.default_vocabulary()`, i.e. $SLAM_SPM_MODEL), which the encoder already knows.
     """
     if target not in TARGETS:
         raise ValueError(f"target must be one of {sorted(TARGETS)}, got {target!r}")
@@ -100,4 +105,7 @@ def add_covost_task(name: str, *, covost_dir: str, clips_dir: str, target_lang: 
     key = "translation" if target == "translation" else "transcript"
     steps = [prep.read_audio(allow_multichannel=True, resample=True),
              *sources._waveform_preprocessors("paired", transcript_key=key)]
-    return sources._add(name, "paired", source, steps, vocabulary, sources.AUDIO_SHUFFLE_BUFFER)
+    if target == "translation":
+        steps += [prep.rename("transcript", sources.SOURCE_TEXT), prep.tokenize_source_text]
+    return sources._add(name, "paired", source, steps, vocabulary, sources.AUDIO_SHUFFLE_BUFFER,
+                        source_vocabulary=source_vocabulary)

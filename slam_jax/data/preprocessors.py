@@ -189,34 +189,47 @@ def require_text(problem: str):
     return fn
 
 
-def tokenize_text(ds: tf.data.Dataset, output_features: Mapping[str, seqio.Feature]) -> tf.data.Dataset:
-    """"text" string -> int32 [tokens] with the task's vocabulary (seqio.preprocessors.tokenize), then EOS appended
-    when the feature has `add_eos` and the text is not empty. Records with an error get no tokens."""
-    ds = seqio.preprocessors.tokenize(ds, {"text": output_features["text"]}, copy_pretokenized=False)
-    eos = output_features["text"].vocabulary.eos_id if output_features["text"].add_eos else None
+def _tokenize(ds: tf.data.Dataset, key: str, feature: seqio.Feature) -> tf.data.Dataset:
+    """`key` string -> int32 [tokens] with the feature's vocabulary (seqio.preprocessors.tokenize), then EOS
+    appended when the feature has `add_eos` and the text is not empty. Records with an error get no tokens."""
+    ds = seqio.preprocessors.tokenize(ds, {key: feature}, copy_pretokenized=False)
+    eos = feature.vocabulary.eos_id if feature.add_eos else None
 
     def fn(ex: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         ex = dict(ex)
-        tokens = tf.cast(ex["text"], tf.int32)
+        tokens = tf.cast(ex[key], tf.int32)
         if eos is not None:
             tokens = tf.cond(tf.size(tokens) > 0, lambda: tf.concat([tokens, [eos]], 0), lambda: tokens)
-        ex["text"] = tf.cond(_ok(ex), lambda: tokens, lambda: tf.zeros([0], tf.int32))
+        ex[key] = tf.cond(_ok(ex), lambda: tokens, lambda: tf.zeros([0], tf.int32))
         return ex
 
     return ds.map(fn, num_parallel_calls=AUTOTUNE)
 
 
+def tokenize_text(ds: tf.data.Dataset, output_features: Mapping[str, seqio.Feature]) -> tf.data.Dataset:
+    """"text" string -> EOS-terminated int32 [tokens] with the task's vocabulary (empty for error records)."""
+    return _tokenize(ds, "text", output_features["text"])
+
+
+def tokenize_source_text(ds: tf.data.Dataset, output_features: Mapping[str, seqio.Feature]) -> tf.data.Dataset:
+    """"source_text" string -> EOS-terminated int32 [tokens] with the task's source vocabulary."""
+    return _tokenize(ds, "source_text", output_features["source_text"])
+
+
 def finalize(task_name: str, kind: str):
-    """Preprocessor producing exactly the shared schema {"speech", "text", "task", "id", "error"}: the modality a
-    `kind` lacks is empty (e.g. a speech task drops TFDS transcripts), and so is the payload of an error."""
+    """Preprocessor producing exactly the shared schema {"speech", "text", "source_text", "task", "id", "error"}: the
+    modality a `kind` lacks is empty (e.g. a speech task drops TFDS transcripts), "source_text" is empty unless a
+    preprocessor made it (speech translation), and so is the payload of an error."""
     @seqio.map_over_dataset
     def fn(ex: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         ok = _ok(ex)
         speech = ex["speech"] if kind != "text" else tf.zeros([0, features.NUM_MEL_BINS], tf.float32)
         text = ex["text"] if kind != "speech" else tf.zeros([0], tf.int32)
+        source = ex["source_text"] if kind == "paired" and "source_text" in ex else tf.zeros([0], tf.int32)
         return {
             "speech": tf.cond(ok, lambda: speech, lambda: tf.zeros([0, features.NUM_MEL_BINS], tf.float32)),
             "text": tf.cond(ok, lambda: text, lambda: tf.zeros([0], tf.int32)),
+            "source_text": tf.cond(ok, lambda: source, lambda: tf.zeros([0], tf.int32)),
             "task": tf.constant(task_name),
             "id": ex["id"],
             "error": _error(ex),
@@ -225,4 +238,5 @@ def finalize(task_name: str, kind: str):
 
 
 __all__ = ["read_audio", "chunk_waveform", "crop_waveform", "log_mel", "tfds_audio", "pcm16_audio", "no_error",
-           "tfds_text", "rename", "require_text", "tokenize_text", "finalize", "samples_for_frames"]
+           "tfds_text", "rename", "require_text", "tokenize_text", "tokenize_source_text", "finalize",
+           "samples_for_frames"]

@@ -19,6 +19,9 @@ Every global batch the converter yields is a nested dict of NumPy arrays with st
     "segment_ids": int32   [B_p, T_p]           # 1 = real frame, 0 = padding
     "tokens":      int32   [B_p, L_p]           # transcript ids, EOS-terminated
     "token_segment_ids": int32 [B_p, L_p]       # 1 = real token, 0 = padding
+    # only with StreamConfig.paired_source_tokens > 0 (speech translation's source transcript):
+    "source_tokens":            int32 [B_p, S_p]  # source-vocabulary ids, EOS-terminated
+    "source_token_segment_ids": int32 [B_p, S_p]  # 1 = real token, 0 = padding
   },
 }
 ```

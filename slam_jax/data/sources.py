@@ -6,6 +6,9 @@ their tasks, see `check_compatible`), with the absent modality empty:
 ```
 "speech": float32 [frames, 80]   normalized log-mel (features.log_mel); [0, 80] for text tasks
 "text":   int32   [tokens]       SentencePiece ids, EOS-terminated; [0] for speech tasks
+"source_text": int32 [tokens]    a speech-translation pair's source-language transcript (ids of the source
+                                 vocabulary, EOS-terminated; for the auxiliary CTC of `slam_jax.finetune.translate`);
+                                 [0] for every other task
 "task":   string  []             name of the task that produced the example (for rate statistics)
 "id":     string  []             where the example comes from (audio path, TFDS id, "file:line")
 "error":  string  []             "" for a good example, else "<file>: <problem>" (the converter raises or skips)
@@ -30,7 +33,7 @@ import tensorflow as tf
 from slam_jax.data import preprocessors as prep
 from slam_jax.data import schema
 
-SPEECH, TEXT, TASK, ID, ERROR = "speech", "text", "task", "id", "error"
+SPEECH, TEXT, SOURCE_TEXT, TASK, ID, ERROR = "speech", "text", "source_text", "task", "id", "error"
 AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg")
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
 MINI_CORPUS = os.path.join(ASSETS, "mini_corpus")
@@ -76,12 +79,16 @@ def default_vocabulary() -> seqio.SentencePieceVocabulary:
     return seqio.SentencePieceVocabulary(os.environ.get(SPM_ENV) or os.path.join(MINI_CORPUS, "spm.model"))
 
 
-def output_features(vocabulary: Optional[seqio.Vocabulary] = None) -> dict[str, seqio.Feature]:
-    """The one output-feature schema shared by every task (see module docstring)."""
+def output_features(vocabulary: Optional[seqio.Vocabulary] = None,
+                    source_vocabulary: Optional[seqio.Vocabulary] = None) -> dict[str, seqio.Feature]:
+    """The one output-feature schema shared by every task (see module docstring). The source vocabulary defaults to
+    `default_vocabulary()` (the pre-training text vocabulary) for every task, so tasks mix whether or not they carry
+    source transcripts."""
     meta = seqio.PassThroughVocabulary(size=0)
     return {
         SPEECH: seqio.Feature(meta, add_eos=False, required=False, dtype=tf.float32, rank=2),
         TEXT: seqio.Feature(vocabulary or default_vocabulary(), add_eos=True, required=False),
+        SOURCE_TEXT: seqio.Feature(source_vocabulary or default_vocabulary(), add_eos=True, required=False),
         TASK: seqio.Feature(meta, add_eos=False, dtype=tf.string, rank=0),
         ID: seqio.Feature(meta, add_eos=False, dtype=tf.string, rank=0),
         ERROR: seqio.Feature(meta, add_eos=False, dtype=tf.string, rank=0),
@@ -258,13 +265,14 @@ class TextFilesSource(seqio.DataSource):
 
 
 # ------------------------------------------------------------------------------------------------ factories
-def _add(name: str, kind: str, source: seqio.DataSource, preprocessors: list, vocabulary, shuffle_buffer: int
-         ) -> seqio.Task:
+def _add(name: str, kind: str, source: seqio.DataSource, preprocessors: list, vocabulary, shuffle_buffer: int,
+         source_vocabulary: Optional[seqio.Vocabulary] = None) -> seqio.Task:
     preprocessors = preprocessors + [prep.finalize(name, kind)]
     if name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
     task = seqio.TaskRegistry.add(name, source=source, preprocessors=preprocessors,
-                                  output_features=output_features(vocabulary), shuffle_buffer_size=shuffle_buffer)
+                                  output_features=output_features(vocabulary, source_vocabulary),
+                                  shuffle_buffer_size=shuffle_buffer)
     register_kind(name, kind)
     return task
 

@@ -95,13 +95,21 @@ def ctc_feasible(frames: np.ndarray, labels: np.ndarray, label_valid: np.ndarray
 
 
 class CtcStream:
-    """The paired training stream with rows CTC cannot learn from blanked out (made padding) and counted.
+    """The paired training stream with rows CTC cannot learn from blanked out and counted.
 
+    labels: the paired key holding the CTC labels, next to its `<singular>_segment_ids` ("tokens": the ASR
+      transcript; "source_tokens": a translation pair's source transcript, for the auxiliary CTC).
+    whole_row: an infeasible row becomes padding entirely (ASR), else only its labels are blanked (the auxiliary CTC:
+      the row still trains the translation loss).
+    missing: when given, a real row without labels raises `converter.DataError` "<example id>: <missing>".
     Forwards `get_state` / `set_state` (the skip counts travel with the state) and `kind_batch_sizes`.
     """
 
-    def __init__(self, stream: converter.OneStream, eos_id: int, unk_id: int | None):
+    def __init__(self, stream: converter.OneStream, eos_id: int, unk_id: int | None, *, labels: str = "tokens",
+                 whole_row: bool = True, missing: str | None = None):
         self.stream, self.eos_id, self.unk_id = stream, eos_id, unk_id
+        self.labels, self.label_ids = labels, labels[:-1] + "_segment_ids"
+        self.whole_row, self.missing = whole_row, missing
         self.kind_batch_sizes = stream.kind_batch_sizes
         self.skipped: dict[str, int] = {}
         self.messages: list[str] = []
@@ -112,18 +120,22 @@ class CtcStream:
     def __next__(self) -> dict:
         batch = next(self.stream)
         sub = dict(batch["paired"])
-        labels, valid = ctc_labels(sub["tokens"], sub["token_segment_ids"], self.eos_id)
-        reasons = ctc_feasible((sub["segment_ids"] > 0).sum(1), labels, valid, self.unk_id)
-        ids = self.stream.ids.get("paired", [""] * len(reasons))
+        labels, valid = ctc_labels(sub[self.labels], sub[self.label_ids], self.eos_id)
+        frames = (sub["segment_ids"] > 0).sum(1)
+        ids = self.stream.ids.get("paired", [""] * len(frames))
+        if self.missing:
+            for i in np.nonzero((frames > 0) & ~valid.any(1))[0]:
+                raise converter.DataError(f"{ids[i]}: {self.missing}")
+        reasons = ctc_feasible(frames, labels, valid, self.unk_id)
         bad = [i for i, r in enumerate(reasons) if r]
         if bad:
-            for key in sub:
+            for key in sub if self.whole_row else (self.labels, self.label_ids):
                 sub[key] = sub[key].copy()
                 sub[key][bad] = 0
             for i in bad:
                 kind = reasons[i].split(":")[0].split(" (")[0]
                 self.skipped[kind] = self.skipped.get(kind, 0) + 1
-                message = f"{ids[i]}: {reasons[i]}; row skipped"
+                message = f"{ids[i]}: {reasons[i]}; {'row' if self.whole_row else self.labels} skipped"
                 if len(self.messages) < MAX_SKIP_MESSAGES:
                     self.messages.append(message)
                     print(f"skipping: {message}", flush=True)

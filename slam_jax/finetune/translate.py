@@ -10,6 +10,13 @@ subword vocabulary is attached to the pre-trained encoder. Our choices (not repo
 `slam_jax.layers.decoder`, label smoothing 0.1, beam 4 with GNMT length penalty alpha 0.6, the speech path of the
 ASR task (speech alone through both stacks) and its SpecAugment (`FinetuneConfig.spec_*`).
 
+Auxiliary source CTC (ours, off by default; `TranslationConfig.ctc_weight`): a linear CTC head over the encoder's
+speech output predicts the *source* transcript, and the loss is `(1 - w) * translation + w * CTC`, as in multi-task
+speech translation (Weiss et al. 2017; ESPnet's ST recipes use w = 0.3). It teaches the encoder the source words
+while the decoder learns to translate, which matters when the paired data is small. Needs tasks that carry source
+transcripts (the CoVoST factory) and `StreamConfig.paired_source_tokens`; rows whose transcript CTC cannot align are
+left out of that loss only (`asr_ctc.CtcStream`). The head is not used for decoding.
+
 Data: any paired task or mixture whose "text" feature holds the target-language ids (`tasks/covost.py`:
 `mini_st_de`, `covost2_en_{de,ca,ar,tr}`); the decoder's vocabulary is that task's vocabulary. References for BLEU
 are the decoded target ids (exact for SentencePiece with identity normalization and full character coverage; a
@@ -22,6 +29,7 @@ import itertools
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import seqio
 from flax import nnx
@@ -29,12 +37,13 @@ from flax import nnx
 from slam_jax.data import converter
 from slam_jax.decoding.beam_search import beam_search
 from slam_jax.evaluation import bleu
+from slam_jax.finetune.asr_ctc import BLANK_ID, CtcStream, ctc_labels
 from slam_jax.finetune.base import (FinetuneTask, SpecAugment, encode_speech, paired_vocabulary,
                                     write_predictions)
 from slam_jax.layers import common
 from slam_jax.layers.decoder import DecoderConfig, TransformerDecoder
 from slam_jax.model import ModelConfig, SlamEncoder
-from slam_jax.objectives import seq2seq
+from slam_jax.objectives import ctc, seq2seq
 
 Array = jax.Array
 START_ID = 0  # T5 convention: the decoder starts from PAD
@@ -47,6 +56,7 @@ class TranslationConfig:
     decoder_*: SLAM §4's ST decoder by default (4 layers, 384 dim, 1536 FFN, 4 heads); decoder_dropout (ours: 0.1).
     label_smoothing (ours: 0.1). beam_size (ours: 4; 1 = greedy), length_penalty: GNMT alpha (ours: 0.6).
     max_decode_length: most generated tokens, EOS included (0: `StreamConfig.paired_tokens`).
+    ctc_weight: weight w of the auxiliary CTC on the source transcript (ours; 0 = off, see the module docstring).
     """
 
     decoder_layers: int = 4
@@ -58,12 +68,15 @@ class TranslationConfig:
     beam_size: int = 4
     length_penalty: float = 0.6
     max_decode_length: int = 0
+    ctc_weight: float = 0.0
 
     def __post_init__(self):
         if self.beam_size < 1:
             raise ValueError(f"TranslationConfig.beam_size must be >= 1, got {self.beam_size}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"TranslationConfig.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0.0 <= self.ctc_weight < 1.0:
+            raise ValueError(f"TranslationConfig.ctc_weight must be in [0, 1), got {self.ctc_weight}")
 
     def decoder(self, vocab_size: int, dtype: str) -> DecoderConfig:
         return DecoderConfig(num_layers=self.decoder_layers, d_model=self.decoder_dim, num_heads=self.decoder_heads,
@@ -72,12 +85,16 @@ class TranslationConfig:
 
 
 class TranslationModel(nnx.Module):
-    """The SLAM encoder and a Transformer decoder over its top-layer speech output."""
+    """The SLAM encoder and a Transformer decoder over its top-layer speech output; with `source_vocab_size` > 0 also
+    a linear CTC head over the source vocabulary (the auxiliary loss)."""
 
-    def __init__(self, cfg: ModelConfig, decoder_cfg: DecoderConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, decoder_cfg: DecoderConfig, *, source_vocab_size: int = 0,
+                 rngs: nnx.Rngs):
         self.cfg = cfg
         self.encoder = SlamEncoder(cfg, rngs=rngs)
         self.decoder = TransformerDecoder(decoder_cfg, cfg.d_model, rngs=rngs)
+        self.source_ctc = common.dense(cfg.d_model, source_vocab_size, ("embed", "vocab"), dtype=jnp.float32,
+                                       rngs=rngs) if source_vocab_size else None
 
     def encode(self, features: Array, segment_ids: Array, *, key: Array | None = None,
                augment: SpecAugment | None = None) -> tuple[Array, Array]:
@@ -86,11 +103,13 @@ class TranslationModel(nnx.Module):
         return common.constrain(h, common.BATCH_ACTIVATION), seg > 0
 
     def __call__(self, features: Array, segment_ids: Array, decoder_inputs: Array, *, key: Array | None = None,
-                 augment: SpecAugment | None = None) -> Array:
-        """Teacher forcing: decoder_inputs int [B, L] -> float32 logits [B, L, target vocab]."""
+                 augment: SpecAugment | None = None) -> tuple[Array, Array | None, Array]:
+        """Teacher forcing: decoder_inputs int [B, L] -> (float32 logits [B, L, target vocab], source CTC logits
+        float32 [B, T/4, source vocab] or None without the head, memory_mask bool [B, T/4])."""
         k_enc, k_dec = common.split_key(key, 2)
         memory, mask = self.encode(features, segment_ids, key=k_enc, augment=augment)
-        return self.decoder(decoder_inputs, memory, mask, key=k_dec)
+        ctc_logits = self.source_ctc(memory.astype(jnp.float32)) if self.source_ctc is not None else None
+        return self.decoder(decoder_inputs, memory, mask, key=k_dec), ctc_logits, mask
 
     def translate(self, features: Array, segment_ids: Array, *, beam_size: int, max_length: int, eos_id: int,
                   alpha: float) -> tuple[Array, Array]:
@@ -107,7 +126,6 @@ class TranslateTask(FinetuneTask):
     """Speech translation on any registered paired task or mixture (`StreamConfig.mixture`), scored by BLEU."""
 
     name = "translate"
-    loss_names = ("st/xent_loss",)
     decode_config_class = TranslationConfig
 
     def __init__(self, model_cfg, finetune_cfg, stream_cfg, decode_cfg: TranslationConfig | None = None):
@@ -117,21 +135,47 @@ class TranslateTask(FinetuneTask):
         self.decoder_cfg = self.decode_cfg.decoder(self.vocabulary.vocab_size, model_cfg.dtype)
         self.max_length = self.decode_cfg.max_decode_length or stream_cfg.paired_tokens
         self.augment = SpecAugment.from_config(finetune_cfg)
+        self.source_vocabulary: seqio.Vocabulary | None = None
+        self.loss_names = ("st/xent_loss",)
+        if self.decode_cfg.ctc_weight > 0:
+            if stream_cfg.paired_source_tokens <= 0:
+                raise ValueError(f"TranslationConfig.ctc_weight = {self.decode_cfg.ctc_weight} needs the source "
+                                 "transcripts in the batch: set StreamConfig.paired_source_tokens (their row length)")
+            self.source_vocabulary = converter.all_tasks(stream_cfg.mixture)[0].output_features[
+                "source_text"].vocabulary
+            self.loss_names += ("st/ctc_loss",)
 
     def build_model(self, rngs: nnx.Rngs) -> TranslationModel:
-        return TranslationModel(self.model_cfg, self.decoder_cfg, rngs=rngs)
+        return TranslationModel(self.model_cfg, self.decoder_cfg, rngs=rngs, source_vocab_size=(
+            self.source_vocabulary.vocab_size if self.source_vocabulary is not None else 0))
 
     def losses(self, model: TranslationModel, batch: dict, step: Array, key: Array, train: bool):
         sub = batch["paired"]
         targets, weights = sub["tokens"], sub["token_segment_ids"] > 0
-        logits = model(sub["features"], sub["segment_ids"], seq2seq.shift_right(targets, START_ID),
-                       key=key if train else None, augment=self.augment if train else None)
-        loss, m = seq2seq.smoothed_cross_entropy(logits, targets, weights, self.decode_cfg.label_smoothing)
-        return loss, {"loss": loss, "st/xent_loss": loss, "st/nll": m["nll"], "st/token_accuracy": m["accuracy"],
-                      "st/tokens": m["tokens"]}
+        logits, ctc_logits, frame_valid = model(
+            sub["features"], sub["segment_ids"], seq2seq.shift_right(targets, START_ID),
+            key=key if train else None, augment=self.augment if train else None)
+        xent, m = seq2seq.smoothed_cross_entropy(logits, targets, weights, self.decode_cfg.label_smoothing)
+        metrics = {"st/xent_loss": xent, "st/nll": m["nll"], "st/token_accuracy": m["accuracy"],
+                   "st/tokens": m["tokens"]}
+        loss = xent
+        if ctc_logits is not None:
+            w = self.decode_cfg.ctc_weight
+            labels, valid = ctc_labels(sub["source_tokens"], sub["source_token_segment_ids"],
+                                       self.source_vocabulary.eos_id)
+            ctc_loss, c = ctc.ctc_loss(ctc_logits, frame_valid, labels, valid, blank_id=BLANK_ID)
+            loss = (1.0 - w) * xent + w * ctc_loss
+            metrics.update({"st/ctc_loss": ctc_loss, "st/ctc_utterances": c["count"]})
+        return loss, {"loss": loss, **metrics}
 
-    def train_stream(self, shard_index: int, num_shards: int) -> converter.OneStream:
-        return converter.make_stream(self.stream_cfg, shard_index=shard_index, num_shards=num_shards)
+    def train_stream(self, shard_index: int, num_shards: int) -> converter.OneStream | CtcStream:
+        stream = converter.make_stream(self.stream_cfg, shard_index=shard_index, num_shards=num_shards)
+        if self.source_vocabulary is None:
+            return stream
+        return CtcStream(stream, self.source_vocabulary.eos_id, getattr(self.source_vocabulary, "unk_id", None),
+                         labels="source_tokens", whole_row=False, missing=(
+                             "no source transcript: TranslationConfig.ctc_weight > 0 needs paired tasks that carry "
+                             "one (the CoVoST task factory, slam_jax.data.covost)"))
 
     # ------------------------------------------------------------------------------------------ evaluation
     def detokenize(self, tokens: np.ndarray, valid: np.ndarray | None = None) -> str:
