@@ -210,12 +210,14 @@ class Trainer:
             (loss, metrics), grads = self._grads(params, batch, step, jax.random.fold_in(self.base_key, step), True)
         return loss, metrics, grads
 
-    def eval_batches(self, stream: Iterator[dict], template: dict) -> Iterator[dict]:
+    def eval_batches(self, stream: Iterator[dict], template: dict, *, partial_ok: bool = False) -> Iterator[dict]:
         """This process' host batches of a finite `stream`, in lockstep with the other processes.
 
         Every process must run the same number of (collective) eval steps: `TrainConfig.eval_batches` when set
         (required with several processes), else one pass over the stream. A process whose shard ran out yields
-        all-padding batches shaped like `template` (a training batch); so does a kind the stream lacks.
+        all-padding batches shaped like `template` (a training batch); so does a kind the stream lacks. A metric
+        of the whole split (WER, BLEU, ...: `partial_ok=False`) prints a warning when `eval_batches` stops before
+        this process' shard is exhausted, since its score then covers only part of the split.
         """
         n = self.train_cfg.eval_batches
         if jax.process_count() > 1 and not n:
@@ -230,6 +232,12 @@ class Trainer:
                 local = empty
             yield {k: local.get(k, empty[k]) for k in template}
             i += 1
+        rest = None if partial_ok else next(stream, None)
+        if rest is not None and any((sub["segment_ids"] > 0).any() for sub in rest.values()):
+            print(f"warning: TrainConfig.eval_batches = {n} ended before process {jax.process_index()}'s shard of "
+                  "the split did, so the score covers part of the split; with N processes eval_batches must reach "
+                  "split size / (N x rows per process), and one process can use --eval_batches=0 (all of it)",
+                  flush=True)
 
     def evaluate(self, params, step: int, template: dict, stream_cfg) -> dict[str, float]:
         """Held-out losses and accuracies on `TrainConfig.eval_split` of the stream `stream_cfg` describes,
@@ -239,7 +247,7 @@ class Trainer:
         stream = converter.eval_stream(cfg, shard_index=jax.process_index(), num_shards=jax.process_count())
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
-        for local in self.eval_batches(stream, template):
+        for local in self.eval_batches(stream, template, partial_ok=True):
             batch = partitioning.global_batch(local, self.mesh)
             with jax.set_mesh(self.mesh):
                 metrics = jax.device_get(self._eval_step(params, batch, self._step_array(step)))

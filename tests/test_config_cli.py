@@ -70,6 +70,19 @@ def test_slam_data_inspect_gin_file_reads_the_runs_stream(capsys):
     assert "[speech] 4 rows/batch" in out and "[paired] 2 rows/batch" in out
 
 
+def test_slam_data_inspect_shows_a_translation_pairs_source(capsys):
+    """The ST config's stream carries the English transcript beside the German target; --show decodes both."""
+    rc = inspect_cli.main(["inspect", "--gin_file=finetune/mini_st_de.gin", "--batch_size=2", "--batches=1",
+                           "--show=1", "--split=validation"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    target, source = out.split("row 0: ")[1].splitlines()[:2]
+    english = {line.split("\t")[2]: line.split("\t")[1] for line in open(os.path.join(
+        sources.MINI_CORPUS, "st_de", "covost_v2.en_de.dev.tsv"), encoding="utf-8").read().splitlines()[1:]}
+    german = target.split("tokens real: ")[1].strip("'")
+    assert source.strip() == f"source: {english[german]!r}"
+
+
 @pytest.mark.parametrize("module", ["slam_jax.train", "slam_jax.aot", "slam_jax.bench"])
 def test_help_lists_the_gin_flags(module):
     out = subprocess.run([sys.executable, "-m", module, "--help"], env=env(), capture_output=True, text=True,

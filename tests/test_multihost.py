@@ -90,6 +90,7 @@ def test_two_processes_evaluate_a_finetuned_run_as_one_does(tmp_path):
     for p, log in zip(procs, logs):
         text = log.read_text()
         assert p.returncode == 0, text[-5000:]
+        assert "warning: TrainConfig.eval_batches" not in text  # 20 batches exhaust each shard
         outputs.append(last_json(text))
     assert outputs[0] == outputs[1]
     assert one["utterances"] > 20 * 2   # the split needs both processes' shards

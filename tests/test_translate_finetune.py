@@ -63,9 +63,10 @@ def _bindings():
             "ModelConfig.speech_layers = 1", "ModelConfig.shared_layers = 1", "TranslationConfig.decoder_layers = 1"]
 
 
-def test_translate_task_trains_and_scores(tmp_path):
+def test_translate_task_trains_and_scores(tmp_path, capsys):
     """The task on the Trainer: two train steps lower the loss on a repeated batch; evaluate decodes by beam
-    search and returns corpus BLEU over the scored sentences, writing the hypotheses."""
+    search and returns corpus BLEU over the scored sentences, writing the hypotheses (and warns that one batch
+    of 4 covers part of the 64-utterance split)."""
     from slam_jax import config
     from slam_jax.finetune import run as finetune_run
     from slam_jax.train import TrainConfig
@@ -82,7 +83,9 @@ def test_translate_task_trains_and_scores(tmp_path):
         params, opt_state, metrics = trainer.train_step(params, opt_state, batch, step)
         losses.append(float(metrics["st/xent_loss"]))
     assert losses[-1] < losses[0]
+    capsys.readouterr()
     scores = task.evaluate(trainer, params, "validation", 3, str(tmp_path))
+    assert "warning: TrainConfig.eval_batches = 1 ended before process 0's shard" in capsys.readouterr().out
     assert scores["sentences"] == 4 and 0 <= scores["bleu"] <= 100 and scores["references_with_unk"] == 0
     rows = open(tmp_path / "eval" / "validation_step3.tsv").read().splitlines()
     assert len(rows) == 5 and all(len(r.split("\t")) == 3 for r in rows)

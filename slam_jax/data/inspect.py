@@ -32,8 +32,9 @@ def _segments(segment_ids: np.ndarray) -> list[tuple[int, int]]:
     return out
 
 
-def show_batch(batch: dict, vocabulary, rows: int, out=sys.stdout) -> None:
-    """Prints `rows` decoded rows per kind: transcripts/sentences, audio lengths, mask statistics."""
+def show_batch(batch: dict, vocabulary, rows: int, out=sys.stdout, source_vocabulary=None) -> None:
+    """Prints `rows` decoded rows per kind: transcripts/sentences, audio lengths, mask statistics (and a paired
+    row's source transcript, decoded with `source_vocabulary`, when the batch carries one)."""
     for kind, sub in batch.items():
         print(f"  [{kind}] first {rows} rows", file=out)
         for r in range(min(rows, sub["segment_ids"].shape[0])):
@@ -58,6 +59,10 @@ def show_batch(batch: dict, vocabulary, rows: int, out=sys.stdout) -> None:
                       f"({int((seg > 0).sum())}/{seg.size} frames real), {int(sub['token_segment_ids'][r].sum())}/"
                       f"{sub['tokens'].shape[1]} tokens real: {vocabulary.decode(tokens)!r}",
                       file=out)
+                if "source_tokens" in sub and source_vocabulary is not None:
+                    source = [int(t) for t, m in zip(sub["source_tokens"][r], sub["source_token_segment_ids"][r])
+                              if m and t > 1]
+                    print(f"      source: {source_vocabulary.decode(source)!r}", file=out)
 
 
 def inspect_stream(config, batches: int, show: int = 0, out=sys.stdout) -> dict:
@@ -106,7 +111,8 @@ def inspect_stream(config, batches: int, show: int = 0, out=sys.stdout) -> dict:
         print(f"throughput: {timed / (end - ready):.2f} batches/s, {examples / (end - ready):.1f} examples/s "
               f"(over {timed} batches after the first)", file=out)
     if show:
-        show_batch(first, converter.vocabulary_for(config.mixture), show, out=out)
+        source = converter.all_tasks(config.mixture)[0].output_features["source_text"].vocabulary
+        show_batch(first, converter.vocabulary_for(config.mixture), show, out=out, source_vocabulary=source)
     stream.close()
     return stats
 
@@ -130,6 +136,8 @@ With --gin_file the stream is exactly the run's (its StreamConfig and DataConfig
     p.add_argument("--text_tokens", type=int, default=None, help="default 128")
     p.add_argument("--paired_frames", type=int, default=None, help="default 1024")
     p.add_argument("--paired_tokens", type=int, default=None, help="default 128")
+    p.add_argument("--paired_source_tokens", type=int, default=None,
+                   help="> 0: paired rows also carry the source transcript (speech translation); default 0")
     p.add_argument("--seed", type=int, default=None, help="default 0")
     p.add_argument("--on_error", choices=("raise", "skip"), default=None, help="default skip")
     try:
@@ -142,7 +150,8 @@ With --gin_file the stream is exactly the run's (its StreamConfig and DataConfig
     if not files and not args.mixture:
         parser.error("give --mixture or a run's --gin_file")
     overrides = {k: getattr(args, k) for k in ("mixture", "split", "batch_size", "speech_frames", "text_tokens",
-                                               "paired_frames", "paired_tokens", "seed", "on_error")
+                                               "paired_frames", "paired_tokens", "paired_source_tokens", "seed",
+                                               "on_error")
                  if getattr(args, k) is not None}
     from slam_jax.data.converter import DataError
     try:
