@@ -122,9 +122,10 @@ def all_tasks(mixture: str) -> list[seqio.Task]:
     return tasks
 
 
-def vocabulary_for(mixture: str) -> seqio.Vocabulary:
-    """The text vocabulary every task of `mixture` shares (size: `.vocab_size`)."""
-    return all_tasks(mixture)[0].output_features["text"].vocabulary
+def vocabulary_for(mixture: str, feature: str = "text") -> seqio.Vocabulary:
+    """The vocabulary of `feature` ("text", or "source_text": a translation pair's transcript) that every task of
+    `mixture` shares (size: `.vocab_size`)."""
+    return all_tasks(mixture)[0].output_features[feature].vocabulary
 
 
 def kind_batch_sizes(mixture: str, batch_size: int, num_shards: int = 1) -> dict[str, int]:

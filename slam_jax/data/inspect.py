@@ -111,8 +111,8 @@ def inspect_stream(config, batches: int, show: int = 0, out=sys.stdout) -> dict:
         print(f"throughput: {timed / (end - ready):.2f} batches/s, {examples / (end - ready):.1f} examples/s "
               f"(over {timed} batches after the first)", file=out)
     if show:
-        source = converter.all_tasks(config.mixture)[0].output_features["source_text"].vocabulary
-        show_batch(first, converter.vocabulary_for(config.mixture), show, out=out, source_vocabulary=source)
+        show_batch(first, converter.vocabulary_for(config.mixture), show, out=out,
+                   source_vocabulary=converter.vocabulary_for(config.mixture, "source_text"))
     stream.close()
     return stats
 

@@ -225,11 +225,12 @@ def finalize(task_name: str, kind: str):
         ok = _ok(ex)
         speech = ex["speech"] if kind != "text" else tf.zeros([0, features.NUM_MEL_BINS], tf.float32)
         text = ex["text"] if kind != "speech" else tf.zeros([0], tf.int32)
-        source = ex["source_text"] if kind == "paired" and "source_text" in ex else tf.zeros([0], tf.int32)
+        none = tf.zeros([0], tf.int32)
+        source = tf.cond(ok, lambda: ex["source_text"], lambda: none) if "source_text" in ex else none
         return {
             "speech": tf.cond(ok, lambda: speech, lambda: tf.zeros([0, features.NUM_MEL_BINS], tf.float32)),
             "text": tf.cond(ok, lambda: text, lambda: tf.zeros([0], tf.int32)),
-            "source_text": tf.cond(ok, lambda: source, lambda: tf.zeros([0], tf.int32)),
+            "source_text": source,
             "task": tf.constant(task_name),
             "id": ex["id"],
             "error": _error(ex),

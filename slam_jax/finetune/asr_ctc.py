@@ -123,9 +123,9 @@ class CtcStream:
         labels, valid = ctc_labels(sub[self.labels], sub[self.label_ids], self.eos_id)
         frames = (sub["segment_ids"] > 0).sum(1)
         ids = self.stream.ids.get("paired", [""] * len(frames))
-        if self.missing:
-            for i in np.nonzero((frames > 0) & ~valid.any(1))[0]:
-                raise converter.DataError(f"{ids[i]}: {self.missing}")
+        unlabelled = np.nonzero((frames > 0) & ~valid.any(1))[0]
+        if self.missing and unlabelled.size:
+            raise converter.DataError(f"{ids[unlabelled[0]]}: {self.missing}")
         reasons = ctc_feasible(frames, labels, valid, self.unk_id)
         bad = [i for i, r in enumerate(reasons) if r]
         if bad:

@@ -141,8 +141,7 @@ class TranslateTask(FinetuneTask):
             if stream_cfg.paired_source_tokens <= 0:
                 raise ValueError(f"TranslationConfig.ctc_weight = {self.decode_cfg.ctc_weight} needs the source "
                                  "transcripts in the batch: set StreamConfig.paired_source_tokens (their row length)")
-            self.source_vocabulary = converter.all_tasks(stream_cfg.mixture)[0].output_features[
-                "source_text"].vocabulary
+            self.source_vocabulary = converter.vocabulary_for(stream_cfg.mixture, "source_text")
             self.loss_names += ("st/ctc_loss",)
 
     def build_model(self, rngs: nnx.Rngs) -> TranslationModel:
