@@ -522,17 +522,18 @@ still be one pre-training run's luck.
 """
 
 
-def write_section(doc: str, section: str) -> None:
-    """Replaces the marked section of `doc` (appends it, or creates the file, when absent)."""
+def write_section(doc: str, section: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replaces the section of `doc` between the markers `begin` / `end` (appends it, or creates the file, when
+    absent)."""
     text = ""
     if os.path.exists(doc):
         with open(doc, encoding="utf-8") as f:
             text = f.read()
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + section.rstrip("\n") + text[text.index(END) + len(END):]
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + section.rstrip("\n") + text[text.index(end) + len(end):]
     else:
-        if BEGIN in text or END in text:
-            raise ValueError(f"{doc}: holds only one of the toy_reproduction markers; restore or remove it")
+        if begin in text or end in text:
+            raise ValueError(f"{doc}: holds only one of the markers {begin!r} / {end!r}; restore or remove it")
         text = (text.rstrip("\n") + "\n\n" if text else "# Experiments\n\n") + section
     os.makedirs(os.path.dirname(os.path.abspath(doc)), exist_ok=True)
     with open(doc, "w", encoding="utf-8") as f:

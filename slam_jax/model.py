@@ -40,6 +40,10 @@ class ModelConfig:
       tie_text_embedding (?): text-MLM output projection tied to the input embedding.
       gumbel_temperature_start / _decay / _floor (C): quantizer temperature max(start * decay^step, floor),
         default 2.0 * 0.999995^step floored at 0.1.
+      quantizer_input_norm / quantizer_logit_init_std (?): see `QuantizerConfig` (defaults: z as it is, fan-in
+        init; fairseq's wav2vec 2.0: True / 1.0).
+      feature_grad_mult (?): scales the gradient that reaches the conv subsampling (fairseq's `feature_grad_mult`,
+        0.1 in wav2vec 2.0 Base; default 1.0: the plain gradient).
       ctc_head: add a CTC head over the vocabulary (mSLAM-CTC); blank = id 0 (PAD).
       remat: 'none' | 'full' | 'dots' | 'dots_no_batch' (`jax.checkpoint` policy inside the layer scan).
       scan_layers: scan each stack over its layers (compile time flat in depth); False unrolls the layers.
@@ -69,6 +73,9 @@ class ModelConfig:
     gumbel_temperature_start: float = 2.0
     gumbel_temperature_decay: float = 0.999995
     gumbel_temperature_floor: float = 0.1
+    quantizer_input_norm: bool = False
+    quantizer_logit_init_std: float = 0.0
+    feature_grad_mult: float = 1.0
     ctc_head: bool = False
     remat: str = "full"
     scan_layers: bool = True
@@ -94,7 +101,8 @@ class ModelConfig:
         return QuantizerConfig(num_codebooks=self.num_codebooks, codebook_size=self.codebook_size,
                                code_dim=self.code_dim, temperature_start=self.gumbel_temperature_start,
                                temperature_decay=self.gumbel_temperature_decay,
-                               temperature_floor=self.gumbel_temperature_floor)
+                               temperature_floor=self.gumbel_temperature_floor,
+                               input_norm=self.quantizer_input_norm, logit_init_std=self.quantizer_logit_init_std)
 
 
 @dataclasses.dataclass
@@ -136,7 +144,11 @@ class SlamEncoder(nnx.Module):
 
     def speech_features(self, features: Array, segment_ids: Array) -> tuple[Array, Array]:
         """Log-mel [B, T, 80] + ids [B, T] -> (z [B, T/4, d] unmasked subsampled features, ids [B, T/4])."""
-        return self.subsampling(features, segment_ids)
+        z, seg = self.subsampling(features, segment_ids)
+        g = self.cfg.feature_grad_mult
+        if g != 1.0:  # forward unchanged, gradient into the subsampling scaled by g
+            z = g * z + (1.0 - g) * jax.lax.stop_gradient(z)
+        return z, seg
 
     def mask_speech(self, z: Array, frame_mask: Array, key: Array) -> Array:
         """Replaces z at frame_mask (bool [B, T']) by random N(0, std^2) vectors or the learned mask vector."""
@@ -149,6 +161,17 @@ class SlamEncoder(nnx.Module):
     def speech_encoder(self, z: Array, segment_ids: Array, key: Array | None = None) -> Array:
         """The N speech-only layers: [B, T', d] -> contrastive vectors c [B, T', d]."""
         return self.speech_stack(z, segment_ids, key=key)
+
+    def speech_representations(self, features: Array, segment_ids: Array) -> tuple[Array, Array]:
+        """Every layer's view of unmasked speech, no dropout (probes, health metrics, feature extraction).
+
+        Log-mel [B, T, 80] + ids [B, T] -> (layers [1 + N + M, B, T/4, d]: z, the N speech layers, then the M shared
+        layers run on speech alone; ids [B, T/4]).
+        """
+        z, seg = self.speech_features(features, segment_ids)
+        c, speech = self.speech_stack(z, seg, return_layers=True)
+        _, shared = self.shared_stack(c, seg, return_layers=True)
+        return jnp.concatenate([z[None].astype(speech.dtype), speech, shared]), seg
 
     def embed_text(self, tokens: Array, segment_ids: Array, positions: Array,
                    token_mask: Array | None = None) -> Array:

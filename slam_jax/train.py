@@ -30,7 +30,7 @@ import optax
 from flax import nnx
 from orbax.checkpoint import multihost
 
-from slam_jax import checkpointing, config, flops, optim, partitioning, pretraining
+from slam_jax import checkpointing, config, flops, health, optim, partitioning, pretraining
 from slam_jax.model import ModelConfig, SlamModel
 
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
@@ -360,7 +360,9 @@ def train(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> Tra
                     evaluate=lambda params, step, local: trainer.evaluate(params, step, local, stream_cfg),
                     meta=meta, compile_eval_step=bool(train_cfg.eval_every),
                     flops_per_step=flops.train_step_flops(model_cfg, shapes, objective_cfg),
-                    stream_metrics=lambda: stream_scalars(stream.stats()))
+                    stream_metrics=lambda: stream_scalars(stream.stats()),
+                    health_check=lambda metrics, step: health.warnings(
+                        metrics, step, model_cfg.num_codebooks * model_cfg.codebook_size))
 
 
 def check_vocabulary(mixture: str, vocab_size: int) -> str:
@@ -404,7 +406,8 @@ def run_loop(trainer: Trainer, stream, model_dir: str, *, initial_params: Callab
              evaluate: Callable[[Any, int, dict], dict[str, float]] | None = None,
              meta: dict | None = None, compile_eval_step: bool = False,
              flops_per_step: float | None = None,
-             stream_metrics: Callable[[], dict[str, float]] | None = None) -> TrainResult:
+             stream_metrics: Callable[[], dict[str, float]] | None = None,
+             health_check: Callable[[dict[str, float], int], list[str]] | None = None) -> TrainResult:
     """The training loop shared by pre-training and fine-tuning (t5x conventions).
 
     Writes the operative gin config to `model_dir/config.gin`, resumes from the latest checkpoint in `model_dir`
@@ -417,7 +420,8 @@ def run_loop(trainer: Trainer, stream, model_dir: str, *, initial_params: Callab
     `PreemptionWatch`), and batch `n + 1` is read and its transfer issued while step `n` runs; metrics are fetched
     every `log_every` steps only. `flops_per_step` (model FLOPs of one step) adds `tflops_per_s_per_device` and,
     where the device's peak is known (`flops.peak_flops`), `mfu`; `stream_metrics()` adds data-stream statistics
-    at every log.
+    at every log. `health_check(metrics, step) -> warnings` runs at every log: their count is logged as
+    `health/warnings` and each warning is printed when it first appears and then every 10th log while it holds.
 
     `stream`: iterator of host batches with `get_state() -> bytes`, `set_state(bytes)` and `kind_batch_sizes`
     (global rows per kind). `compile_eval_step`: `evaluate` uses `trainer.evaluate` (compiled before step 1 too).
@@ -450,6 +454,7 @@ def run_loop(trainer: Trainer, stream, model_dir: str, *, initial_params: Callab
     preemption = PreemptionWatch()
     last_saved, last = step, {}
     pending: list[tuple[int, Any]] = []
+    warned: dict[str, int] = {}  # health warning -> consecutive logs it has held
     window_start, window_steps = time.time(), 0
     examples_per_step = sum(stream.kind_batch_sizes.values())
 
@@ -489,7 +494,16 @@ def run_loop(trainer: Trainer, stream, model_dir: str, *, initial_params: Callab
                         last["mfu"] = flops_per_step * sps / devices / peak
                 if stream_metrics is not None:
                     last.update(stream_metrics())
+                if health_check is not None:
+                    found = health_check(last, step)
+                    last["health/warnings"] = float(len(found))
                 logger.write(step, last, steps_per_sec=sps)
+                if health_check is not None:
+                    warned = {w: warned.get(w, 0) for w in found}  # a warning that stops holding starts afresh
+                    for w in found:
+                        if warned[w] % 10 == 0 and jax.process_index() == 0:
+                            print(f"WARNING (step {step}): {w}", flush=True)
+                        warned[w] += 1
                 pending, window_start, window_steps = [], time.time(), 0
             if stopping:
                 break

@@ -41,7 +41,7 @@ def _reference_loss(context, targets, ids, neg, scored, temperature):
     """Brute force: loop over scored frames, cosine to the positive and each distractor, log-softmax."""
     def cos(a, b):
         return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
-    losses, correct = [], []
+    losses, correct, chance = [], [], []
     for b, t in zip(*np.nonzero(scored)):
         logits = [cos(context[b, t], targets[b, t]) / temperature]
         for j in neg[b, t]:
@@ -51,7 +51,8 @@ def _reference_loss(context, targets, ids, neg, scored, temperature):
         m = logits.max()
         losses.append(-(logits[0] - m - np.log(np.exp(logits - m).sum())))
         correct.append(np.argmax(logits) == 0)
-    return np.mean(losses), np.mean(correct)
+        chance.append(1 / np.isfinite(logits).sum())
+    return np.mean(losses), np.mean(correct), np.mean(chance)
 
 
 def test_contrastive_loss_matches_numpy_reference():
@@ -60,9 +61,11 @@ def test_contrastive_loss_matches_numpy_reference():
     neg, scored = w2v_bert.sample_negatives(jax.random.key(1), jnp.asarray(mask), jnp.asarray(seg), k)
     loss, metrics = w2v_bert.contrastive_loss(jnp.asarray(context), jnp.asarray(targets), jnp.asarray(ids), neg,
                                               scored, temperature=0.1)
-    ref_loss, ref_acc = _reference_loss(context, targets, ids, np.asarray(neg), np.asarray(scored), 0.1)
+    ref_loss, ref_acc, ref_chance = _reference_loss(context, targets, ids, np.asarray(neg), np.asarray(scored), 0.1)
     np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5)
     np.testing.assert_allclose(float(metrics["accuracy"]), ref_acc, rtol=1e-6)
+    np.testing.assert_allclose(float(metrics["chance"]), ref_chance, rtol=1e-6)
+    assert ref_chance >= 1 / (k + 1)
     assert int(metrics["count"]) == int(np.asarray(scored).sum())
 
 

@@ -230,19 +230,25 @@ class ConformerStack(nnx.Module):
         self.blocks = make(rngs)
 
     def __call__(self, x: Array, segment_ids: Array, conv_segment_ids: Array | None = None,
-                 key: Array | None = None) -> Array:
-        """x: [batch, time, d_model] -> [batch, time, d_model]."""
+                 key: Array | None = None, return_layers: bool = False) -> Array | tuple[Array, Array]:
+        """x: [batch, time, d_model] -> [batch, time, d_model].
+
+        With `return_layers`, returns (top, every layer's output [num_layers, batch, time, d_model]) for probes and
+        health metrics (the last entry is `top`).
+        """
         if conv_segment_ids is None:
             conv_segment_ids = segment_ids
         keys = None if key is None else jax.random.split(key, self.num_layers)
 
         def layer(x, block, key):
             x = common.constrain(x, common.BATCH_ACTIVATION)
-            return common.constrain(block(x, segment_ids, conv_segment_ids, key), common.BATCH_ACTIVATION)
+            x = common.constrain(block(x, segment_ids, conv_segment_ids, key), common.BATCH_ACTIVATION)
+            return (x, x) if return_layers else x
 
         policy = REMAT_POLICIES[self.remat]
         if self.remat != "none":
             layer = nnx.remat(layer, policy=policy)
-        scan = nnx.scan(layer, in_axes=(nnx.Carry, 0, 0 if keys is not None else None), out_axes=nnx.Carry,
+        scan = nnx.scan(layer, in_axes=(nnx.Carry, 0, 0 if keys is not None else None),
+                        out_axes=(nnx.Carry, 0) if return_layers else nnx.Carry,
                         unroll=1 if self.scan_layers else True)
         return scan(x, self.blocks, keys)

@@ -18,6 +18,12 @@ class QuantizerConfig:
       num_codebooks: G groups (1). codebook_size: V entries per group (1024). code_dim: output dim (1024).
       temperature_start / temperature_decay / temperature_floor: tau(step) = max(start * decay^step, floor)
         = 2.0 * 0.999995^step floored at 0.1 (C; wav2vec 2.0 used floor 0.5).
+      input_norm: LayerNorm the input before the logit projection (fairseq wav2vec 2.0 quantizes layer-normed
+        features); False feeds z as it is.
+      logit_init_std: standard deviation of the logit projection's initial weights; 0 = fan-in scaling (std
+        1/sqrt(d_in)). fairseq uses 1.0, which over a layer-normed input gives logits of std sqrt(d_in): sharp
+        code distributions from the first step, so the sampled code is the argmax code. With fan-in scaling the
+        logits start with std ~ rms(input) and the Gumbel-sampled targets are mostly noise (docs/EXPERIMENTS.md).
     """
 
     num_codebooks: int = 1
@@ -26,6 +32,8 @@ class QuantizerConfig:
     temperature_start: float = 2.0
     temperature_decay: float = 0.999995
     temperature_floor: float = 0.1
+    input_norm: bool = False
+    logit_init_std: float = 0.0
 
     def temperature(self, step: Array | int) -> Array:
         step = jnp.asarray(step, jnp.float32)
@@ -57,7 +65,11 @@ class GumbelQuantizer(nnx.Module):
             raise ValueError(f"code_dim {cfg.code_dim} not divisible by num_codebooks {cfg.num_codebooks}")
         self.cfg = cfg
         g, v = cfg.num_codebooks, cfg.codebook_size
+        self.norm = common.layer_norm(d_in, rngs=rngs) if cfg.input_norm else None
         self.logits = common.dense(d_in, g * v, ("embed", "codes"), dtype=jnp.float32, rngs=rngs)
+        if cfg.logit_init_std:
+            init = nnx.with_partitioning(jax.nn.initializers.normal(cfg.logit_init_std), ("embed", "codes"))
+            self.logits.kernel = nnx.Param(init(rngs.params(), (d_in, g * v)))
         self.codebook = nnx.Param(nnx.with_partitioning(jax.nn.initializers.uniform(1.0), (None, "codes", None))(
             rngs.params(), (g, v, cfg.code_dim // g)))
 
@@ -65,7 +77,10 @@ class GumbelQuantizer(nnx.Module):
         """x: [batch, time, d_in]; key: Gumbel noise key (None = deterministic argmax, for evaluation)."""
         cfg = self.cfg
         b, t = x.shape[:2]
-        logits = self.logits(x.astype(jnp.float32)).reshape(b, t, cfg.num_codebooks, cfg.codebook_size)
+        x = x.astype(jnp.float32)
+        if self.norm is not None:
+            x = self.norm(x)
+        logits = self.logits(x).reshape(b, t, cfg.num_codebooks, cfg.codebook_size)
         probs = jax.nn.softmax(logits, axis=-1)
         if key is None:
             ids = jnp.argmax(logits, axis=-1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from slam_jax import health
 from slam_jax.layers.conformer import segment_reduce, segment_starts
 from slam_jax.objectives.common import cross_entropy, masked_mean
 
@@ -60,7 +61,8 @@ def contrastive_loss(context: Array, targets: Array, target_ids: Array, negative
       scored: bool [batch, time] frames that contribute.
       temperature: kappa (C: 0.1).
     Returns:
-      (mean loss over scored frames, {"loss", "accuracy", "count"}).
+      (mean loss over scored frames, {"loss", "accuracy", "count", "chance"}); "chance" is the accuracy of a
+      uniform guess, the mean of 1 / (1 + distractors left after excluding the positive's code).
     """
     c, q = _normalize(context), _normalize(targets)
     sim = jnp.einsum("btd,bsd->bts", c, q) / temperature  # [b, t, t]: every pair within the row
@@ -70,7 +72,9 @@ def contrastive_loss(context: Array, targets: Array, target_ids: Array, negative
     neg_ids = jnp.take_along_axis(target_ids, negatives.reshape(b, t * k)[..., None], 1).reshape(b, t, k, -1)
     same_code = jnp.all(neg_ids == target_ids[:, :, None, :], -1)
     logits = jnp.concatenate([pos, jnp.where(same_code, -jnp.inf, neg)], -1)
-    return cross_entropy(logits, jnp.zeros((b, t), jnp.int32), scored)
+    loss, metrics = cross_entropy(logits, jnp.zeros((b, t), jnp.int32), scored)
+    metrics["chance"], _ = masked_mean(1.0 / (1.0 + jnp.sum(~same_code, -1)), scored)
+    return loss, metrics
 
 
 def diversity_loss(probs: Array, valid: Array) -> tuple[Array, dict[str, Array]]:
@@ -84,16 +88,9 @@ def diversity_loss(probs: Array, valid: Array) -> tuple[Array, dict[str, Array]]
     g, v = probs.shape[-2:]
     w = valid.astype(jnp.float32)[..., None, None]
     p_bar = (probs * w).sum((0, 1)) / jnp.maximum(w.sum(), 1.0)  # [G, V]
-    perplexity = jnp.exp(-jnp.sum(p_bar * jnp.log(p_bar + 1e-7), -1)).sum()
+    perplexity = health.perplexity(p_bar).sum()
     loss = (g * v - perplexity) / (g * v)
     return loss, {"loss": loss, "prob_perplexity": perplexity}
-
-
-def code_perplexity(ids: Array, valid: Array, codebook_size: int) -> Array:
-    """Perplexity of the hard code histogram (sum over groups): the codebook-usage health metric."""
-    hist = jax.nn.one_hot(ids, codebook_size) * valid.astype(jnp.float32)[..., None, None]
-    p = hist.sum((0, 1)) / jnp.maximum(valid.sum(), 1)
-    return jnp.exp(-jnp.sum(p * jnp.log(p + 1e-7), -1)).sum()
 
 
 def speech_mlm_loss(logits: Array, ids: Array, mask: Array) -> tuple[Array, dict[str, Array]]:
