@@ -20,6 +20,7 @@ import argparse
 import datetime
 import json
 import os
+import subprocess
 import sys
 from typing import Sequence
 
@@ -38,6 +39,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                           ["ModelConfig.quantizer_input_norm=True", "ModelConfig.quantizer_logit_init_std=1.0"]),
     "feature_grad_0.1": ("gradient into the subsampling x 0.1", ["ModelConfig.feature_grad_mult=0.1"]),
     "feature_pen_10": ("L2 penalty on z, weight 10", ["ObjectiveConfig.feature_penalty=10.0"]),
+    "project_targets": ("linear projection of q before the similarity (fairseq project_q)",
+                        ["ModelConfig.project_targets=True"]),
     "lr_5e-4": ("peak LR 5e-4", ["OptimizerConfig.peak_learning_rate=5e-4"]),
     "diversity_1.0": ("diversity weight 1.0", ["ObjectiveConfig.diversity_weight=1.0"]),
 }
@@ -98,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with open(os.path.join(args.corpus, "toy_corpus.json")) as f:
         vocab_size = json.load(f)["spm_pieces"]
     env = toy_sweep.subprocess_env(args.corpus, args.out)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
+                            text=True).stdout.strip()
     results_path = os.path.join(args.out, "results.json")
     results = json.load(open(results_path)) if os.path.exists(results_path) else {}
     for name in names:
@@ -106,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               args=train_args(name, args.steps, vocab_size, run_dir))
         record = toy_sweep.run_step(step, env)
         results[name] = {"seconds": record["seconds"], "metrics": summarize(run_dir), "steps": args.steps,
-                         "finished": record["finished"]}
+                         "finished": record["finished"], "commit": commit}
         with open(results_path, "w") as f:
             json.dump(results, f, indent=1, sort_keys=True)
     command_line = "python experiments/w2v_bert_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -44,6 +44,8 @@ class ModelConfig:
         init; fairseq's wav2vec 2.0: True / 1.0).
       feature_grad_mult (?): scales the gradient that reaches the conv subsampling (fairseq's `feature_grad_mult`,
         0.1 in wav2vec 2.0 Base; default 1.0: the plain gradient).
+      project_targets (C): a linear projection of the quantized vectors before the contrastive similarity
+        (fairseq's `project_q` / fairseq2's `final_target_proj`); False compares W c_t with q_t directly.
       ctc_head: add a CTC head over the vocabulary (mSLAM-CTC); blank = id 0 (PAD).
       remat: 'none' | 'full' | 'dots' | 'dots_no_batch' (`jax.checkpoint` policy inside the layer scan).
       scan_layers: scan each stack over its layers (compile time flat in depth); False unrolls the layers.
@@ -76,6 +78,7 @@ class ModelConfig:
     quantizer_input_norm: bool = False
     quantizer_logit_init_std: float = 0.0
     feature_grad_mult: float = 1.0
+    project_targets: bool = False
     ctc_head: bool = False
     remat: str = "full"
     scan_layers: bool = True
@@ -214,7 +217,7 @@ class SlamEncoder(nnx.Module):
 class SlamModel(nnx.Module):
     """The encoder, the quantizer and every objective head.
 
-    Heads: `contrastive` (W: d -> code_dim on c), `speech_mlm` (d -> G*V on h), `text_mlm` (transform + tied
+    Heads: `contrastive` (W: d -> code_dim on c; optional `target_projection` of q), `speech_mlm` (d -> G*V on h), `text_mlm` (transform + tied
     embedding on h), `stm` (d -> 1 on the CLS output), optional `ctc` (d -> vocab on h of speech run alone).
     """
 
@@ -224,6 +227,9 @@ class SlamModel(nnx.Module):
         self.encoder = SlamEncoder(cfg, rngs=rngs)
         self.quantizer = GumbelQuantizer(d, qcfg, rngs=rngs)
         self.contrastive = common.dense(d, qcfg.code_dim, ("embed", None), dtype=jnp.float32, rngs=rngs)
+        if cfg.project_targets:
+            self.target_projection = common.dense(qcfg.code_dim, qcfg.code_dim, (None, None), dtype=jnp.float32,
+                                                  rngs=rngs)
         self.speech_mlm = common.dense(d, qcfg.num_codebooks * qcfg.codebook_size, ("embed", "codes"),
                                        dtype=jnp.float32, rngs=rngs)
         self.text_transform = common.dense(d, d, ("embed", "mlp"), dtype=jnp.float32, rngs=rngs)
@@ -235,6 +241,10 @@ class SlamModel(nnx.Module):
         self.stm = common.dense(d, 1, ("embed", None), dtype=jnp.float32, rngs=rngs)
         if cfg.ctc_head:
             self.ctc = common.dense(d, cfg.vocab_size, ("embed", "vocab"), dtype=jnp.float32, rngs=rngs)
+
+    def contrastive_targets(self, q: Array) -> Array:
+        """Quantized vectors [B, T', code_dim] -> the contrastive targets (projected with `project_targets`)."""
+        return self.target_projection(q) if self.cfg.project_targets else q
 
     def speech_mlm_logits(self, h: Array) -> Array:
         """[B, T', d] -> float32 [B, T', G, V]."""

@@ -130,7 +130,8 @@ def _prefixed(prefix: str, metrics: dict[str, Array]) -> dict[str, Array]:
 def _contrastive(model: SlamModel, key: Array, c: Array, quantized, frame_mask: Array, segment_ids: Array,
                  cfg: ObjectiveConfig) -> tuple[Array, dict[str, Array]]:
     negatives, scored = w2v_bert.sample_negatives(key, frame_mask, segment_ids, cfg.num_negatives)
-    loss, metrics = w2v_bert.contrastive_loss(model.contrastive(c.astype(jnp.float32)), quantized.vectors,
+    loss, metrics = w2v_bert.contrastive_loss(model.contrastive(c.astype(jnp.float32)),
+                                              model.contrastive_targets(quantized.vectors),
                                               quantized.ids, negatives, scored,
                                               temperature=cfg.contrastive_temperature)
     diversity, _ = w2v_bert.diversity_loss(quantized.probs, segment_ids > 0)
