@@ -5,6 +5,8 @@
         --gin.CtcDecodeConfig.lm_path="'/data/lm.arpa'"                 # CTC beam search + n-gram LM fusion
     slam-eval --model_dir=/tmp/slam_smoke --probes [--mixture=mini_paired] [--split=validation]
                                                                         # a pre-training run: alignment probes
+    slam-eval --model_dir=/tmp/slam_smoke --layer_probes --mixture=mini_paired [--random_init]
+                                                                        # frozen-feature probes of every layer
 
 Multi-process (a pod slice, several GPU hosts): the flags of `slam-train` (`--coordinator_address`,
 `--num_processes`, `--process_id`, or `--distributed` on Cloud TPU) plus `--eval_batches=N`, enough batches per
@@ -13,7 +15,8 @@ done); scores are summed over processes and printed by every one.
 
 The run's own `config.gin` is parsed first, then any `--gin_file` / `--gin.NAME=VALUE` given here (decoding
 options, a different `StreamConfig.mixture`, ...). Scores and predictions are written under `model_dir/eval/`:
-`<split>_step<N>.json` / `.tsv` for a task, `probes_<split>_step<N>.json` for the probes.
+`<split>_step<N>.json` / `.tsv` for a task, `probes_<split>_step<N>.json` for the probes,
+`layer_probes_<mixture>_<split>_step<N>[_random_init].json` for the layer probes.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ import jax
 
 from slam_jax import checkpointing, config, partitioning, train
 from slam_jax.data import converter
-from slam_jax.evaluation import probes
+from slam_jax.evaluation import layer_probes, probes
 from slam_jax.finetune import run as finetune_run
 
 
@@ -90,6 +93,62 @@ def evaluate_probes(model_dir: str, split: str | None, step: int | None, mixture
     return out
 
 
+def evaluate_layer_probes(model_dir: str, split: str | None, step: int | None, mixture: str | None, *,
+                          train_split: str, train_seconds: float, probe_steps: int, random_init: bool) -> dict:
+    """Frozen-feature probes of every layer of a pre-training run (`layer_probes`): character CTC trained on
+    `train_seconds` of `train_split` and scored on `split`, speaker identification within `split`. `random_init`
+    probes a freshly initialized encoder of the run's configuration instead (the baseline)."""
+    import numpy as np
+    train_cfg = _eval_train_config(0)
+    model_cfg = config.ModelConfig()
+    trainer = train.Trainer.for_pretraining(
+        model_cfg=model_cfg, objective_cfg=config.ObjectiveConfig(), optimizer_cfg=config.OptimizerConfig(),
+        mesh_cfg=config.MeshConfig(), train_cfg=train_cfg)
+    if jax.process_count() > 1:
+        raise config.ConfigError("--layer_probes runs in one process")
+    if random_init:
+        params, step = trainer.init_params(), 0
+    else:
+        params, step = checkpointing.restore_params(model_dir, trainer.abstract_params, step)
+    stream_cfg = config.StreamConfig()
+    split = split or train_cfg.eval_split
+    mixture = mixture or stream_cfg.mixture
+    if "paired" not in converter.kind_children(mixture):
+        raise ValueError(f"mixture {mixture!r} has no paired data to probe; pass --mixture=<a paired task>")
+    names = layer_probes.layer_names(model_cfg.speech_layers, model_cfg.shared_layers)
+    vocabulary = converter.vocabulary_for(mixture)
+
+    def features(split_name, seconds):
+        cfg = dataclasses.replace(stream_cfg, mixture=mixture, split=split_name, shuffle=False)
+        return layer_probes.extract(trainer, params, converter.eval_stream(cfg), vocabulary, names, seconds)
+
+    train_set, eval_set = features(train_split, train_seconds), features(split, None)
+    layers = {}
+    for name in ["logmel", *names]:
+        ctc = layer_probes.ctc_probe(train_set.layers[name], train_set.texts, eval_set.layers[name],
+                                     eval_set.texts, steps=probe_steps)
+        pooled = np.stack([x.mean(0) for x in eval_set.layers[name]])
+        layers[name] = {"cer": ctc.cer, "degenerate": ctc.degenerate, "distinct_fraction": ctc.distinct_fraction,
+                        "empty_fraction": ctc.empty_fraction, "top_char_share": ctc.top_char_share,
+                        "example": ctc.hypotheses[0], "speaker_accuracy":
+                            layer_probes.speaker_probe(pooled, eval_set.speakers)["accuracy"]}
+        print(f"{name}: CER {ctc.cer:.3f}{' (degenerate)' if ctc.degenerate else ''} speaker accuracy "
+              f"{layers[name]['speaker_accuracy']:.3f}", file=sys.stderr, flush=True)
+    speakers = layer_probes.speaker_probe(np.stack([x.mean(0) for x in eval_set.layers["logmel"]]),
+                                          eval_set.speakers)
+    out = {"layer_probes": True, "mixture": mixture, "train_split": train_split, "split": split, "step": step,
+           "random_init": random_init, "train_seconds": train_set.seconds, "train_utterances": len(train_set.ids),
+           "eval_utterances": len(eval_set.ids), "speakers": speakers["speakers"],
+           "speaker_chance": speakers["chance"], "reference_example": eval_set.texts[0], "layers": layers}
+    import tensorflow as tf
+    folder = os.path.join(model_dir, "eval")
+    tf.io.gfile.makedirs(folder)
+    name = f"layer_probes_{mixture}_{split}_step{step}{'_random_init' if random_init else ''}.json"
+    with tf.io.gfile.GFile(os.path.join(folder, name), "w") as f:
+        json.dump(out, f, indent=1)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -105,7 +164,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", default=None, help="split to score (default: TrainConfig.eval_split)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     parser.add_argument("--probes", action="store_true", help="alignment probes of a pre-training run")
-    parser.add_argument("--mixture", default=None, help="--probes: the paired task or mixture to probe on")
+    parser.add_argument("--mixture", default=None,
+                        help="--probes / --layer_probes: the paired task or mixture to probe on")
+    parser.add_argument("--layer_probes", action="store_true",
+                        help="frozen-feature probes of every layer of a pre-training run: character CTC and speaker "
+                        "identification (slam_jax/evaluation/layer_probes.py)")
+    parser.add_argument("--random_init", action="store_true",
+                        help="--layer_probes: probe a freshly initialized encoder of the run's configuration")
+    parser.add_argument("--train_split", default="train", help="--layer_probes: split the CTC probe trains on")
+    parser.add_argument("--train_seconds", type=float, default=600.0,
+                        help="--layer_probes: seconds of --train_split audio for the CTC probe (default 10 min)")
+    parser.add_argument("--probe_steps", type=int, default=1000, help="--layer_probes: CTC probe training steps")
     config.add_module_import_flag(parser)
     parser.add_argument("--eval_batches", type=int, default=0,
                         help="batches per process (default 0: the whole split; required with several processes)")
@@ -114,7 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run_config = _run_config(args.model_dir)
         finetuned = _is_finetune_run(run_config)
-        if args.probes == finetuned:
+        if args.layer_probes and finetuned:
+            raise config.ConfigError(f"{args.model_dir} is a fine-tuning run: --layer_probes needs a pre-training run")
+        if not args.layer_probes and args.probes == finetuned:
             raise config.ConfigError(
                 f"{args.model_dir} is a {'fine-tuning' if finetuned else 'pre-training'} run: "
                 + ("--probes needs a pre-training run (its STM head and both modalities)" if finetuned else
@@ -126,8 +197,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     train.initialize_distributed(args)
     try:
-        result = evaluate_probes(args.model_dir, args.split, args.step, args.mixture, args.eval_batches) \
-            if args.probes else evaluate_task(args.model_dir, args.split, args.step, args.eval_batches)
+        if args.layer_probes:
+            result = evaluate_layer_probes(args.model_dir, args.split, args.step, args.mixture,
+                                           train_split=args.train_split, train_seconds=args.train_seconds,
+                                           probe_steps=args.probe_steps, random_init=args.random_init)
+        elif args.probes:
+            result = evaluate_probes(args.model_dir, args.split, args.step, args.mixture, args.eval_batches)
+        else:
+            result = evaluate_task(args.model_dir, args.split, args.step, args.eval_batches)
     except (config.ConfigError, partitioning.MeshError, checkpointing.CheckpointMismatchError, FileNotFoundError,
             ValueError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
