@@ -1,4 +1,5 @@
 """slam-finetune / slam-eval end to end on the mini corpus, the fine-tuning optimizer, and bad fine-tuning input."""
+import dataclasses
 import json
 import os
 import shutil
@@ -122,6 +123,42 @@ def test_head_only_optimizer_leaves_the_encoder_untouched():
     new = optax.apply_updates(params, updates)
     np.testing.assert_array_equal(new["encoder"]["cls"], params["encoder"]["cls"])
     assert np.all(new["ctc"]["kernel"] < 1.0)
+
+
+def test_head_only_phase_keeps_every_encoder_parameter_bit_equal_then_trains_them():
+    from flax import nnx
+    from slam_jax import optim
+    from slam_jax.model import SlamModel
+    cfg = base.FinetuneConfig(freeze_encoder_steps=3, layer_lr_decay=0.8)
+    tx, _ = base.make_optimizer(optim.OptimizerConfig(warmup_steps=1, peak_learning_rate=1e-2), TINY, cfg)
+    model_cfg = dataclasses.replace(TINY, group_norm_groups=4, codebook_size=8, code_dim=8, subsampling_channels=4)
+    with nnx.use_eager_sharding(False):
+        params = nnx.state(SlamModel(model_cfg, rngs=nnx.Rngs(params=0)), nnx.Param)
+    params = jax.tree.map(lambda x: x[...] if hasattr(x, "shape") else x, params)
+    start, state = params, tx.init(params)
+    update = jax.jit(lambda p, s, g: (lambda u, s2: (optax.apply_updates(p, u), s2))(*tx.update(g, s, p)))
+    for step in range(4):
+        grads = jax.tree.map(lambda x: jnp.full(x.shape, 0.1 * (step + 1), x.dtype), params)
+        params, state = update(params, state, grads)
+        flat_start = jax.tree_util.tree_leaves_with_path(start["encoder"])
+        flat_now = jax.tree_util.tree_leaves(params["encoder"])
+        changed = [jax.tree_util.keystr(p) for (p, a), b in zip(flat_start, flat_now) if not np.array_equal(a, b)]
+        if step < 3:
+            assert changed == [], f"step {step}: encoder parameters moved in the head-only phase: {changed[:3]}"
+            assert not np.array_equal(params["stm"]["kernel"], start["stm"]["kernel"])
+        else:
+            assert len(changed) == len(flat_start)  # after the phase every encoder parameter trains
+
+
+def test_tri_stage_schedule():
+    from slam_jax import optim
+    cfg = optim.OptimizerConfig(peak_learning_rate=2.0, warmup_steps=10, schedule="tri_stage", hold_steps=40,
+                                decay_steps=50, init_lr_scale=0.01, final_lr_scale=0.05)
+    _, schedule = optim.make_optimizer(cfg)
+    got = [float(schedule(s)) for s in (0, 5, 10, 49, 75, 100, 500)]
+    np.testing.assert_allclose(got, [0.02, 1.01, 2.0, 2.0, 2.0 * 0.05 ** 0.5, 0.1, 0.1], rtol=1e-5)
+    with pytest.raises(ValueError, match="decay_steps"):
+        optim.OptimizerConfig(schedule="tri_stage", decay_steps=0)
 
 
 def test_frequency_mask_zeroes_whole_bands_only():

@@ -31,6 +31,9 @@ class FinetuneConfig:
     task: the registered task name (`slam_jax.finetune.TASKS`), e.g. 'asr_ctc'.
     init_from: a pre-training run directory (or its `checkpoints/` folder) whose latest checkpoint initializes every
       encoder parameter; None trains from random initialization (the baseline).
+    freeze_encoder_steps: a head-only phase: no encoder parameter (front-ends and both stacks) is updated for this
+      many steps, so the fresh head learns to read the pre-trained features before their gradients can overwrite
+      them (wav2vec 2.0's `freeze_finetune_updates`; default 0).
     freeze_speech_steps: the conv subsampling and the speech-only layers get no update for this many steps
       (our choice; wav2vec 2.0 freezes its feature encoder likewise), then train with the rest.
     encoder_lr_scale: learning-rate multiplier of every encoder parameter (1.0 = full fine-tuning, 0.0 = the task
@@ -46,6 +49,7 @@ class FinetuneConfig:
 
     task: str = "asr_ctc"
     init_from: str | None = None
+    freeze_encoder_steps: int = 0
     freeze_speech_steps: int = 0
     encoder_lr_scale: float = 1.0
     layer_lr_decay: float = 1.0
@@ -184,6 +188,8 @@ def lr_multiplier(path: str, shape: tuple[int, ...], step: Array, model_cfg: Mod
     scale = cfg.encoder_lr_scale * jnp.power(decay, (n_total - depth).astype(jnp.float32))
     if speech_side and cfg.freeze_speech_steps:
         scale = jnp.where(step < cfg.freeze_speech_steps, 0.0, scale)
+    if cfg.freeze_encoder_steps:
+        scale = jnp.where(step < cfg.freeze_encoder_steps, 0.0, scale)
     if scale.ndim == 1:
         scale = scale.reshape((-1,) + (1,) * (len(shape) - 1))
     return scale
@@ -209,7 +215,8 @@ def make_optimizer(optimizer_cfg: optim.OptimizerConfig, model_cfg: ModelConfig,
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Pre-training's Adam + Transformer schedule (`OptimizerConfig`), then the per-group multipliers of `cfg`."""
     tx, schedule = optim.make_optimizer(optimizer_cfg)
-    plain = cfg.encoder_lr_scale == 1.0 and cfg.layer_lr_decay == 1.0 and not cfg.freeze_speech_steps
+    plain = cfg.encoder_lr_scale == 1.0 and cfg.layer_lr_decay == 1.0 and not cfg.freeze_speech_steps \
+        and not cfg.freeze_encoder_steps
     if plain:
         return tx, schedule
     return optax.chain(tx, scale_by_param_group(
