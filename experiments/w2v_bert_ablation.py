@@ -41,6 +41,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "feature_pen_10": ("L2 penalty on z, weight 10", ["ObjectiveConfig.feature_penalty=10.0"]),
     "project_targets": ("linear projection of q before the similarity (fairseq project_q)",
                         ["ModelConfig.project_targets=True"]),
+    "keep_same_code": ("distractors with the positive's code are kept",
+                       ["ObjectiveConfig.exclude_same_code_negatives=False"]),
     "lr_5e-4": ("peak LR 5e-4", ["OptimizerConfig.peak_learning_rate=5e-4"]),
     "diversity_1.0": ("diversity weight 1.0", ["ObjectiveConfig.diversity_weight=1.0"]),
 }

@@ -43,6 +43,7 @@ class ObjectiveConfig:
     docs/EXPERIMENTS.md):
       speech_mlm_targets: 'sampled' = the Gumbel-sampled code ids (the quantizer's training output, default) or
         'argmax' = the code of the largest logit (no Gumbel noise in the masked-prediction targets; also TLM's).
+      exclude_same_code_negatives (C): see `w2v_bert.contrastive_loss` (default True, as wav2vec 2.0).
       feature_penalty: weight of fairseq's `features_pen`, the mean square of the subsampled features z (10 in
         wav2vec 2.0 Base; default 0).
     """
@@ -66,6 +67,7 @@ class ObjectiveConfig:
 
     num_negatives: int = 100
     contrastive_temperature: float = 0.1
+    exclude_same_code_negatives: bool = True
 
     speech_mask_prob: float = 0.065
     speech_mask_span: int = 10
@@ -133,7 +135,8 @@ def _contrastive(model: SlamModel, key: Array, c: Array, quantized, frame_mask: 
     loss, metrics = w2v_bert.contrastive_loss(model.contrastive(c.astype(jnp.float32)),
                                               model.contrastive_targets(quantized.vectors),
                                               quantized.ids, negatives, scored,
-                                              temperature=cfg.contrastive_temperature)
+                                              temperature=cfg.contrastive_temperature,
+                                              exclude_same_code=cfg.exclude_same_code_negatives)
     diversity, _ = w2v_bert.diversity_loss(quantized.probs, segment_ids > 0)
     metrics["diversity_loss"] = diversity
     return loss + cfg.diversity_weight * diversity, metrics

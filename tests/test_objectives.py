@@ -69,6 +69,17 @@ def test_contrastive_loss_matches_numpy_reference():
     assert int(metrics["count"]) == int(np.asarray(scored).sum())
 
 
+def test_contrastive_loss_can_keep_same_code_distractors():
+    seg, mask, context, targets, ids, k = _case()
+    ids[:] = 7  # every frame one code: excluded distractors leave nothing, a zero loss
+    neg, scored = w2v_bert.sample_negatives(jax.random.key(1), jnp.asarray(mask), jnp.asarray(seg), k)
+    args = (jnp.asarray(context), jnp.asarray(targets), jnp.asarray(ids), neg, scored)
+    excluded, m = w2v_bert.contrastive_loss(*args)
+    assert float(excluded) == 0.0 and float(m["chance"]) == 1.0
+    kept, m = w2v_bert.contrastive_loss(*args, exclude_same_code=False)
+    assert float(kept) > 0.5 and abs(float(m["chance"]) - 1 / (k + 1)) < 1e-6
+
+
 def test_diversity_loss_matches_formula():
     rng = np.random.default_rng(2)
     logits = rng.normal(size=(2, 5, 2, 4)).astype(np.float32)

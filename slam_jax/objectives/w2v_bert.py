@@ -50,7 +50,7 @@ def _normalize(x: Array) -> Array:
 
 
 def contrastive_loss(context: Array, targets: Array, target_ids: Array, negatives: Array, scored: Array, *,
-                     temperature: float = 0.1) -> tuple[Array, dict[str, Array]]:
+                     temperature: float = 0.1, exclude_same_code: bool = True) -> tuple[Array, dict[str, Array]]:
     """InfoNCE over cosine similarities, the positive at index 0.
 
     Args:
@@ -60,6 +60,10 @@ def contrastive_loss(context: Array, targets: Array, target_ids: Array, negative
       negatives: int [batch, time, K] distractor time indices (from `sample_negatives`).
       scored: bool [batch, time] frames that contribute.
       temperature: kappa (C: 0.1).
+      exclude_same_code: drop distractors whose code equals the positive's (wav2vec 2.0 / fairseq, C). This opens
+        a trivial optimum: a quantizer that gives every frame of an utterance one code leaves no distractor and a
+        zero loss, which only the diversity loss resists (seen at toy scale, docs/EXPERIMENTS.md). False keeps
+        them: identical targets then cost log(K + 1) instead.
     Returns:
       (mean loss over scored frames, {"loss", "accuracy", "count", "chance"}); "chance" is the accuracy of a
       uniform guess, the mean of 1 / (1 + distractors left after excluding the positive's code).
@@ -70,7 +74,7 @@ def contrastive_loss(context: Array, targets: Array, target_ids: Array, negative
     neg = jnp.take_along_axis(sim, negatives, axis=2)  # [b, t, K]
     b, t, k = negatives.shape
     neg_ids = jnp.take_along_axis(target_ids, negatives.reshape(b, t * k)[..., None], 1).reshape(b, t, k, -1)
-    same_code = jnp.all(neg_ids == target_ids[:, :, None, :], -1)
+    same_code = jnp.all(neg_ids == target_ids[:, :, None, :], -1) & exclude_same_code
     logits = jnp.concatenate([pos, jnp.where(same_code, -jnp.inf, neg)], -1)
     loss, metrics = cross_entropy(logits, jnp.zeros((b, t), jnp.int32), scored)
     metrics["chance"], _ = masked_mean(1.0 / (1.0 + jnp.sum(~same_code, -1)), scored)
