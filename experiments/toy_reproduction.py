@@ -97,6 +97,8 @@ class Budget:
     log_every: int
     eval_batches: int                # pre-training's one held-out evaluation (held-out text MLM accuracy)
     checkpoint_every: int
+    probe_seconds: float = 600.0     # frozen-feature probes: labelled training audio of the character-CTC probe
+    probe_steps: int = 1000          # ... and its training steps
     bindings: tuple[str, ...] = ()   # extra gin bindings of every pre-training and fine-tuning run
 
     def __post_init__(self):
@@ -107,7 +109,7 @@ class Budget:
 BUDGETS = {
     # A few steps of a smaller model: checks the whole pipeline end to end (tests/test_toy_reproduction.py).
     "miniature": Budget(pretrain_steps=4, stage1_steps=2, finetune_steps=4, log_every=1, eval_batches=1,
-                        checkpoint_every=4, bindings=(
+                        checkpoint_every=4, probe_seconds=20.0, probe_steps=5, bindings=(
                             "ModelConfig.d_model=32", "ModelConfig.ffn_dim=64", "ModelConfig.speech_layers=1",
                             "ModelConfig.shared_layers=1", "ModelConfig.subsampling_channels=4",
                             "ModelConfig.codebook_size=32", "ModelConfig.code_dim=16",
@@ -181,6 +183,13 @@ def plan(budget: Budget, seeds: Sequence[int], variants: Sequence[str], out: str
             args.append(_gin("TrainConfig.init_from", init_from))
         steps.append(Step(f"seed{seed}/pretrain/{name}", MODULES["train"], tuple(args), model_dir))
 
+    def layer_probes(name: str, model_dir: str, run_dir: str, *extra: str) -> Step:
+        """Frozen-feature probes of every layer (the primary endpoint): character CTC trained on
+        `budget.probe_seconds` of train/labelled, scored on dev; speaker identification among dev voices."""
+        return Step(name, MODULES["eval"], (f"--model_dir={model_dir}", "--layer_probes", "--mixture=toy_paired",
+                                            "--split=validation", f"--train_seconds={budget.probe_seconds}",
+                                            f"--probe_steps={budget.probe_steps}", *extra), run_dir)
+
     for seed in seeds:
         if any(VARIANTS[v].staged for v in variants):
             pretrain(seed, "slam_stage1", STAGE1, budget.stage1_steps, None, 0)
@@ -194,6 +203,9 @@ def plan(budget: Budget, seeds: Sequence[int], variants: Sequence[str], out: str
             else:
                 pretrain(seed, name, variant, budget.pretrain_steps, None, 0)
             model_dir = pretrain_dir(out, seed, name)
+            if variant.mixture != "toy_text_only":
+                steps.append(layer_probes(f"seed{seed}/layer_probes/{name}", model_dir,
+                                          os.path.join(model_dir, "probes_layers")))
             # Every dev pair (not the run's eval_batches), in the same batches for every variant: retrieval's
             # chance level depends on the pool size.
             steps.append(Step(f"seed{seed}/probes/{name}", MODULES["eval"],
@@ -201,6 +213,11 @@ def plan(budget: Budget, seeds: Sequence[int], variants: Sequence[str], out: str
                                _gin("TrainConfig.eval_batches", 0),
                                _gin("StreamConfig.batch_size", toy.ROWS["paired"])),
                               os.path.join(model_dir, "probes")))
+        probed = [n for n in variants if VARIANTS[n].objective and VARIANTS[n].mixture != "toy_text_only"]
+        if "random_init" in variants and probed:
+            # The same probes on a freshly initialized encoder (this seed) of the same configuration.
+            steps.append(layer_probes(f"seed{seed}/layer_probes/random_init", pretrain_dir(out, seed, probed[0]),
+                                      os.path.join(out, f"seed{seed}", "probes_random_init"), "--random_init"))
         for tune_seed in (seed,) if finetune_seeds is None else finetune_seeds:
             key = "seed" + finetune_key(seed, tune_seed)
             for name in variants:
@@ -312,6 +329,9 @@ def collect(records: dict[str, dict], budget: Budget, seeds: Sequence[int], vari
                 final_eval = {k: v for m in read_metrics(model_dir) for k, v in m.items() if k.startswith("eval/")}
                 r.update(pretrain_curve=curve, pretrain_seconds=seconds, pretrain_eval=final_eval,
                          probes=records[f"seed{seed}/probes/{name}"]["output"])
+            layers = records.get(f"seed{seed}/layer_probes/{name}")
+            if layers is not None:
+                r["layer_probes"] = layers["output"]
             if r:
                 runs.setdefault(name, {})[str(seed)] = r
             for tune_seed in (seed,) if finetune_seeds is None else finetune_seeds:
@@ -378,6 +398,113 @@ def compare(a: list[float], b: list[float], lower_is_better: bool) -> tuple[str,
         return "cannot decide", evidence
     better = ma < mb if lower_is_better else ma > mb
     return ("supported" if better else "contradicted"), evidence
+
+
+def probe_layer_names(results: dict) -> list[str]:
+    """The probed layers (the log-mel input first), from the first run that has layer probes."""
+    for runs in results["runs"].values():
+        for run in runs.values():
+            if "layer_probes" in run:
+                return list(run["layer_probes"]["layers"])
+    return []
+
+
+def probe_cer(results: dict, variant: str, layer: str) -> list[float]:
+    return values(results, variant, lambda r: r["layer_probes"]["layers"][layer]["cer"])
+
+
+def best_probe_layer(results: dict, variant: str) -> str | None:
+    """The encoder layer (not the log-mel input) with the lowest mean character-CTC probe CER."""
+    layers = [l for l in probe_layer_names(results) if l != "logmel" and probe_cer(results, variant, l)]
+    if not layers:
+        return None
+    import numpy as np
+    return min(layers, key=lambda l: float(np.mean(probe_cer(results, variant, l))))
+
+
+def compare_probes(results: dict, a: str, b: str) -> tuple[str, str]:
+    """'a's encoder beats b's on the frozen character-CTC probe': each at its best layer, per-utterance CERs paired
+    (same dev utterance, same pre-training seed), pooled over the seeds both have; Wilcoxon signed-rank, two-sided,
+    p < 0.05 decides. A degenerate probe (the same output everywhere) of `a` never supports the claim."""
+    import numpy as np
+    from scipy import stats
+    la, lb = best_probe_layer(results, a), best_probe_layer(results, b)
+    if la is None or lb is None:
+        return "not measured", "the probe runs are missing"
+    diffs, seeds = [], []
+    for seed, run in results["runs"][a].items():
+        other = results["runs"][b].get(seed, {})
+        if "layer_probes" not in run or "layer_probes" not in other:
+            continue
+        pa, pb = run["layer_probes"]["layers"][la], other["layer_probes"]["layers"][lb]
+        if pa["degenerate"]:
+            return "cannot decide", f"{VARIANTS[a].label}'s probe output is degenerate (seed {seed}, {la})"
+        diffs += list(np.asarray(pa["utterance_cer"]) - np.asarray(pb["utterance_cer"]))
+        seeds.append(seed)
+    ma, mb = np.mean(probe_cer(results, a, la)), np.mean(probe_cer(results, b, lb))
+    evidence = (f"CER {100 * ma:.1f}% ({la}) vs {100 * mb:.1f}% ({lb}), corpus-level mean over seeds "
+                f"{', '.join(seeds)}")
+    if not diffs or not np.any(diffs):
+        return "cannot decide", evidence + "; no paired difference"
+    p = float(stats.wilcoxon(diffs).pvalue)
+    evidence += f"; Wilcoxon signed-rank over {len(diffs)} paired utterance CERs, p = {p:.2g}"
+    if p >= 0.05:
+        return "cannot decide", evidence
+    return ("supported" if np.mean(diffs) < 0 else "contradicted"), evidence
+
+
+PROBE_CLAIMS = [
+    # (claim, variant a, variant b): "a's frozen encoder beats b's on the character-CTC probe".
+    ("(primary) w2v-BERT pre-training beats random initialization", "w2v_bert", "random_init"),
+    ("(primary) SLAM pre-training beats random initialization", "slam", "random_init"),
+    ("(primary) SLAM-TLM-STM pre-training beats random initialization", "slam_tlm_stm", "random_init"),
+    ("(1) w2v-BERT beats contrastive-only pre-training (frozen probe)", "w2v_bert", "w2v_conformer"),
+    ("(2) TLM improves over plain SLAM (frozen probe)", "slam_tlm", "slam"),
+]
+
+
+def probe_section(results: dict) -> str:
+    """The frozen-feature probe table (CER per layer, speaker accuracy) and its claims, or '' without probes."""
+    layers = probe_layer_names(results)
+    if not layers:
+        return ""
+    rows = []
+    for name in results["variants"]:
+        if not any("layer_probes" in r for r in results["runs"].get(name, {}).values()):
+            continue
+        cells = []
+        for layer in layers:
+            cell = fmt(probe_cer(results, name, layer), 100)
+            if any(r["layer_probes"]["layers"][layer]["degenerate"] for r in results["runs"][name].values()
+                   if "layer_probes" in r):
+                cell += " (degenerate)"
+            cells.append(cell)
+        best = best_probe_layer(results, name)
+        speaker = fmt(values(results, name, lambda r: r["layer_probes"]["layers"][best]["speaker_accuracy"]), 100)
+        rows.append(f"| {VARIANTS[name].label} | " + " | ".join(cells) + f" | {best} | {speaker} |")
+    any_run = next(r["layer_probes"] for runs in results["runs"].values() for r in runs.values()
+                   if "layer_probes" in r)
+    claims = []
+    for text, a, b in PROBE_CLAIMS:
+        if a in results["variants"] and b in results["variants"]:
+            verdict, evidence = compare_probes(results, a, b)
+            claims.append(f"- {text}: **{verdict}** — {evidence}.")
+    return f"""
+### Frozen-feature probes (primary endpoint)
+
+Each encoder frozen; a linear character-CTC probe per layer trained on {any_run['train_seconds'] / 60:.1f} min of
+`train/labelled` ({any_run['train_utterances']} utterances) and scored on dev ({any_run['eval_utterances']} utterances,
+held-out voices and sentences): corpus-level CER in % (mean ± std over pre-training seeds); `logmel` is the probe on
+the input features (4 frames stacked). "degenerate": the probe emits the same string for most utterances. Speaker
+identification: logistic regression on the utterance mean of the best CTC layer, {any_run['speakers']} dev voices
+(chance {100 * any_run['speaker_chance']:.1f}%), half of each voice's utterances to train, half to score.
+
+| variant | {' | '.join(layers)} | best layer | speaker acc. |
+|---|{'---|' * len(layers)}---|---|
+{chr(10).join(rows)}
+
+{chr(10).join(claims)}
+"""
 
 
 CLAIMS = [
@@ -518,6 +645,7 @@ variant (fine-tuning seeds only), the test measures fine-tuning noise alone: a d
 still be one pre-training run's luck.
 
 {chr(10).join(claims)}
+{probe_section(results)}
 {END}
 """
 

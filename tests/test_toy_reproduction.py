@@ -221,6 +221,31 @@ def test_compare_decides_only_with_spread():
     assert repro.compare([], [0.3], lower_is_better=True)[0] == "not measured"
 
 
+def _probe_run(cer_shift, rng, degenerate=False):
+    layers = {}
+    for i, name in enumerate(["logmel", "z", "speech_1", "shared_1"]):
+        utt = np.clip(0.6 - 0.05 * i + cer_shift + 0.05 * rng.normal(size=40), 0, 1)
+        layers[name] = {"cer": float(utt.mean()), "utterance_cer": list(utt), "degenerate": degenerate,
+                        "speaker_accuracy": 0.5}
+    return {"layer_probes": {"layers": layers, "train_seconds": 600.0, "train_utterances": 280,
+                             "eval_utterances": 40, "speakers": 12, "speaker_chance": 1 / 12}}
+
+
+def test_probe_claims_use_paired_utterances_and_refuse_degenerate_output():
+    rng = np.random.default_rng(0)
+    results = {"variants": ["random_init", "w2v_bert", "slam"], "runs": {
+        "random_init": {"0": _probe_run(0.0, rng), "1": _probe_run(0.0, rng)},
+        "w2v_bert": {"0": _probe_run(-0.1, rng), "1": _probe_run(-0.1, rng)},
+        "slam": {"0": _probe_run(-0.3, rng, degenerate=True)}}}
+    assert repro.best_probe_layer(results, "w2v_bert") == "shared_1"   # the log-mel input is never "best"
+    verdict, evidence = repro.compare_probes(results, "w2v_bert", "random_init")
+    assert verdict == "supported" and "80 paired utterance CERs" in evidence
+    assert repro.compare_probes(results, "random_init", "w2v_bert")[0] == "contradicted"
+    assert repro.compare_probes(results, "slam", "random_init")[0] == "cannot decide"
+    section = repro.probe_section(results)
+    assert "| w2v-BERT |" in section and "(degenerate)" in section and "**supported**" in section
+
+
 def test_write_section_replaces_only_its_section(tmp_path):
     doc = tmp_path / "EXPERIMENTS.md"
     repro.write_section(str(doc), f"{repro.BEGIN}\nfirst\n{repro.END}\n")

@@ -125,8 +125,9 @@ def _ctc_feasible(frames: int, labels: Sequence[int]) -> bool:
 
 @dataclasses.dataclass
 class CtcProbeResult:
-    cer: float
+    cer: float                 # corpus-level CER
     hypotheses: list[str]
+    utterance_cer: list[float] # per evaluation utterance (for paired tests between encoders)
     distinct_fraction: float   # distinct hypotheses / utterances
     empty_fraction: float
     top_char_share: float      # share of the most frequent character among all emitted characters
@@ -190,6 +191,7 @@ def ctc_probe(train_x: Sequence[np.ndarray], train_texts: Sequence[str], eval_x:
     chars = collections.Counter("".join(hyps))
     return CtcProbeResult(
         cer=float(jiwer.cer(refs, hyps)), hypotheses=hyps,
+        utterance_cer=[float(jiwer.cer(r, h)) if r else float(bool(h)) for r, h in zip(refs, hyps)],
         distinct_fraction=len(set(hyps)) / len(hyps), empty_fraction=sum(not h for h in hyps) / len(hyps),
         top_char_share=max(chars.values()) / sum(chars.values()) if chars else 1.0,
         skipped_train=len(train_x) - len(keep))

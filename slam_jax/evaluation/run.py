@@ -130,7 +130,7 @@ def evaluate_layer_probes(model_dir: str, split: str | None, step: int | None, m
         pooled = np.stack([x.mean(0) for x in eval_set.layers[name]])
         layers[name] = {"cer": ctc.cer, "degenerate": ctc.degenerate, "distinct_fraction": ctc.distinct_fraction,
                         "empty_fraction": ctc.empty_fraction, "top_char_share": ctc.top_char_share,
-                        "example": ctc.hypotheses[0], "speaker_accuracy":
+                        "example": ctc.hypotheses[0], "utterance_cer": ctc.utterance_cer, "speaker_accuracy":
                             layer_probes.speaker_probe(pooled, eval_set.speakers)["accuracy"]}
         print(f"{name}: CER {ctc.cer:.3f}{' (degenerate)' if ctc.degenerate else ''} speaker accuracy "
               f"{layers[name]['speaker_accuracy']:.3f}", file=sys.stderr, flush=True)
