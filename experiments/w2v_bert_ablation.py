@@ -43,6 +43,13 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                         ["ModelConfig.project_targets=True"]),
     "keep_same_code": ("distractors with the positive's code are kept",
                        ["ObjectiveConfig.exclude_same_code_negatives=False"]),
+    # Combinations of the single changes above (named by their parts).
+    "fairseq_quantizer+keep_same_code": ("both", ["ModelConfig.quantizer_input_norm=True",
+                                                  "ModelConfig.quantizer_logit_init_std=1.0",
+                                                  "ObjectiveConfig.exclude_same_code_negatives=False"]),
+    "fairseq_quantizer+keep_same_code+argmax_targets": ("all three", [
+        "ModelConfig.quantizer_input_norm=True", "ModelConfig.quantizer_logit_init_std=1.0",
+        "ObjectiveConfig.exclude_same_code_negatives=False", "ObjectiveConfig.speech_mlm_targets='argmax'"]),
     "lr_5e-4": ("peak LR 5e-4", ["OptimizerConfig.peak_learning_rate=5e-4"]),
     "diversity_1.0": ("diversity weight 1.0", ["ObjectiveConfig.diversity_weight=1.0"]),
 }
