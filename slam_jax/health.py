@@ -110,7 +110,8 @@ class HealthThresholds:
 
     min_rank: effective rank below which frame features count as collapsed.
     min_sampled_is_argmax: below it, most quantizer targets are Gumbel noise.
-    min_code_fraction: argmax code perplexity below this fraction of G x V counts as codebook collapse.
+    min_code_fraction: argmax code perplexity below this fraction of G x V (and below 2 codes, whatever the
+      codebook size) counts as codebook collapse.
     after_step: no warning before this step (the first updates move every statistic).
     """
 
@@ -125,22 +126,23 @@ RANK_METRICS = {"feature_rank": "the subsampled features z", "context_rank": "th
 
 
 def warnings(metrics: dict[str, float], step: int, codebook_entries: int,
-             thresholds: HealthThresholds = HealthThresholds()) -> list[str]:
-    """Human-readable warnings for the logged metrics of one step (keys `kind/metric`, any kind); [] when healthy."""
+             thresholds: HealthThresholds = HealthThresholds()) -> dict[str, str]:
+    """Warnings for the logged metrics of one step (keys `kind/metric`, any kind): {metric key: message}, empty
+    when healthy."""
     if step < thresholds.after_step:
-        return []
-    out = []
+        return {}
+    out = {}
     for key, value in sorted(metrics.items()):
         kind, _, name = key.partition("/")
         if kind == "eval" or not name:
             continue
         if name in RANK_METRICS and 0 < value < thresholds.min_rank:
-            out.append(f"{kind}: the effective rank of {RANK_METRICS[name]} is {value:.2f} (< {thresholds.min_rank}):"
-                       f" the encoder maps every frame to a few directions (collapse)")
+            out[key] = (f"{kind}: the effective rank of {RANK_METRICS[name]} is {value:.2f} (< {thresholds.min_rank}):"
+                        f" the encoder maps every frame to a few directions (collapse)")
         elif name == "sampled_is_argmax" and value < thresholds.min_sampled_is_argmax:
-            out.append(f"{kind}: the sampled code equals the argmax code for {value:.0%} of frames: most quantizer "
-                       f"targets are Gumbel noise (flat quantizer logits)")
-        elif name == "code_perplexity" and value < thresholds.min_code_fraction * codebook_entries:
-            out.append(f"{kind}: argmax code perplexity {value:.1f} of {codebook_entries} codes: the codebook has "
-                       f"collapsed")
+            out[key] = (f"{kind}: the sampled code equals the argmax code for {value:.0%} of frames: most quantizer "
+                        f"targets are Gumbel noise (flat quantizer logits)")
+        elif name == "code_perplexity" and value < max(2.0, thresholds.min_code_fraction * codebook_entries):
+            out[key] = (f"{kind}: argmax code perplexity {value:.1f} of {codebook_entries} codes: the codebook has "
+                        f"collapsed")
     return out

@@ -407,7 +407,7 @@ def run_loop(trainer: Trainer, stream, model_dir: str, *, initial_params: Callab
              meta: dict | None = None, compile_eval_step: bool = False,
              flops_per_step: float | None = None,
              stream_metrics: Callable[[], dict[str, float]] | None = None,
-             health_check: Callable[[dict[str, float], int], list[str]] | None = None) -> TrainResult:
+             health_check: Callable[[dict[str, float], int], dict[str, str]] | None = None) -> TrainResult:
     """The training loop shared by pre-training and fine-tuning (t5x conventions).
 
     Writes the operative gin config to `model_dir/config.gin`, resumes from the latest checkpoint in `model_dir`
@@ -420,7 +420,7 @@ def run_loop(trainer: Trainer, stream, model_dir: str, *, initial_params: Callab
     `PreemptionWatch`), and batch `n + 1` is read and its transfer issued while step `n` runs; metrics are fetched
     every `log_every` steps only. `flops_per_step` (model FLOPs of one step) adds `tflops_per_s_per_device` and,
     where the device's peak is known (`flops.peak_flops`), `mfu`; `stream_metrics()` adds data-stream statistics
-    at every log. `health_check(metrics, step) -> warnings` runs at every log: their count is logged as
+    at every log. `health_check(metrics, step) -> {metric: warning}` runs at every log: their count is logged as
     `health/warnings` and each warning is printed when it first appears and then every 10th log while it holds.
 
     `stream`: iterator of host batches with `get_state() -> bytes`, `set_state(bytes)` and `kind_batch_sizes`
@@ -454,7 +454,7 @@ def run_loop(trainer: Trainer, stream, model_dir: str, *, initial_params: Callab
     preemption = PreemptionWatch()
     last_saved, last = step, {}
     pending: list[tuple[int, Any]] = []
-    warned: dict[str, int] = {}  # health warning -> consecutive logs it has held
+    warned: dict[str, int] = {}  # metric of a health warning -> consecutive logs it has held
     window_start, window_steps = time.time(), 0
     examples_per_step = sum(stream.kind_batch_sizes.values())
 
@@ -499,11 +499,11 @@ def run_loop(trainer: Trainer, stream, model_dir: str, *, initial_params: Callab
                     last["health/warnings"] = float(len(found))
                 logger.write(step, last, steps_per_sec=sps)
                 if health_check is not None:
-                    warned = {w: warned.get(w, 0) for w in found}  # a warning that stops holding starts afresh
-                    for w in found:
-                        if warned[w] % 10 == 0 and jax.process_index() == 0:
-                            print(f"WARNING (step {step}): {w}", flush=True)
-                        warned[w] += 1
+                    warned = {k: warned.get(k, 0) for k in found}  # a warning that stops holding starts afresh
+                    for k, message in found.items():
+                        if warned[k] % 10 == 0 and jax.process_index() == 0:
+                            print(f"WARNING (step {step}): {message}", flush=True)
+                        warned[k] += 1
                 pending, window_start, window_steps = [], time.time(), 0
             if stopping:
                 break

@@ -23,11 +23,24 @@ def test_end_to_end_writes_checkpoint_config_tensorboard_and_metrics(tmp_path):
     train = [r for r in records if "loss" in r]
     assert [r["step"] for r in train] == [1, 2, 3, 4]
     for name in ACTIVE + ["learning_rate", "grad_norm", "steps_per_sec", "examples_per_sec",
-                          "speech/code_perplexity", "gumbel_temperature"]:
+                          "speech/code_perplexity", "speech/prob_perplexity", "speech/sampled_is_argmax",
+                          "speech/max_code_prob", "speech/top_rank", "speech/contrastive_chance",
+                          "gumbel_temperature"]:
         assert all(np.isfinite(r[name]) for r in train), name
     evals = [r for r in records if "eval/loss" in r]
     assert evals and "eval/text/mlm_accuracy" in evals[0]
     assert "step 4/4" in out and "ETA" in out
+
+
+def test_a_deliberately_collapsing_run_prints_the_health_warning(tmp_path):
+    # A negative diversity weight rewards a one-code quantizer: the codebook collapses within ~40 steps.
+    out = slam_train(tmp_path / "run", "--gin.TRAIN_STEPS=120", "--gin.TrainConfig.log_every=10",
+                     "--gin.TrainConfig.checkpoint_every=1000", "--gin.ObjectiveConfig.diversity_weight=-100.0").stdout
+    warnings = [line for line in out.splitlines() if line.startswith("WARNING (step")]
+    assert any("the codebook has collapsed" in line for line in warnings), out[-3000:]
+    assert all(not line.startswith("WARNING (step 110)") for line in warnings)  # one line per warning, not per log
+    logged = {r["step"]: r["health/warnings"] for r in read_metrics(tmp_path / "run") if "health/warnings" in r}
+    assert logged[50] == 0 and logged[120] >= 1  # quiet before HealthThresholds.after_step
 
 
 def test_sigterm_then_resume_matches_straight_run(tmp_path):
