@@ -53,6 +53,18 @@ def test_pretrain_then_finetune_restores_every_encoder_parameter_evaluates_and_p
         assert 0.0 <= probes[key] <= 1.0, key
     assert (pre / "eval" / "probes_validation_step2.json").exists()
 
+    # Frozen-feature layer probes of the pre-trained encoder and of a fresh one of the same configuration.
+    for extra in ((), ("--random_init",)):
+        layered = last_json(slam_eval(pre, "--layer_probes", "--mixture=mini_paired", "--train_seconds=20",
+                                      "--probe_steps=3", *extra).stdout)
+        assert layered["random_init"] == bool(extra) and layered["step"] == (0 if extra else 2)
+        assert list(layered["layers"]) == ["logmel", "z", "speech_1", "shared_1"]
+        assert layered["eval_utterances"] == 64 and layered["train_seconds"] >= 20
+        for result in layered["layers"].values():
+            assert 0 <= result["cer"] and len(result["utterance_cer"]) == 64 and result["effective_rank"] >= 1
+            assert 0 <= result["speaker_accuracy"] <= 1
+    assert (pre / "eval" / "layer_probes_mini_paired_validation_step0_random_init.json").exists()
+
     wrong = slam_eval(pre, check=False)
     assert wrong.returncode == 2 and "evaluate it with --probes" in wrong.stderr
 

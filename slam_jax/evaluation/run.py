@@ -30,7 +30,7 @@ from typing import Sequence
 
 import jax
 
-from slam_jax import checkpointing, config, partitioning, train
+from slam_jax import checkpointing, config, health, partitioning, train
 from slam_jax.data import converter
 from slam_jax.evaluation import layer_probes, probes
 from slam_jax.finetune import run as finetune_run
@@ -98,6 +98,7 @@ def evaluate_layer_probes(model_dir: str, split: str | None, step: int | None, m
     """Frozen-feature probes of every layer of a pre-training run (`layer_probes`): character CTC trained on
     `train_seconds` of `train_split` and scored on `split`, speaker identification within `split`. `random_init`
     probes a freshly initialized encoder of the run's configuration instead (the baseline)."""
+    import jax.numpy as jnp
     import numpy as np
     train_cfg = _eval_train_config(0)
     model_cfg = config.ModelConfig()
@@ -128,12 +129,17 @@ def evaluate_layer_probes(model_dir: str, split: str | None, step: int | None, m
         ctc = layer_probes.ctc_probe(train_set.layers[name], train_set.texts, eval_set.layers[name],
                                      eval_set.texts, steps=probe_steps)
         pooled = np.stack([x.mean(0) for x in eval_set.layers[name]])
+        frames = jnp.asarray(np.concatenate(eval_set.layers[name]))
+        every = jnp.ones(frames.shape[0], bool)
         layers[name] = {"cer": ctc.cer, "degenerate": ctc.degenerate, "distinct_fraction": ctc.distinct_fraction,
                         "empty_fraction": ctc.empty_fraction, "top_char_share": ctc.top_char_share,
+                        "effective_rank": float(health.effective_rank(frames, every)),
+                        "mean_cosine": float(health.mean_pairwise_cosine(frames, every)),
                         "example": ctc.hypotheses[0], "utterance_cer": ctc.utterance_cer, "speaker_accuracy":
                             layer_probes.speaker_probe(pooled, eval_set.speakers)["accuracy"]}
         print(f"{name}: CER {ctc.cer:.3f}{' (degenerate)' if ctc.degenerate else ''} speaker accuracy "
-              f"{layers[name]['speaker_accuracy']:.3f}", file=sys.stderr, flush=True)
+              f"{layers[name]['speaker_accuracy']:.3f} effective rank {layers[name]['effective_rank']:.1f}",
+              file=sys.stderr, flush=True)
     speakers = layer_probes.speaker_probe(np.stack([x.mean(0) for x in eval_set.layers["logmel"]]),
                                           eval_set.speakers)
     out = {"layer_probes": True, "mixture": mixture, "train_split": train_split, "split": split, "step": step,
