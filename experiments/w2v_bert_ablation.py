@@ -43,7 +43,15 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                         ["ModelConfig.project_targets=True"]),
     "keep_same_code": ("distractors with the positive's code are kept",
                        ["ObjectiveConfig.exclude_same_code_negatives=False"]),
+    "frozen_targets": ("no gradient into the targets (fixed random quantizer)",
+                       ["ObjectiveConfig.target_gradient=False"]),
     # Combinations of the single changes above (named by their parts).
+    "fairseq_quantizer+frozen_targets": ("a sharp fixed random-projection quantizer (BEST-RQ-like)", [
+        "ModelConfig.quantizer_input_norm=True", "ModelConfig.quantizer_logit_init_std=1.0",
+        "ObjectiveConfig.target_gradient=False"]),
+    "fairseq_quantizer+keep_same_code+diversity_1.0": ("sharp quantizer, no trivial optimum, 10x diversity", [
+        "ModelConfig.quantizer_input_norm=True", "ModelConfig.quantizer_logit_init_std=1.0",
+        "ObjectiveConfig.exclude_same_code_negatives=False", "ObjectiveConfig.diversity_weight=1.0"]),
     "fairseq_quantizer+keep_same_code": ("both", ["ModelConfig.quantizer_input_norm=True",
                                                   "ModelConfig.quantizer_logit_init_std=1.0",
                                                   "ObjectiveConfig.exclude_same_code_negatives=False"]),

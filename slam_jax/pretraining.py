@@ -44,6 +44,10 @@ class ObjectiveConfig:
       speech_mlm_targets: 'sampled' = the Gumbel-sampled code ids (the quantizer's training output, default) or
         'argmax' = the code of the largest logit (no Gumbel noise in the masked-prediction targets; also TLM's).
       exclude_same_code_negatives (C): see `w2v_bert.contrastive_loss` (default True, as wav2vec 2.0).
+      target_gradient: True (w2v-BERT, wav2vec 2.0) trains the quantizer and the feature encoder through the
+        targets (straight-through Gumbel); False stops every gradient into the targets: the quantizer keeps its
+        random initialization (a fixed random-projection quantizer, as BEST-RQ, Chiu et al. 2022) and z learns only
+        through the context path, so neither can collapse the targets to make them easy.
       feature_penalty: weight of fairseq's `features_pen`, the mean square of the subsampled features z (10 in
         wav2vec 2.0 Base; default 0).
     """
@@ -81,12 +85,19 @@ class ObjectiveConfig:
     stm_on_masked: bool = False
     speech_mlm_targets: str = "sampled"
     feature_penalty: float = 0.0
+    target_gradient: bool = True
 
     def __post_init__(self):
         if self.contrastive_on not in ("speech_stack", "top"):
             raise ValueError(f"contrastive_on must be 'speech_stack' or 'top', got {self.contrastive_on!r}")
         if self.speech_mlm_targets not in ("sampled", "argmax"):
             raise ValueError(f"speech_mlm_targets must be 'sampled' or 'argmax', got {self.speech_mlm_targets!r}")
+
+    def quantize(self, model: SlamModel, z: Array, step: Array, key: Array | None):
+        """The quantizer's targets for subsampled features z [B, T', d] (see `target_gradient`)."""
+        if self.target_gradient:
+            return model.quantizer(z, step, key)
+        return jax.tree.map(jax.lax.stop_gradient, model.quantizer(jax.lax.stop_gradient(z), step, key))
 
     def mlm_targets(self, quantized) -> Array:
         """The speech masked-prediction targets int [batch, time, G] of `speech_mlm_targets`."""
@@ -168,7 +179,7 @@ def speech_losses(model: SlamModel, sub: dict[str, Array], step: Array, key: Arr
     k_q, k_mask, k_fill, k_drop1, k_drop2, k_neg = jax.random.split(key, 6)
     enc = model.encoder
     z, seg = enc.speech_features(sub["features"], sub["segment_ids"])
-    quantized = model.quantizer(z, step, k_q if train else None)
+    quantized = cfg.quantize(model, z, step, k_q if train else None)
     frame_mask = masking.span_mask(k_mask, seg, cfg.speech_masking)
     c = enc.speech_encoder(enc.mask_speech(z, frame_mask, k_fill), seg, k_drop1 if train else None)
     valid = seg > 0
@@ -221,7 +232,7 @@ def paired_losses(model: SlamModel, sub: dict[str, Array], step: Array, key: Arr
     tokens, tseg = sub["tokens"], sub["token_segment_ids"]
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
     z, seg = enc.speech_features(sub["features"], sub["segment_ids"])
-    quantized = model.quantizer(z, step, next(keys) if train else None)
+    quantized = cfg.quantize(model, z, step, next(keys) if train else None)
     row_valid = jnp.any(seg > 0, axis=1)
     total, metrics = 0.0, {"pairs": row_valid.sum()}
 

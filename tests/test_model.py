@@ -31,6 +31,20 @@ def test_gradients_reach_every_parameter():
     assert np.abs(codebook).sum() > 0
 
 
+def test_target_gradient_false_freezes_the_quantizer_and_cuts_z_off_from_the_targets():
+    import dataclasses
+    model = build_model(TINY)
+    batch = jax.tree.map(jnp.asarray, {"speech": full_batch(batch=2)["speech"]})
+    cfg = ObjectiveConfig(text_mlm=False, num_negatives=10, target_gradient=False)
+    loss_fn = lambda m, c: compute_losses(m, batch, jnp.array(0), jax.random.key(0), c)[0]
+    frozen = nnx.jit(nnx.grad(loss_fn), static_argnums=1)(model, cfg)
+    quantizer = [np.asarray(g) for g in jax.tree_util.tree_leaves(frozen["quantizer"])]
+    assert quantizer and all(not g.any() for g in quantizer)
+    assert np.abs(np.asarray(frozen["encoder"]["subsampling"]["proj"]["kernel"][...])).sum() > 0  # context path
+    joint = nnx.jit(nnx.grad(loss_fn), static_argnums=1)(model, dataclasses.replace(cfg, target_gradient=True))
+    assert np.abs(np.asarray(joint["quantizer"]["logits"]["kernel"][...])).sum() > 0
+
+
 def test_tiny_model_overfits_one_fixed_batch():
     model = build_model(TINY)
     batch = jax.tree.map(jnp.asarray, full_batch(batch=4, frames=64, length=16))

@@ -78,6 +78,9 @@ def test_contrastive_loss_can_keep_same_code_distractors():
     assert float(excluded) == 0.0 and float(m["chance"]) == 1.0
     kept, m = w2v_bert.contrastive_loss(*args, exclude_same_code=False)
     assert float(kept) > 0.5 and abs(float(m["chance"]) - 1 / (k + 1)) < 1e-6
+    # Identical targets tie the positive with every distractor: no frame counts as correct.
+    same, m = w2v_bert.contrastive_loss(args[0], jnp.ones_like(args[1]), *args[2:], exclude_same_code=False)
+    assert float(m["accuracy"]) == 0.0 and abs(float(same) - np.log(k + 1)) < 1e-4
 
 
 def test_diversity_loss_matches_formula():

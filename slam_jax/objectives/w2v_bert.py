@@ -77,6 +77,9 @@ def contrastive_loss(context: Array, targets: Array, target_ids: Array, negative
     same_code = jnp.all(neg_ids == target_ids[:, :, None, :], -1) & exclude_same_code
     logits = jnp.concatenate([pos, jnp.where(same_code, -jnp.inf, neg)], -1)
     loss, metrics = cross_entropy(logits, jnp.zeros((b, t), jnp.int32), scored)
+    # Strictly above every distractor: a distractor with the positive's vector (kept with exclude_same_code=False)
+    # ties it, and a tie is not a correct pick.
+    metrics["accuracy"], _ = masked_mean(pos[..., 0] > jnp.max(logits[..., 1:], -1, initial=-jnp.inf), scored)
     metrics["chance"], _ = masked_mean(1.0 / (1.0 + jnp.sum(~same_code, -1)), scored)
     return loss, metrics
 
