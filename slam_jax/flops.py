@@ -115,8 +115,15 @@ def quantizer_flops(cfg: ModelConfig, positions: int) -> float:
 
 
 def contrastive_flops(cfg: ModelConfig, positions: int) -> float:
-    """Forward FLOPs of the contrastive head on one row: projection d -> code_dim and the [T', T'] cosine matrix."""
-    return 2.0 * positions * (cfg.d_model * cfg.code_dim + positions * cfg.code_dim)
+    """Forward FLOPs of the contrastive head on one row: projection d -> code_dim (and code_dim -> code_dim of the
+    targets with `project_targets`) and the [T', T'] cosine matrix."""
+    target = cfg.code_dim * cfg.code_dim if cfg.project_targets else 0
+    return 2.0 * positions * (cfg.d_model * cfg.code_dim + target + positions * cfg.code_dim)
+
+
+def health_flops(cfg: ModelConfig, positions: int, ranks: int) -> float:
+    """Forward FLOPs of the health metrics on one row: the d x d feature covariance of each effective rank."""
+    return ranks * 2.0 * positions * cfg.d_model * cfg.d_model
 
 
 def speech_mlm_flops(cfg: ModelConfig, positions: int) -> float:
@@ -130,14 +137,23 @@ def text_mlm_flops(cfg: ModelConfig, positions: int) -> float:
 
 @dataclasses.dataclass
 class FlopCount:
-    """Forward FLOPs of one step split by component; `stack_forward` / `attention_dots` feed the remat estimate."""
+    """Forward FLOPs of one step split by component; `stack_forward` / `attention_dots` feed the remat estimate;
+    `no_grad` is the part with no backward pass (the health metrics)."""
 
     components: dict[str, float] = dataclasses.field(default_factory=dict)
     stack_forward: float = 0.0
     attention_dots: float = 0.0
+    no_grad: float = 0.0
 
-    def add(self, name: str, flops: float) -> None:
+    def add(self, name: str, flops: float, *, no_grad: bool = False) -> None:
         self.components[name] = self.components.get(name, 0.0) + float(flops)
+        if no_grad:
+            self.no_grad += float(flops)
+
+    @property
+    def train(self) -> float:
+        """Forward + backward (2 x forward) of the differentiated part, forward of the rest."""
+        return 3.0 * self.forward - 2.0 * self.no_grad
 
     def stack(self, name: str, cfg: ModelConfig, rows: int, layers: int, positions: int) -> None:
         f = rows * layers * conformer_layer_flops(cfg, positions)
@@ -162,8 +178,10 @@ def forward_flops(cfg: ModelConfig, shapes: BatchShapes, objectives: ObjectiveCo
         out.add("subsampling", b * subsampling_flops(cfg, shapes.speech_frames))
         out.add("quantizer", b * quantizer_flops(cfg, t))
         out.stack("speech_stack", cfg, b, n, t)
-        if objectives.speech_mlm or objectives.contrastive_on == "top":
+        top = objectives.speech_mlm or objectives.contrastive_on == "top"
+        if top:
             out.stack("shared_stack", cfg, b, m, t)
+        out.add("health", b * health_flops(cfg, t, 3 if top else 2), no_grad=True)  # ranks of z, c (and the top)
         if objectives.contrastive:
             out.add("contrastive", b * contrastive_flops(cfg, t))
         if objectives.speech_mlm:
@@ -197,7 +215,8 @@ def forward_flops(cfg: ModelConfig, shapes: BatchShapes, objectives: ObjectiveCo
 
 
 def train_step_flops(cfg: ModelConfig, shapes: BatchShapes, objectives: ObjectiveConfig | None = None) -> float:
-    """Model FLOPs of one train step (forward + backward = 3 x forward) for the global batch `shapes`.
+    """Model FLOPs of one train step (forward + backward = 3 x forward; the health metrics forward only) for the
+    global batch `shapes`.
 
     Args:
       cfg: the model. shapes: global batch shapes. objectives: the objective set (default: ObjectiveConfig(),
@@ -205,14 +224,14 @@ def train_step_flops(cfg: ModelConfig, shapes: BatchShapes, objectives: Objectiv
     Returns:
       FLOPs per step (divide by chips for per-chip FLOPs; divide by step time x peak for MFU).
     """
-    return 3.0 * forward_flops(cfg, shapes, objectives or ObjectiveConfig()).forward
+    return forward_flops(cfg, shapes, objectives or ObjectiveConfig()).train
 
 
 def hardware_flops(cfg: ModelConfig, shapes: BatchShapes, objectives: ObjectiveConfig | None = None) -> float:
     """FLOPs the hardware executes: model FLOPs plus the forward that remat recomputes (see module docstring)."""
     count = forward_flops(cfg, shapes, objectives or ObjectiveConfig())
     extra = {"none": 0.0, "dots": 0.0, "dots_no_batch": count.attention_dots, "full": count.stack_forward}
-    return 3.0 * count.forward + extra[cfg.remat]
+    return count.train + extra[cfg.remat]
 
 
 # ------------------------------------------------------------------------------------------ memory model
