@@ -330,8 +330,9 @@ def collect(records: dict[str, dict], budget: Budget, seeds: Sequence[int], vari
                 r.update(pretrain_curve=curve, pretrain_seconds=seconds, pretrain_eval=final_eval,
                          probes=records[f"seed{seed}/probes/{name}"]["output"])
             layers = records.get(f"seed{seed}/layer_probes/{name}")
-            if layers is not None:
-                r["layer_probes"] = layers["output"]
+            if layers is not None:  # the whole result (with per-utterance CERs) is in the file slam-eval names
+                with open(layers["output"]["file"]) as f:
+                    r["layer_probes"] = json.load(f)
             if r:
                 runs.setdefault(name, {})[str(seed)] = r
             for tune_seed in (seed,) if finetune_seeds is None else finetune_seeds:

@@ -150,7 +150,8 @@ def evaluate_layer_probes(model_dir: str, split: str | None, step: int | None, m
     folder = os.path.join(model_dir, "eval")
     tf.io.gfile.makedirs(folder)
     name = f"layer_probes_{mixture}_{split}_step{step}{'_random_init' if random_init else ''}.json"
-    with tf.io.gfile.GFile(os.path.join(folder, name), "w") as f:
+    out["file"] = os.path.join(folder, name)
+    with tf.io.gfile.GFile(out["file"], "w") as f:
         json.dump(out, f, indent=1)
     return out
 
@@ -215,6 +216,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ValueError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 1
+    if args.layer_probes:  # the per-utterance CERs stay in the result file
+        result = {**result, "layers": {k: {m: v for m, v in layer.items() if m != "utterance_cer"}
+                                       for k, layer in result["layers"].items()}}
     print(json.dumps(result), flush=True)
     return 0
 
