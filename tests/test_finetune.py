@@ -254,3 +254,6 @@ def test_every_ctc_finetune_config_resolves_to_a_task_and_sharded_state(name):
     names = checkpointing._paths_and_shapes(trainer.abstract_params)
     assert "ctc/kernel" in names and sum(k.startswith("encoder/") for k in names) > 50
     assert not any(k.startswith(("quantizer/", "speech_mlm/", "stm/")) for k in names)
+    opt = config.OptimizerConfig()
+    if opt.schedule == "tri_stage":  # the phases cover the run
+        assert opt.warmup_steps + opt.hold_steps + opt.decay_steps == train.TrainConfig().train_steps
