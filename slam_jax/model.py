@@ -217,8 +217,9 @@ class SlamEncoder(nnx.Module):
 class SlamModel(nnx.Module):
     """The encoder, the quantizer and every objective head.
 
-    Heads: `contrastive` (W: d -> code_dim on c; optional `target_projection` of q), `speech_mlm` (d -> G*V on h), `text_mlm` (transform + tied
-    embedding on h), `stm` (d -> 1 on the CLS output), optional `ctc` (d -> vocab on h of speech run alone).
+    Heads: `contrastive` (W: d -> code_dim on c; optional `target_projection` of q), `speech_mlm` (d -> G*V on h),
+    `text_mlm` (transform + tied embedding on h), `stm` (d -> 1 on the CLS output), optional `ctc` (d -> vocab on h
+    of speech run alone).
     """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
