@@ -91,17 +91,20 @@ def summarize(run_dir: str) -> dict[str, float]:
     return out
 
 
-def render(results: dict, steps: int, command_line: str, machine: str) -> str:
-    lines = [BEGIN, "", f"Command: `{command_line}`  ", f"Machine: {machine}; each run {steps} steps.", "",
-             "| variant | change | " + " | ".join(h for _, h, _ in COLUMNS) + " | gate | wall |",
-             "|---" * (len(COLUMNS) + 4) + "|"]
-    for key, r in results.items():
+def render(results: dict, command_line: str, machine: str) -> str:
+    """The markdown table of every recorded run (`results.json`), by training length, then as recorded."""
+    lines = [BEGIN, "", f"Last command: `{command_line}` (each row: `--variants NAME [--steps N] [--seed S]`)  ",
+             f"Machine: {machine}. Dev metrics from the run's final evaluation (8 batches); training health: mean "
+             "of the last 5 logs.", "",
+             "| variant | steps | change | " + " | ".join(h for _, h, _ in COLUMNS) + " | gate | wall |",
+             "|---" * (len(COLUMNS) + 5) + "|"]
+    for key, r in sorted(results.items(), key=lambda kv: kv[1]["steps"]):
         m = r["metrics"]
         cells = [f"{m[k]:.{d}f}" if k in m else "-" for k, _, d in COLUMNS]
         # A collapsed codebook passes the accuracies trivially (one code: nothing to tell apart).
         gate = all(m.get(k, 0) >= v for k, v in GATE.items()) and \
             m.get("eval/speech/code_perplexity", 0) >= 2.0
-        lines.append(f"| {key} | {VARIANTS[key.split('/')[0]][0]} | " + " | ".join(cells) +
+        lines.append(f"| {key} | {r['steps']} | {VARIANTS[key.split('/')[0]][0]} | " + " | ".join(cells) +
                      f" | {'pass' if gate else 'fail'} | {r['seconds'] / 60:.0f} min |")
     return "\n".join(lines + ["", END])
 
@@ -127,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results_path = os.path.join(args.out, "results.json")
     results = json.load(open(results_path)) if os.path.exists(results_path) else {}
     for name in names:
-        key = name if args.seed == 0 else f"{name}/seed{args.seed}"
+        key = name + (f"/seed{args.seed}" if args.seed else "") + (f"/{args.steps}" if args.steps != 1500 else "")
         run_dir = os.path.join(args.out, f"{name}_s{args.steps}" + (f"_seed{args.seed}" if args.seed else ""))
         step = toy_sweep.Step(name=key, module="slam_jax.train", run_dir=run_dir,
                               args=train_args(name, args.steps, vocab_size, run_dir, args.seed))
@@ -137,8 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(results_path, "w") as f:
             json.dump(results, f, indent=1, sort_keys=True)
     command_line = "python experiments/w2v_bert_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    section = render({n: r for n, r in results.items() if r["steps"] == args.steps}, args.steps, command_line,
-                     toy_sweep.machine(env))
+    section = render(results, command_line, toy_sweep.machine(env))
     print(section)
     if args.doc:
         toy_sweep.write_section(args.doc, section, BEGIN, END)
