@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from slam_jax.decoding import ctc as ctc_decoding
+
 CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ '"  # the LibriSpeech transcript alphabet; CTC blank = 0, CHARS[i] = id i + 1
 
 
@@ -185,8 +187,7 @@ def ctc_probe(train_x: Sequence[np.ndarray], train_texts: Sequence[str], eval_x:
     w, bias = np.asarray(params["w"]), np.asarray(params["b"])
     for feats in eval_x:
         best = (((np.repeat(feats, upsample, 0) - mean) / std) @ w + bias).argmax(-1)
-        collapsed = [int(k) for i, k in enumerate(best) if k != 0 and (i == 0 or k != best[i - 1])]
-        hyps.append(decode_chars(collapsed))
+        hyps.append(decode_chars(ctc_decoding.greedy_decode(best, len(best))))
     refs = [decode_chars(encode_chars(t)) for t in eval_texts]
     chars = collections.Counter("".join(hyps))
     return CtcProbeResult(
