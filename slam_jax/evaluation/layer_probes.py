@@ -14,7 +14,7 @@ extracted once, then a small model is trained on each:
 - Speaker identification: the utterance mean of each layer's frames, a logistic regression over the speakers of the
   evaluation split (held-out voices), trained on half of each speaker's utterances and scored on the other half.
 
-A random-initialized encoder of the same configuration is the other baseline (`slam-probe --random_init`).
+A random-initialized encoder of the same configuration is the other baseline (`slam-eval --layer_probes --random_init`).
 """
 from __future__ import annotations
 

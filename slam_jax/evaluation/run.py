@@ -124,24 +124,23 @@ def evaluate_layer_probes(model_dir: str, split: str | None, step: int | None, m
         return layer_probes.extract(trainer, params, converter.eval_stream(cfg), vocabulary, names, seconds)
 
     train_set, eval_set = features(train_split, train_seconds), features(split, None)
-    layers = {}
+    layers, speakers = {}, {}
     for name in ["logmel", *names]:
         ctc = layer_probes.ctc_probe(train_set.layers[name], train_set.texts, eval_set.layers[name],
                                      eval_set.texts, steps=probe_steps)
         pooled = np.stack([x.mean(0) for x in eval_set.layers[name]])
         frames = jnp.asarray(np.concatenate(eval_set.layers[name]))
         every = jnp.ones(frames.shape[0], bool)
+        speakers = layer_probes.speaker_probe(pooled, eval_set.speakers)
         layers[name] = {"cer": ctc.cer, "degenerate": ctc.degenerate, "distinct_fraction": ctc.distinct_fraction,
                         "empty_fraction": ctc.empty_fraction, "top_char_share": ctc.top_char_share,
                         "effective_rank": float(health.effective_rank(frames, every)),
                         "mean_cosine": float(health.mean_pairwise_cosine(frames, every)),
-                        "example": ctc.hypotheses[0], "utterance_cer": ctc.utterance_cer, "speaker_accuracy":
-                            layer_probes.speaker_probe(pooled, eval_set.speakers)["accuracy"]}
+                        "example": ctc.hypotheses[0], "utterance_cer": ctc.utterance_cer,
+                        "speaker_accuracy": speakers["accuracy"]}
         print(f"{name}: CER {ctc.cer:.3f}{' (degenerate)' if ctc.degenerate else ''} speaker accuracy "
               f"{layers[name]['speaker_accuracy']:.3f} effective rank {layers[name]['effective_rank']:.1f}",
               file=sys.stderr, flush=True)
-    speakers = layer_probes.speaker_probe(np.stack([x.mean(0) for x in eval_set.layers["logmel"]]),
-                                          eval_set.speakers)
     out = {"layer_probes": True, "mixture": mixture, "train_split": train_split, "split": split, "step": step,
            "random_init": random_init, "train_seconds": train_set.seconds, "train_utterances": len(train_set.ids),
            "eval_utterances": len(eval_set.ids), "speakers": speakers["speakers"],
