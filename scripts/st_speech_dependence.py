@@ -19,7 +19,7 @@ from flax import nnx
 
 from slam_jax import checkpointing, config
 from slam_jax.finetune import run as finetune_run
-from slam_jax.train import TrainConfig
+from slam_jax.trainer import TrainConfig
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,7 +23,8 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
-from slam_jax import config, flops, partitioning, train
+from slam_jax import config, flops, partitioning
+from slam_jax.trainer import TrainConfig, Trainer
 from slam_jax.data import schema
 
 # HBM per chip (GiB, vendor figures), by the generation prefix of the topology name.
@@ -111,9 +112,9 @@ def compile_run(topology: str) -> dict[str, Any]:
     stream_cfg, mesh_cfg = config.StreamConfig(), config.MeshConfig()
     hosts = len({d.process_index for d in devices})
     start = time.perf_counter()
-    trainer = train.Trainer.for_pretraining(model_cfg=model_cfg, objective_cfg=objective_cfg,
+    trainer = Trainer.for_pretraining(model_cfg=model_cfg, objective_cfg=objective_cfg,
                                             optimizer_cfg=config.OptimizerConfig(), mesh_cfg=mesh_cfg,
-                                            train_cfg=train.TrainConfig(), devices=devices)
+                                            train_cfg=TrainConfig(), devices=devices)
     rows = converter.kind_batch_sizes(stream_cfg.mixture, stream_cfg.batch_size, hosts)
     partitioning.check_batch_sizes({k: v for k, v in rows.items() if v}, trainer.mesh)
     batch = abstract_batch(stream_cfg, rows, trainer.mesh)

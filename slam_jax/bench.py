@@ -12,7 +12,7 @@ Modes (synthetic, fully valid batches in the data contract of `slam_jax.data.sch
 - `speech`: the speech-encoder objective only: conv subsampling, the N speech Conformer layers, the quantizer and
   the contrastive (+ diversity) loss (the backward reaches that path only; Adam updates every parameter, as
   `slam-train` would with these objectives).
-Either way the timed step is `slam-train`'s own (`train.Trainer`: the gin optimizer, donated state, the finite
+Either way the timed step is `slam-train`'s own (`trainer.Trainer`: the gin optimizer, donated state, the finite
 guard, the metrics, shardings from the gin `MeshConfig` rules over the local devices), compiled ahead of time.
 `--frames` counts Conformer positions, i.e. after the 4x subsampling: the features hold 4 x frames log-mel frames.
 
@@ -41,7 +41,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from slam_jax import config, flops, optim, partitioning, pretraining, train
+from slam_jax import config, flops, optim, partitioning, pretraining
+from slam_jax.trainer import TrainConfig, Trainer
 from slam_jax.data import schema
 from slam_jax.model import ModelConfig
 
@@ -154,11 +155,11 @@ def speech_objectives() -> pretraining.ObjectiveConfig:
 def build_step(model_cfg: ModelConfig, objective_cfg: pretraining.ObjectiveConfig,
                optimizer_cfg: optim.OptimizerConfig, batch: dict, *,
                mesh_cfg: partitioning.MeshConfig | None = None, seed: int = 0) -> Step:
-    """AOT-compiles `slam-train`'s train step (`train.Trainer.for_pretraining`: shardings from `mesh_cfg`'s logical
+    """AOT-compiles `slam-train`'s train step (`trainer.Trainer.for_pretraining`: shardings from `mesh_cfg`'s logical
     rules, donated state, finite guard, metrics) for `batch` over the local devices, with initialized state."""
-    trainer = train.Trainer.for_pretraining(
+    trainer = Trainer.for_pretraining(
         model_cfg=model_cfg, objective_cfg=objective_cfg, optimizer_cfg=optimizer_cfg,
-        mesh_cfg=mesh_cfg or partitioning.MeshConfig(data=-1), train_cfg=train.TrainConfig(seed=seed),
+        mesh_cfg=mesh_cfg or partitioning.MeshConfig(data=-1), train_cfg=TrainConfig(seed=seed),
         devices=jax.local_devices())
     partitioning.check_batch_sizes({k: v["segment_ids"].shape[0] for k, v in batch.items()}, trainer.mesh)
     params = trainer.init_params()

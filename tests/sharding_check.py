@@ -9,7 +9,7 @@ import numpy as np
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from helpers import TINY, full_batch  # noqa: E402
 from slam_jax import optim, partitioning, pretraining  # noqa: E402
-from slam_jax.train import Trainer, TrainConfig  # noqa: E402
+from slam_jax.trainer import Trainer, TrainConfig  # noqa: E402
 
 
 # Unrolled layers: XLA:CPU's in-process collectives inside a while loop can deadlock when 8 fake devices share 2

@@ -246,14 +246,15 @@ def test_bad_transcripts_are_skipped_with_reasons_or_raise(bad_task):
                                         if f.endswith("_ctc.gin")))
 def test_every_ctc_finetune_config_resolves_to_a_task_and_sharded_state(name):
     import tasks  # noqa: F401
-    from slam_jax import config, train
+    from slam_jax import config
+    from slam_jax.trainer import TrainConfig
     from slam_jax.finetune import run
     config.parse([f"finetune/{name}"], ["PRETRAINED_MODEL_DIR = '/nowhere'"] if "librispeech" in name else [])
     task = run.make_task(config.ModelConfig(), config.FinetuneConfig(), config.StreamConfig())
-    trainer = run.make_trainer(task, config.OptimizerConfig(), config.MeshConfig(), train.TrainConfig())
+    trainer = run.make_trainer(task, config.OptimizerConfig(), config.MeshConfig(), TrainConfig())
     names = checkpointing._paths_and_shapes(trainer.abstract_params)
     assert "ctc/kernel" in names and sum(k.startswith("encoder/") for k in names) > 50
     assert not any(k.startswith(("quantizer/", "speech_mlm/", "stm/")) for k in names)
     opt = config.OptimizerConfig()
     if opt.schedule == "tri_stage":  # the phases cover the run
-        assert opt.warmup_steps + opt.hold_steps + opt.decay_steps == train.TrainConfig().train_steps
+        assert opt.warmup_steps + opt.hold_steps + opt.decay_steps == TrainConfig().train_steps

@@ -1,5 +1,4 @@
 """Health metrics against numpy references on constructed inputs, and the collapse warnings."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import tasks  # noqa: F401
-from slam_jax import bench, config, flops, train
+from slam_jax import bench, config, flops, trainer as trainer_lib
 from train_utils import SMALL
 
 LOG_EVERY, STEPS = 3, 6
@@ -48,9 +48,9 @@ def trainer():
         f"--gin.TRAIN_STEPS={STEPS}", f"--gin.TrainConfig.log_every={LOG_EVERY}",
         "--gin.TrainConfig.checkpoint_every=1000", "--gin.TrainConfig.eval_every=0"])
     config.parse(files, bindings)
-    return train.Trainer.for_pretraining(
+    return trainer_lib.Trainer.for_pretraining(
         model_cfg=config.ModelConfig(), objective_cfg=config.ObjectiveConfig(),
-        optimizer_cfg=config.OptimizerConfig(), mesh_cfg=config.MeshConfig(), train_cfg=train.TrainConfig(),
+        optimizer_cfg=config.OptimizerConfig(), mesh_cfg=config.MeshConfig(), train_cfg=trainer_lib.TrainConfig(),
         devices=jax.local_devices()[:1])
 
 
@@ -71,8 +71,8 @@ def test_next_batch_transfer_is_issued_before_the_step_result_is_fetched(trainer
     from jax.experimental import multihost_utils
     monkeypatch.setattr(multihost_utils, "process_allgather", record("allgather", multihost_utils.process_allgather))
 
-    result = train.run_loop(trainer, stream, str(tmp_path / "run"), initial_params=trainer.init_params,
-                            flops_per_step=1e9, stream_metrics=lambda: train.stream_scalars(stream.stats()))
+    result = trainer_lib.run_loop(trainer, stream, str(tmp_path / "run"), initial_params=trainer.init_params,
+                            flops_per_step=1e9, stream_metrics=lambda: trainer_lib.stream_scalars(stream.stats()))
     assert result.step == STEPS
     names = [e[0] for e in events]
     steps = [i for i, n in enumerate(names) if n == "step"]
@@ -110,5 +110,5 @@ def test_non_finite_gradient_leaves_the_state_untouched(trainer):
     assert metrics["update_skipped"] == 1
     for x, y in zip(before, jax.tree.leaves(new_params)):
         np.testing.assert_array_equal(x, np.asarray(y))
-    with pytest.raises(train.NonFiniteLossError, match="step 1"):
-        train._check_finite(1, metrics, trainer.loss_names, 0)
+    with pytest.raises(trainer_lib.NonFiniteLossError, match="step 1"):
+        trainer_lib.loop._check_finite(1, metrics, trainer.loss_names, 0)

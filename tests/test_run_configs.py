@@ -24,11 +24,10 @@ import jax
 import numpy as np
 import pytest
 
-import slam_jax.train  # noqa: F401  (registers TrainConfig with gin)
 import tasks  # noqa: F401  (registers the seqio tasks and mixtures)
 from slam_jax import config, model, partitioning
 from slam_jax.data import converter, schema, sources
-from slam_jax.train import TrainConfig
+from slam_jax.trainer import TrainConfig
 
 GIN_DIR = Path(config.GIN_DIR)
 RUNS = sorted((GIN_DIR / "runs").glob("*.gin"))

@@ -69,7 +69,7 @@ def test_translate_task_trains_and_scores(tmp_path, capsys):
     of 4 covers part of the 64-utterance split)."""
     from slam_jax import config
     from slam_jax.finetune import run as finetune_run
-    from slam_jax.train import TrainConfig
+    from slam_jax.trainer import TrainConfig
 
     import tasks  # noqa: F401
     config.parse(["finetune/mini_st_de.gin"], _bindings() + ["TrainConfig.eval_batches = 1"])
@@ -98,7 +98,7 @@ def test_auxiliary_source_ctc(tmp_path):
     from slam_jax.data import covost, sources
     from slam_jax.finetune import run as finetune_run
     from slam_jax.objectives import ctc
-    from slam_jax.train import TrainConfig
+    from slam_jax.trainer import TrainConfig
 
     import tasks  # noqa: F401
     config.parse(["finetune/mini_st_de.gin"], _bindings())  # the config trains the auxiliary CTC

@@ -30,7 +30,9 @@ from typing import Sequence
 
 import jax
 
-from slam_jax import checkpointing, config, health, partitioning, train
+from slam_jax import checkpointing, config, health, partitioning
+from slam_jax.cli.common import add_distributed_flags, initialize_distributed
+from slam_jax.trainer import TrainConfig, Trainer
 from slam_jax.data import converter
 from slam_jax.evaluation import layer_probes, probes
 from slam_jax.finetune import run as finetune_run
@@ -50,9 +52,9 @@ def _is_finetune_run(config_path: str) -> bool:
         return any(line.startswith("FinetuneConfig.task") for line in f)
 
 
-def _eval_train_config(eval_batches: int) -> train.TrainConfig:
+def _eval_train_config(eval_batches: int) -> TrainConfig:
     """The run's TrainConfig with slam-eval's batch count (0 = the whole split; several processes need a count)."""
-    return dataclasses.replace(train.TrainConfig(), eval_batches=eval_batches)
+    return dataclasses.replace(TrainConfig(), eval_batches=eval_batches)
 
 
 def evaluate_task(model_dir: str, split: str | None, step: int | None, eval_batches: int = 0) -> dict:
@@ -71,7 +73,7 @@ def evaluate_probes(model_dir: str, split: str | None, step: int | None, mixture
     """Alignment probes of a pre-training run on the paired examples of `mixture` (default: the run's own)."""
     train_cfg = _eval_train_config(eval_batches)
     objective_cfg = config.ObjectiveConfig()
-    trainer = train.Trainer.for_pretraining(
+    trainer = Trainer.for_pretraining(
         model_cfg=config.ModelConfig(), objective_cfg=objective_cfg, optimizer_cfg=config.OptimizerConfig(),
         mesh_cfg=config.MeshConfig(), train_cfg=train_cfg)
     params, step = checkpointing.restore_params(model_dir, trainer.abstract_params, step)
@@ -102,7 +104,7 @@ def evaluate_layer_probes(model_dir: str, split: str | None, step: int | None, m
     import numpy as np
     train_cfg = _eval_train_config(0)
     model_cfg = config.ModelConfig()
-    trainer = train.Trainer.for_pretraining(
+    trainer = Trainer.for_pretraining(
         model_cfg=model_cfg, objective_cfg=config.ObjectiveConfig(), optimizer_cfg=config.OptimizerConfig(),
         mesh_cfg=config.MeshConfig(), train_cfg=train_cfg)
     if jax.process_count() > 1:
@@ -184,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config.add_module_import_flag(parser)
     parser.add_argument("--eval_batches", type=int, default=0,
                         help="batches per process (default 0: the whole split; required with several processes)")
-    train.add_distributed_flags(parser)
+    add_distributed_flags(parser)
     args = parser.parse_args(rest)
     try:
         run_config = _run_config(args.model_dir)
@@ -201,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (config.ConfigError, FileNotFoundError) as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
-    train.initialize_distributed(args)
+    initialize_distributed(args)
     try:
         if args.layer_probes:
             result = evaluate_layer_probes(args.model_dir, args.split, args.step, args.mixture,

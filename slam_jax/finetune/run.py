@@ -16,7 +16,8 @@ from typing import Any, Sequence
 
 import jax
 
-from slam_jax import checkpointing, config, partitioning, train
+from slam_jax import checkpointing, config, partitioning, trainer as trainer_lib
+from slam_jax.cli.common import cli_main
 from slam_jax.finetune import TASKS, base
 
 
@@ -34,13 +35,13 @@ def make_task(model_cfg, finetune_cfg: base.FinetuneConfig, stream_cfg) -> base.
 
 
 def make_trainer(task: base.FinetuneTask, optimizer_cfg, mesh_cfg, train_cfg,
-                 devices: Sequence[jax.Device] | None = None) -> train.Trainer:
-    return train.Trainer(model_fn=task.build_model, loss_fn=task.losses, loss_names=task.loss_names,
+                 devices: Sequence[jax.Device] | None = None) -> trainer_lib.Trainer:
+    return trainer_lib.Trainer(model_fn=task.build_model, loss_fn=task.losses, loss_names=task.loss_names,
                          optimizer=base.make_optimizer(optimizer_cfg, task.model_cfg, task.cfg),
                          mesh_cfg=mesh_cfg, train_cfg=train_cfg, devices=devices)
 
 
-def warm_start_encoder(directory: str, trainer: train.Trainer, fresh_params: Any) -> Any:
+def warm_start_encoder(directory: str, trainer: trainer_lib.Trainer, fresh_params: Any) -> Any:
     """Every `encoder/...` parameter from `directory`'s latest checkpoint; the task's head stays `fresh_params`.
 
     Raises FinetuneError naming the encoder parameters the checkpoint lacks or holds with another shape (e.g. a
@@ -61,10 +62,10 @@ def warm_start_encoder(directory: str, trainer: train.Trainer, fresh_params: Any
     return params
 
 
-def finetune(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> train.TrainResult:
+def finetune(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> trainer_lib.TrainResult:
     """Runs (or resumes) the gin-configured fine-tuning; returns the final step, parameters and last metrics."""
     model_cfg, finetune_cfg, stream_cfg = config.ModelConfig(), config.FinetuneConfig(), config.StreamConfig()
-    train_cfg = train.TrainConfig()
+    train_cfg = trainer_lib.TrainConfig()
     if train_cfg.init_from:
         raise config.ConfigError("TrainConfig.init_from is for pre-training stages; fine-tuning starts from "
                                  "FinetuneConfig.init_from")
@@ -84,12 +85,12 @@ def finetune(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> 
         scores = task.evaluate(trainer, params, train_cfg.eval_split, step, model_dir)
         return {f"eval/{k}": v for k, v in scores.items()}
 
-    return train.run_loop(trainer, stream, model_dir, initial_params=initial_params, evaluate=evaluate,
+    return trainer_lib.run_loop(trainer, stream, model_dir, initial_params=initial_params, evaluate=evaluate,
                           meta={"finetune_task": task.name, "init_from": finetune_cfg.init_from or ""})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return train.cli_main(argv, prog="slam-finetune", description="SLAM fine-tuning (gin-configured).",
+    return cli_main(argv, prog="slam-finetune", description="SLAM fine-tuning (gin-configured).",
                           run=finetune, errors=(FinetuneError,))
 
 

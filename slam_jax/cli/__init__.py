@@ -1,0 +1,1 @@
+"""Command-line entry points (`slam-*`) and what they share (`common`)."""

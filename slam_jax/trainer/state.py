@@ -1,0 +1,233 @@
+"""`Trainer`: the sharded train state and the jitted train / eval / predict steps of any model and loss."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from orbax.checkpoint import multihost
+
+from slam_jax import config, optim, partitioning, pretraining
+from slam_jax.model import ModelConfig, SlamModel
+from slam_jax.trainer.config import TrainConfig
+
+LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+
+# How long a process waits for the others to finish compiling before the first step (large models on busy hosts).
+_BARRIER_TIMEOUT_S = 1800
+
+
+class Trainer:
+    """Sharded state and the jitted train/eval steps of any model and loss (pre-training and fine-tuning).
+
+    The one train step (shardings, jit with donated state, finite guard, metrics) that `slam-train` runs,
+    `slam-bench` times and `slam-aot` compiles for a TPU topology (`lower`).
+
+    model_fn: `rngs -> nnx.Module` builds the model (called abstractly first, so parameters are created sharded).
+    loss_fn: `(model, batch, step, key, train) -> (loss, metrics)`, metrics named `kind/metric`.
+    loss_names: the metric names of the losses that must stay finite (named in the error when one is not).
+    optimizer: (optax transformation, learning-rate schedule).
+    """
+
+    def __init__(self, *, model_fn: Callable[[nnx.Rngs], nnx.Module], loss_fn: LossFn, loss_names: Sequence[str],
+                 optimizer: tuple[optax.GradientTransformation, optax.Schedule], mesh_cfg: partitioning.MeshConfig,
+                 train_cfg: TrainConfig, devices: Sequence[jax.Device] | None = None):
+        self.train_cfg, self.model_fn, self.loss_fn = train_cfg, model_fn, loss_fn
+        self.loss_names = tuple(loss_names)
+        self.mesh = partitioning.make_mesh(mesh_cfg, devices)
+        self.rules = mesh_cfg.rules
+        self.tx, self.schedule = optimizer
+
+        # Abstract model -> logical shardings -> parameters created directly sharded under jit.
+        with nnx.use_eager_sharding(False):
+            abstract = nnx.eval_shape(lambda: model_fn(nnx.Rngs(params=0)))
+        self.graphdef, abstract_params = nnx.split(abstract)
+        abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
+        self.param_shardings = partitioning.logical_shardings(abstract_params, self.mesh, self.rules)
+        self.opt_shardings = partitioning.logical_shardings(abstract_opt, self.mesh, self.rules)
+        self.abstract_params = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_params, self.param_shardings)
+        self.abstract_opt = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_opt, self.opt_shardings)
+        self.base_key, self.eval_key = jax.random.split(jax.random.key(train_cfg.seed))
+        self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        self._train_step = jax.jit(self._step_fn, donate_argnums=(0, 1),
+                                   out_shardings=(self.param_shardings, self.opt_shardings, self.replicated))
+        self._eval_step = jax.jit(self._eval_fn, out_shardings=self.replicated)
+        self._grads = jax.jit(jax.value_and_grad(self._losses, has_aux=True), static_argnums=(4,),
+                              out_shardings=((self.replicated, self.replicated), self.param_shardings))
+
+    @classmethod
+    def for_pretraining(cls, *, model_cfg: ModelConfig, objective_cfg: pretraining.ObjectiveConfig,
+                        optimizer_cfg: optim.OptimizerConfig, mesh_cfg: partitioning.MeshConfig,
+                        train_cfg: TrainConfig, devices: Sequence[jax.Device] | None = None) -> "Trainer":
+        """The SLAM pre-training step: `SlamModel` and every active objective of `objective_cfg`."""
+        def losses(model, batch, step, key, train):
+            return pretraining.compute_losses(model, batch, step, key, objective_cfg, train=train)
+        return cls(model_fn=lambda rngs: SlamModel(model_cfg, rngs=rngs), loss_fn=losses,
+                   loss_names=pretraining.loss_names(objective_cfg), optimizer=optim.make_optimizer(optimizer_cfg),
+                   mesh_cfg=mesh_cfg, train_cfg=train_cfg, devices=devices)
+
+    # -------------------------------------------------------------------------------------------- state
+    def init_params(self) -> Any:
+        def init():
+            with nnx.use_eager_sharding(False):
+                return nnx.state(self.model_fn(nnx.Rngs(params=self.train_cfg.seed)))
+        return jax.jit(init, out_shardings=self.param_shardings)()
+
+    def init_opt_state(self, params: Any) -> Any:
+        return jax.jit(self.tx.init, out_shardings=self.opt_shardings)(params)
+
+    # -------------------------------------------------------------------------------------------- steps
+    def _losses(self, params, batch, step, key, train):
+        model = nnx.merge(self.graphdef, params)
+        with nnx.logical_axis_rules(tuple(self.rules)):
+            return self.loss_fn(model, batch, step, key, train)
+
+    def _step_fn(self, params, opt_state, batch, step):
+        key = jax.random.fold_in(self.base_key, step)
+        (loss, metrics), grads = jax.value_and_grad(self._losses, has_aux=True)(params, batch, step, key, True)
+        updates, new_opt = self.tx.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        # Guard (as optax.apply_if_finite, without its extra optimizer state): a non-finite loss or gradient leaves
+        # parameters and optimizer state untouched; the loop reports it and stops at the last good state.
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        metrics["grad_norm"] = grad_norm
+        metrics["update_skipped"] = 1.0 - finite.astype(jnp.float32)
+        metrics["learning_rate"] = self.schedule(step)
+        return keep(new_params, params), keep(new_opt, opt_state), metrics
+
+    def _eval_fn(self, params, batch, step):
+        return self._losses(params, batch, step, self.eval_key, False)[1]
+
+    def device_batch(self, local_batch: dict) -> dict:
+        """This process' rows -> the global batch sharded over (`data`, `fsdp`); the transfer is asynchronous."""
+        return partitioning.global_batch(local_batch, self.mesh)
+
+    @staticmethod
+    def _step_array(step: int) -> jax.Array:
+        """The step as the jitted steps take it; call under `jax.set_mesh` (its sharding type is part of the jit
+        cache key, so `compile` and the calls it prepares must build it the same way)."""
+        return jnp.asarray(step, jnp.int32)
+
+    def train_step(self, params, opt_state, batch: dict, step: int):
+        """One optimizer step on a global batch from `device_batch`; returns (params, opt_state, metrics)."""
+        with jax.set_mesh(self.mesh):
+            return self._train_step(params, opt_state, batch, self._step_array(step))
+
+    def lower(self, batch: dict, params: Any = None, opt_state: Any = None) -> jax.stages.Lowered:
+        """The train step lowered for `batch` (arrays or `ShapeDtypeStruct`s with their shardings) and the given
+        state, by default the abstract sharded state: ahead-of-time compilation needs no device memory."""
+        params = self.abstract_params if params is None else params
+        opt_state = self.abstract_opt if opt_state is None else opt_state
+        with jax.set_mesh(self.mesh):
+            return self._train_step.lower(params, opt_state, batch, jax.ShapeDtypeStruct((), jnp.int32))
+
+    def compile(self, params, opt_state, batch: dict, step: int, eval_step: bool = False) -> float:
+        """Compiles the train step (and the held-out loss step with `eval_step`) for these inputs; returns the
+        seconds taken.
+
+        With several processes, then waits (at a coordination-service barrier, not a collective) until every process
+        has compiled: otherwise one process could start the first step's collectives while another still compiles,
+        and CPU (gloo) collectives give up after 30 s waiting for a peer to join.
+        """
+        start = time.time()
+        with jax.set_mesh(self.mesh):
+            step = self._step_array(step)
+            self._train_step.lower(params, opt_state, batch, step).compile()
+            if eval_step:
+                self._eval_step.lower(params, batch, step).compile()
+        seconds = time.time() - start
+        multihost.get_barrier_sync_fn()(key="slam_jax_train_compiled", timeout_ms=_BARRIER_TIMEOUT_S * 1000)
+        return seconds
+
+    def loss_and_grads(self, params, local_batch: dict, step: int) -> tuple[Any, dict, Any]:
+        """(loss, metrics, gradients) of one batch without updating anything (used to check sharding numerics)."""
+        batch = partitioning.global_batch(local_batch, self.mesh)
+        step = jnp.asarray(step, jnp.int32)
+        with jax.set_mesh(self.mesh):
+            (loss, metrics), grads = self._grads(params, batch, step, jax.random.fold_in(self.base_key, step), True)
+        return loss, metrics, grads
+
+    def eval_batches(self, stream: Iterator[dict], template: dict, *, partial_ok: bool = False) -> Iterator[dict]:
+        """This process' host batches of a finite `stream`, in lockstep with the other processes.
+
+        Every process must run the same number of (collective) eval steps: `TrainConfig.eval_batches` when set
+        (required with several processes), else one pass over the stream. A process whose shard ran out yields
+        all-padding batches shaped like `template` (a training batch); so does a kind the stream lacks. A metric
+        of the whole split (WER, BLEU, ...: `partial_ok=False`) prints a warning when `eval_batches` stops before
+        this process' shard is exhausted, since its score then covers only part of the split.
+        """
+        n = self.train_cfg.eval_batches
+        if jax.process_count() > 1 and not n:
+            raise config.ConfigError("multi-process evaluation needs TrainConfig.eval_batches > 0")
+        empty = jax.tree.map(np.zeros_like, template)
+        i = 0
+        while not n or i < n:
+            local = next(stream, None)
+            if local is None:
+                if not n:
+                    return
+                local = empty
+            yield {k: local.get(k, empty[k]) for k in template}
+            i += 1
+        rest = None if partial_ok else next(stream, None)
+        if rest is not None and any((sub["segment_ids"] > 0).any() for sub in rest.values()):
+            print(f"warning: TrainConfig.eval_batches = {n} ended before process {jax.process_index()}'s shard of "
+                  "the split did, so the score covers part of the split; with N processes eval_batches must reach "
+                  "split size / (N x rows per process), and one process can use --eval_batches=0 (all of it)",
+                  flush=True)
+
+    def evaluate(self, params, step: int, template: dict, stream_cfg) -> dict[str, float]:
+        """Held-out losses and accuracies on `TrainConfig.eval_split` of the stream `stream_cfg` describes,
+        averaged over the batches where each kind has data (see `eval_batches` for the number of batches)."""
+        from slam_jax.data import converter
+        cfg = dataclasses.replace(stream_cfg, split=self.train_cfg.eval_split, shuffle=False)
+        stream = converter.eval_stream(cfg, shard_index=jax.process_index(), num_shards=jax.process_count())
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for local in self.eval_batches(stream, template, partial_ok=True):
+            batch = partitioning.global_batch(local, self.mesh)
+            with jax.set_mesh(self.mesh):
+                metrics = jax.device_get(self._eval_step(params, batch, self._step_array(step)))
+            present = {kind: float(metrics.get(key, 0)) > 0 for kind, key in
+                       (("speech", "speech/frames"), ("text", "text/tokens"), ("paired", "paired/pairs"))}
+            for k, v in metrics.items():
+                kind = k.split("/")[0]
+                if present.get(kind, any(present.values())):
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                    counts[k] = counts.get(k, 0) + 1
+        return {f"eval/{k}": v / counts[k] for k, v in sums.items()}
+
+    def predict_fn(self, fn: Callable[[nnx.Module, dict], Any]) -> Callable[[Any, dict], Any]:
+        """Jits `fn(model, batch) -> outputs` (every output [global batch, ...]) for inference on host batches.
+
+        The returned callable takes (params, this process' host batch) and returns this process' rows of the
+        outputs as NumPy arrays (`global_array_to_host_local_array`), in the order of the host batch's rows.
+        """
+        def apply(params, batch):
+            model = nnx.merge(self.graphdef, params)
+            with nnx.logical_axis_rules(tuple(self.rules)):
+                out = fn(model, batch)
+            return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(
+                x, partitioning.batch_sharding(self.mesh, x.ndim)), out)
+
+        jitted = jax.jit(apply)
+
+        def run(params, local_batch: dict) -> Any:
+            from jax.experimental import multihost_utils
+            batch = partitioning.global_batch(local_batch, self.mesh)
+            with jax.set_mesh(self.mesh):
+                out = jitted(params, batch)
+            local = multihost_utils.global_array_to_host_local_array(
+                out, self.mesh, jax.tree.map(lambda x: x.sharding.spec, out))
+            return jax.tree.map(np.asarray, local)
+
+        return run
