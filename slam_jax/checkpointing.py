@@ -1,29 +1,88 @@
-"""Orbax checkpoints of a training run: params, optimizer state, step, data-iterator state, gin config.
+"""Orbax checkpoints of a training run: params, optimizer state, each host's data-iterator state, metadata.
 
 Layout under `model_dir`:
 ```
-checkpoints/<step>/{params,opt_state,meta}   orbax (async, keep-last-N + keep-every-K)
-data_state/<step>/process_<i>.bin            each host's data-iterator state (written before the orbax save)
+checkpoints/<step>/{params,opt_state,data_state,meta}   orbax (async, keep-last-N + keep-every-K)
+checkpoints/<step>/data_state/process_<i>-of-<n>.bin    each host's data-iterator state
 ```
-Restores build target shardings from the *current* mesh, so a run can resume on a different slice. A checkpoint
-whose parameters differ from the model's (names or shapes) fails with a message naming them.
+The data-iterator states are an item of the same orbax checkpoint (written by every process, committed together
+with the parameters by orbax's atomic rename), so a step's parameters and data position exist together or not at
+all. Restores build target shardings from the *current* mesh, so a run can resume on a different slice. A checkpoint
+whose parameters differ from the model's (names or shapes) fails with a message naming them; an unreadable one
+(truncated, partly deleted) is skipped for the newest intact one (`Checkpointer.restore_latest`).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-import tensorflow as tf
+from etils import epath
 
+
+@dataclasses.dataclass
+class DataStateSave(ocp.args.CheckpointArgs):
+    """This process' data-iterator state (`OneStream.get_state()` bytes)."""
+    state: bytes
+
+
+@dataclasses.dataclass
+class DataStateRestore(ocp.args.CheckpointArgs):
+    pass
+
+
+class DataStateHandler(ocp.AsyncCheckpointHandler):
+    """Every process writes its own file, `process_<i>-of-<n>.bin` (grain's per-process iterator-state layout);
+    restore reads this process' file and fails, naming it, when the checkpoint was written by another number of
+    processes."""
+
+    @staticmethod
+    def _name() -> str:
+        return f"process_{jax.process_index()}-of-{jax.process_count()}.bin"
+
+    async def _write(self, directory: epath.Path, state: bytes) -> None:
+        (directory / self._name()).write_bytes(state)
+
+    async def async_save(self, directory: epath.Path, args: DataStateSave):
+        return [ocp.future.CommitFutureAwaitingContractedSignals(self._write(directory, args.state),
+                                                                 name="data_state_save")]
+
+    def save(self, directory: epath.Path, args: DataStateSave) -> None:
+        (directory / self._name()).write_bytes(args.state)
+
+    def restore(self, directory: epath.Path, args: DataStateRestore | None = None) -> bytes:
+        path = directory / self._name()
+        if not path.exists():
+            found = sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+            raise FileNotFoundError(f"{path} does not exist (the checkpoint holds {', '.join(found) or 'no file'}): "
+                                    "was it written by a run with another number of processes?")
+        return path.read_bytes()
+
+    def metadata(self, directory: epath.Path) -> None:
+        return None
+
+    def finalize(self, directory: epath.Path) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+ocp.args.register_with_handler(DataStateHandler, for_save=True)(DataStateSave)
+ocp.args.register_with_handler(DataStateHandler, for_restore=True)(DataStateRestore)
 
 
 def _handlers() -> dict[str, ocp.CheckpointHandler]:
     return {"params": ocp.StandardCheckpointHandler(), "opt_state": ocp.StandardCheckpointHandler(),
-            "meta": ocp.JsonCheckpointHandler()}
+            "data_state": DataStateHandler(), "meta": ocp.JsonCheckpointHandler()}
+
+
+class CheckpointUnreadableError(RuntimeError):
+    """No checkpoint of the run could be restored; the message lists each one and why."""
 
 
 class CheckpointMismatchError(ValueError):
@@ -68,7 +127,6 @@ class Checkpointer:
 
     def __init__(self, model_dir: str, *, keep: int = 3, keep_every: int | None = None, async_save: bool = True):
         self.model_dir = model_dir
-        self.data_dir = os.path.join(model_dir, "data_state")
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, keep_period=keep_every,
                                                enable_async_checkpointing=async_save, create=True)
         self.manager = ocp.CheckpointManager(os.path.join(model_dir, "checkpoints"), options=options,
@@ -78,25 +136,9 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, params: Any, opt_state: Any, data_state: bytes, meta: dict, force: bool = False):
-        path = os.path.join(self.data_dir, str(step), f"process_{jax.process_index()}.bin")
-        tf.io.gfile.makedirs(os.path.dirname(path))
-        with tf.io.gfile.GFile(path, "wb") as f:
-            f.write(data_state)
-        saved = self.manager.save(step, args=ocp.args.Composite(
+        return self.manager.save(step, args=ocp.args.Composite(
             params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
-            meta=ocp.args.JsonSave(meta)), force=force)
-        self._prune_data_states(step)
-        return saved
-
-    def _prune_data_states(self, current: int):
-        """Drops data-iterator states of checkpoints that orbax's retention policy removed."""
-        if jax.process_index() != 0:
-            return
-        keep = {str(s) for s in self.manager.all_steps()} | {str(current)}
-        for name in tf.io.gfile.listdir(self.data_dir):
-            name = name.rstrip("/")
-            if name.isdigit() and name not in keep:
-                tf.io.gfile.rmtree(os.path.join(self.data_dir, name))
+            data_state=DataStateSave(data_state), meta=ocp.args.JsonSave(meta)), force=force)
 
     def wait(self):
         self.manager.wait_until_finished()
@@ -116,22 +158,62 @@ class Checkpointer:
     def restore(self, step: int, abstract_params: Any, abstract_opt_state: Any) -> tuple[Any, Any, bytes, dict]:
         """Restores into the shardings of the given abstract trees (ShapeDtypeStruct leaves with `.sharding`)."""
         self.check_compatible(step, abstract_params)
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(abstract_params), opt_state=ocp.args.StandardRestore(abstract_opt_state),
-            meta=ocp.args.JsonRestore()))
-        path = os.path.join(self.data_dir, str(step), f"process_{jax.process_index()}.bin")
-        if not tf.io.gfile.exists(path):
-            raise FileNotFoundError(f"checkpoint step {step} has no data-iterator state for process "
-                                    f"{jax.process_index()} at {path}; was it written by a run with another "
-                                    f"number of hosts?")
-        with tf.io.gfile.GFile(path, "rb") as f:
-            data_state = f.read()
+        items = dict(params=ocp.args.StandardRestore(abstract_params),
+                     opt_state=ocp.args.StandardRestore(abstract_opt_state), meta=ocp.args.JsonRestore())
+        legacy = epath.Path(self.model_dir, "data_state", str(step), f"process_{jax.process_index()}.bin")
+        if not (epath.Path(self.manager.directory) / str(step) / "data_state").exists() and legacy.exists():
+            data_state = legacy.read_bytes()  # runs saved before the data state became a checkpoint item
+        else:
+            items["data_state"] = DataStateRestore()
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        data_state = restored["data_state"] if "data_state" in items else data_state
         return restored["params"], restored["opt_state"], data_state, restored["meta"]
+
+    def restore_latest(self, abstract_params: Any, abstract_opt_state: Any, *,
+                       accept: Callable[[int, bytes], None] = lambda step, data_state: None,
+                       fatal: tuple[type[BaseException], ...] = (),
+                       report: Callable[[str], None] = print) -> tuple[int, Any, Any, bytes, dict] | None:
+        """The newest checkpoint that restores, as (step, params, opt_state, data_state, meta); None without any.
+
+        A checkpoint that fails to read (truncated or deleted files, a data state `accept(step, data_state)`
+        rejects with OSError / ValueError) is skipped with one line to `report` naming the step and the cause;
+        a parameter mismatch (another model configuration) is not a damaged checkpoint and raises
+        CheckpointMismatchError, and so do the `fatal` errors of `accept` (a data state of another stream). Raises CheckpointUnreadableError when no checkpoint restores.
+        """
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        failures = []
+        for step in steps:
+            try:
+                params, opt_state, data_state, meta = self.restore(step, abstract_params, abstract_opt_state)
+                accept(step, data_state)
+            except (CheckpointMismatchError, *fatal):
+                raise
+            except Exception as e:  # noqa: BLE001 - any read failure of one checkpoint: try the previous one
+                cause = _first_line(e)
+                failures.append(f"step {step}: {cause}")
+                report(f"checkpoint step {step} is unreadable, skipped ({cause})")
+                continue
+            return step, params, opt_state, data_state, meta
+        if failures:
+            raise CheckpointUnreadableError(
+                f"no checkpoint under {self.manager.directory} can be restored:\n  " + "\n  ".join(failures) +
+                "\nmove the damaged step folders away to start this run afresh")
+        return None
+
+
+def _first_line(error: BaseException) -> str:
+    """The informative line of an exception (TensorStore errors put the cause deep inside a long message)."""
+    text = f"{type(error).__name__}: {error}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if any(w in line for w in ("NOT_FOUND", "DATA_LOSS", "Error reading", "not found", "does not exist",
+                                   "truncated", "corrupt")):
+            return line[:300]
+    return lines[0][:300] if lines else type(error).__name__
 
 
 def _reader(directory: str) -> ocp.CheckpointManager:
-    ckpt = os.path.join(directory, "checkpoints") if tf.io.gfile.isdir(os.path.join(directory, "checkpoints")) \
-        else directory
+    ckpt = os.path.join(directory, "checkpoints") if epath.Path(directory, "checkpoints").is_dir() else directory
     return ocp.CheckpointManager(ckpt, options=ocp.CheckpointManagerOptions(read_only=True),
                                  item_handlers=_handlers())
 

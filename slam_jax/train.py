@@ -17,9 +17,10 @@ from typing import Sequence
 
 import jax
 
-from slam_jax import checkpointing, config, flops, health, partitioning
+from slam_jax import config, flops, health, partitioning
 from slam_jax.cli.common import cli_main
 from slam_jax.trainer import TrainConfig, Trainer, TrainResult, run_loop, stream_scalars
+from slam_jax.trainer.warm_start import warm_start
 
 
 def train(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> TrainResult:
@@ -37,9 +38,8 @@ def train(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> Tra
     def initial_params():
         params = trainer.init_params()
         if train_cfg.init_from:
-            params, skipped = checkpointing.warm_start_params(train_cfg.init_from, trainer.abstract_params, params)
-            print(f"warm-started from {train_cfg.init_from}" +
-                  (f"; freshly initialized: {', '.join(skipped)}" if skipped else ""), flush=True)
+            params = warm_start(train_cfg.init_from, trainer, params, allow_fresh=train_cfg.init_from_allow_fresh,
+                                setting="TrainConfig.init_from")
         return params
 
     shapes = flops.BatchShapes(

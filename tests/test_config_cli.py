@@ -30,7 +30,7 @@ def test_vocabulary_size_mismatch_in_either_direction_is_an_error(vocab_size):
 
 def test_slam_train_refuses_a_larger_model_vocabulary_before_training(tmp_path):
     result = slam_train(tmp_path / "run", "--gin.ModelConfig.vocab_size=1000", check=False, timeout=300)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "has 512 pieces but ModelConfig.vocab_size = 1000" in result.stderr, result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
 

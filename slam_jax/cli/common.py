@@ -40,15 +40,69 @@ def initialize_distributed(args: argparse.Namespace) -> None:
         jax.distributed.initialize()
 
 
+# Exit codes of every slam-* command (README, "Exit codes").
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def expected_failures() -> tuple[type[BaseException], ...]:
+    """Run-time failures a user can cause and fix (bad data, missing or unwritable files, a full disk, a locked or
+    damaged run folder, a mismatched checkpoint): one message line, exit 1, no traceback (see `--verbose`)."""
+    import tensorflow as tf
+    from slam_jax.data.converter import DataError, StreamMismatchError
+    from slam_jax.data.watchdog import StoppedWhileWaiting
+    from slam_jax.trainer.run_folder import RunFolderLockedError
+    from slam_jax.trainer.warm_start import WarmStartError
+    return (partitioning.MeshError, checkpointing.CheckpointMismatchError, checkpointing.CheckpointUnreadableError,
+            NonFiniteLossError, DataError, StreamMismatchError, RunFolderLockedError, StoppedWhileWaiting,
+            WarmStartError, OSError, tf.errors.OpError)
+
+
+def describe_failure(error: BaseException) -> str:
+    """The message of an expected failure, naming the file for OS errors (`[Errno 28] No space left on device`)."""
+    if isinstance(error, OSError) and error.filename and error.strerror:
+        return f"{error.strerror}: {error.filename}"
+    message = getattr(error, "message", None) or str(error) or type(error).__name__
+    return message.strip()
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--verbose", action="store_true",
+                        help="print the traceback of an expected failure (bad data, files, checkpoints) too")
+
+
+def run_guarded(prog: str, run: Callable[[], Any], *, verbose: bool = False,
+                errors: tuple[type[BaseException], ...] = ()) -> int:
+    """Runs `run()` and maps its failures to the exit-code table: ConfigError -> 2, an expected failure (and
+    `errors`) -> 1, each as `prog: message` on stderr; Ctrl-C -> 130. Anything else is a bug: its traceback."""
+    try:
+        run()
+    except config.ConfigError as e:
+        _report(prog, e, verbose)
+        return EXIT_CONFIG
+    except (*expected_failures(), *errors) as e:
+        _report(prog, e, verbose)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+def _report(prog: str, error: BaseException, verbose: bool) -> None:
+    if verbose:
+        import traceback
+        traceback.print_exception(error, file=sys.stderr)
+    print(f"{prog}: {describe_failure(error)}", file=sys.stderr, flush=True)
+
+
 def cli_main(argv: Sequence[str] | None, *, prog: str, description: str, run: Callable[[str], Any],
              errors: tuple[type[Exception], ...] = ()) -> int:
     """The command line shared by `slam-train` and `slam-finetune`: gin flags, --model_dir, --module_import,
-    multi-process flags.
+    multi-process flags, --verbose.
 
     Parses the gin configuration, registers the seqio tasks and the `--module_import` modules (with the gin-bound
-    `DataConfig` paths, see `config.register_tasks`), then runs `run(model_dir)`; configuration errors exit 2,
-    known run-time errors (bad mesh, mismatched checkpoint, non-finite loss, `errors`) print their message and
-    exit 1.
+    `DataConfig` paths, see `config.register_tasks`), then runs `run(model_dir)` under `run_guarded` (exit codes:
+    0 done, 1 a run-time failure, 2 a configuration that cannot work, 130 interrupted).
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -58,18 +112,15 @@ def cli_main(argv: Sequence[str] | None, *, prog: str, description: str, run: Ca
     parser.add_argument("--model_dir", required=True, help="run directory (local or gs://)")
     config.add_module_import_flag(parser)
     add_distributed_flags(parser)
+    add_verbose_flag(parser)
     args, files, bindings = config.parse_gin_command_line(parser, argv, "runs/cpu_smoke.gin")
-    try:
+
+    def parse():
         config.parse(files, bindings)
         config.register_tasks(args.module_import)
-    except config.ConfigError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return 2
+
+    code = run_guarded(prog, parse, verbose=args.verbose)
+    if code:
+        return code
     initialize_distributed(args)
-    try:
-        run(args.model_dir)
-    except (config.ConfigError, partitioning.MeshError, checkpointing.CheckpointMismatchError,
-            NonFiniteLossError, *errors) as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_guarded(prog, lambda: run(args.model_dir), verbose=args.verbose, errors=errors)

@@ -57,6 +57,21 @@ def _close_streams() -> None:
     gc.collect()
 
 
+# StreamConfig fields that do not change which examples the stream yields in which order: a resume may change them.
+_NOT_CONTENT = ("on_error",)
+
+
+def _content_identity(fingerprint: str) -> dict:
+    """A stream fingerprint without the options a resume may change (`_NOT_CONTENT`)."""
+    found = json.loads(fingerprint)
+    found["config"] = {k: v for k, v in found["config"].items() if k not in _NOT_CONTENT}
+    return found
+
+
+class StreamMismatchError(ValueError):
+    """A data-iterator state restored into a stream of other content (mixture, shapes, seed, shard, ...)."""
+
+
 class DataError(ValueError):
     """A bad input example (the message names the file and the problem), or a failed input pipeline."""
 
@@ -182,6 +197,31 @@ def _kind_examples(kind: str, children: Sequence[tuple[str, float]], config: Str
     return tf.data.Dataset.sample_from_datasets(datasets, rates, seed=seed, stop_on_empty_dataset=True)
 
 
+class LiveCounts:
+    """Bad and too-long examples of one kind per task, counted the moment the pipeline drops them (the `_skipped` /
+    `_too_long` batch fields only arrive with the next emitted row, which never comes when every example is dropped):
+    what `OneStream.stall_report` shows when no batch arrives."""
+
+    def __init__(self, task_names: Sequence[str]):
+        self.task_names = list(task_names)
+        self.skipped = np.zeros(len(task_names), np.int64)
+        self.too_long = np.zeros(len(task_names), np.int64)
+
+    def counter(self, field: str):
+        """`(task: int32 tensor) -> ok` for tf.cond: adds one to `field` of that task in Python."""
+        counts = getattr(self, field)
+
+        def bump(task) -> np.bool_:
+            counts[int(task)] += 1
+            return np.bool_(True)
+
+        return lambda task: tf.numpy_function(bump, [task], tf.bool, stateful=True)
+
+    def count_if(self, field: str, condition: tf.Tensor, task: tf.Tensor) -> tf.Tensor:
+        """A tensor to depend on that counts `task` in `field` when `condition` holds."""
+        return tf.cond(condition, lambda: self.counter(field)(task), lambda: tf.constant(True))
+
+
 def _raise_error(message: bytes) -> bool:
     raise DataError(message.decode("utf-8", "replace"))
 
@@ -279,7 +319,7 @@ def _pack(ds: tf.data.Dataset, *, length: int, tail: Sequence[int], dtype: tf.DT
 
 
 def _pair_rows(ds: tf.data.Dataset, *, frames: int, tokens: int, source_tokens: int, num_tasks: int,
-               flush: bool) -> tf.data.Dataset:
+               flush: bool, live: LiveCounts | None = None) -> tf.data.Dataset:
     """One (utterance, transcript) per row, zero-padded; errors and too-long pairs are counted, not emitted.
 
     With `flush` (finite streams) a last all-padding row carries the counts of trailing skipped pairs.
@@ -306,6 +346,9 @@ def _pair_rows(ds: tf.data.Dataset, *, frames: int, tokens: int, source_tokens: 
         if source_tokens:
             longer = tf.logical_or(longer, tf.shape(ex["source_text"])[0] > source_tokens)
         too_long = tf.logical_and(tf.logical_not(is_error), longer)
+        if live is not None:
+            with tf.control_dependencies([live.count_if("too_long", too_long, ex["task"])]):
+                too_long = tf.identity(too_long)
         skipped = state["skipped"] + onehot * tf.cast(is_error, tf.int32)
         long_count = state["too_long"] + onehot * tf.cast(too_long, tf.int32)
         message = tf.where(is_error, ex["error"], state["message"])
@@ -336,14 +379,21 @@ def _pair_rows(ds: tf.data.Dataset, *, frames: int, tokens: int, source_tokens: 
 
 
 def _kind_rows(kind: str, examples: tf.data.Dataset, task_names: Sequence[str], config: StreamConfig,
-               finite: bool) -> tf.data.Dataset:
+               finite: bool, live: LiveCounts) -> tf.data.Dataset:
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(tf.constant(list(task_names)), tf.range(len(task_names))), -1)
     examples = examples.map(lambda ex: {**ex, "task": tf.cast(table.lookup(ex["task"]), tf.int32)})
     examples = examples.map(_check_or_pass(config.on_error))
+
+    def count_bad(ex):
+        with tf.control_dependencies([live.count_if("skipped", tf.strings.length(ex["error"]) > 0, ex["task"])]):
+            return {k: tf.identity(v) for k, v in ex.items()}
+
+    examples = examples.map(count_bad)
     if kind == "paired":
         return _pair_rows(examples, frames=config.paired_frames, tokens=config.paired_tokens,
-                          source_tokens=config.paired_source_tokens, num_tasks=len(task_names), flush=finite)
+                          source_tokens=config.paired_source_tokens, num_tasks=len(task_names), flush=finite,
+                          live=live)
     value_key = "speech" if kind == "speech" else "text"
     examples = examples.map(lambda ex: {"value": ex[value_key], "task": ex["task"], "error": ex["error"],
                                         "id": ex["id"], "flush": tf.constant(False)})
@@ -365,13 +415,14 @@ class OneStream:
 
     def __init__(self, dataset: tf.data.Dataset, *, config: StreamConfig, kind_batch_sizes: Mapping[str, int],
                  host_batch_sizes: Mapping[str, int], task_names: Mapping[str, Sequence[str]], fingerprint: str,
-                 rates: Mapping[str, Mapping[str, float]]):
+                 rates: Mapping[str, Mapping[str, float]], live: Mapping[str, LiveCounts]):
         self.config = config
         self.kind_batch_sizes = dict(kind_batch_sizes)
         self.host_batch_sizes = dict(host_batch_sizes)
         self.task_names = {k: list(v) for k, v in task_names.items()}
         self.rates = {k: dict(v) for k, v in rates.items()}
         self._fingerprint = fingerprint
+        self.live = dict(live)
         self._dataset = dataset
         self._iterator = iter(dataset)
         self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
@@ -451,6 +502,27 @@ class OneStream:
             s["skipped_total"] = sum(s["skipped"].values())
         return out
 
+    def stall_report(self) -> str:
+        """What each kind has produced and dropped so far, for a stream that yields no batch: examples per task
+        (from emitted batches) and bad / too-long examples counted as the pipeline dropped them."""
+        parts = []
+        for kind in self.host_batch_sizes:
+            s, live = self._stats[kind], self.live[kind]
+            produced = sum(s["examples"].values())
+            tasks = []
+            for i, task in enumerate(live.task_names):
+                dropped = []
+                if live.skipped[i]:
+                    dropped.append(f"{live.skipped[i]} bad (StreamConfig.on_error='skip')")
+                if live.too_long[i]:
+                    dropped.append(f"{live.too_long[i]} too long for StreamConfig.paired_frames="
+                                   f"{self.config.paired_frames} / paired_tokens={self.config.paired_tokens}")
+                tasks.append(f"{task}: {s['examples'][task]} examples" + (", dropped " + " and ".join(dropped)
+                                                                           if dropped else ""))
+            state = "has produced no example" if not produced else f"has produced {produced} examples"
+            parts.append(f"kind {kind!r} {state} ({'; '.join(tasks)})")
+        return "; ".join(parts)
+
     def get_state(self) -> bytes:
         """The iterator position (tf.data checkpoint) and statistics, as bytes for the trainer's checkpoint."""
         with tempfile.TemporaryDirectory() as tmp:
@@ -467,9 +539,18 @@ class OneStream:
         """Restores a position saved by `get_state` of a stream built with the same config and shard."""
         arrays = np.load(io.BytesIO(state))
         meta = json.loads(arrays["meta"].tobytes().decode())
-        if meta["fingerprint"] != self._fingerprint:
-            raise ValueError("data-iterator state belongs to a different stream:\n saved:   "
-                             f"{meta['fingerprint']}\n current: {self._fingerprint}")
+        saved, current = _content_identity(meta["fingerprint"]), _content_identity(self._fingerprint)
+        if saved != current:
+            differ = sorted(k for k in set(saved["config"]) | set(current["config"])
+                            if saved["config"].get(k) != current["config"].get(k))
+            if saved["shard"] != current["shard"]:
+                differ.append("shard (process index / count)")
+            if saved["tasks"] != current["tasks"]:
+                differ.append("tasks of the mixture")
+            raise StreamMismatchError(
+                "the checkpoint's data-iterator state belongs to another stream (differs in: "
+                f"{', '.join(differ) or 'finite/endless'}):\n saved:   {meta['fingerprint']}\n current: "
+                f"{self._fingerprint}")
         with tempfile.TemporaryDirectory() as tmp:
             for i, name in enumerate(meta["files"]):
                 with open(os.path.join(tmp, name), "wb") as fh:
@@ -489,7 +570,7 @@ def _build(config: StreamConfig, shard_index: int, num_shards: int, finite: bool
     children = kind_children(config.mixture)
     global_rows = kind_batch_sizes(config.mixture, config.batch_size, num_shards)
     shard = seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None
-    per_kind, host_rows, task_names, rates = {}, {}, {}, {}
+    per_kind, host_rows, task_names, rates, live = {}, {}, {}, {}, {}
     for i, kind in enumerate(global_rows):
         tasks = kind_tasks(children[kind])
         if finite:
@@ -501,7 +582,8 @@ def _build(config: StreamConfig, shard_index: int, num_shards: int, finite: bool
         rates[kind] = {t.name: sum(r / total * _rate_within(name, t) for name, r in children[kind])
                        for t in tasks}
         examples = _kind_examples(kind, children[kind], config, shard, finite, seed=config.seed * 7919 + i)
-        rows = _kind_rows(kind, examples, task_names[kind], config, finite)
+        live[kind] = LiveCounts(task_names[kind])
+        rows = _kind_rows(kind, examples, task_names[kind], config, finite, live[kind])
         host_rows[kind] = global_rows[kind] // num_shards
         per_kind[kind] = rows.batch(host_rows[kind], drop_remainder=not finite)
     if not per_kind:
@@ -520,7 +602,8 @@ def _build(config: StreamConfig, shard_index: int, num_shards: int, finite: bool
     fingerprint = json.dumps({"config": described, "shard": [shard_index, num_shards],
                               "finite": finite, "tasks": task_names}, sort_keys=True)
     return OneStream(dataset, config=config, kind_batch_sizes={k: global_rows[k] for k in per_kind},
-                     host_batch_sizes=host_rows, task_names=task_names, fingerprint=fingerprint, rates=rates)
+                     host_batch_sizes=host_rows, task_names=task_names, fingerprint=fingerprint, rates=rates,
+                     live=live)
 
 
 def _rate_within(child: str, task: seqio.Task) -> float:

@@ -18,6 +18,7 @@ import jax
 
 from slam_jax import checkpointing, config, partitioning, trainer as trainer_lib
 from slam_jax.cli.common import cli_main
+from slam_jax.trainer.warm_start import WarmStartError, warm_start
 from slam_jax.finetune import TASKS, base
 
 
@@ -48,18 +49,17 @@ def warm_start_encoder(directory: str, trainer: trainer_lib.Trainer, fresh_param
     pre-training run of another model size or vocabulary).
     """
     try:
-        params, fresh = checkpointing.warm_start_params(directory, trainer.abstract_params, fresh_params)
-    except FileNotFoundError as e:
+        return warm_start(directory, trainer, fresh_params,
+                          allow_fresh=_head_prefixes(trainer),
+                          setting="FinetuneConfig.init_from")
+    except (FileNotFoundError, WarmStartError) as e:
         raise FinetuneError(f"FinetuneConfig.init_from: {e}") from None
-    missing = [name for name in fresh if name.startswith("encoder/")]
-    if missing:
-        raise FinetuneError(
-            f"FinetuneConfig.init_from={directory!r}: the checkpoint does not hold {len(missing)} encoder "
-            f"parameter(s) of this model with the same shape (different model size or vocabulary?): "
-            + ", ".join(missing[:12]) + (" ..." if len(missing) > 12 else ""))
-    print(f"warm-started the encoder from {directory}; freshly initialized: {', '.join(fresh) or 'nothing'}",
-          flush=True)
-    return params
+
+
+def _head_prefixes(trainer: trainer_lib.Trainer) -> list[str]:
+    """The model's top-level parameter groups other than the encoder (the task's heads), as prefixes `name/`."""
+    names = checkpointing._paths_and_shapes(trainer.abstract_params)
+    return sorted({n.split("/")[0] + "/" for n in names} - {"encoder/"})
 
 
 def finetune(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> trainer_lib.TrainResult:

@@ -16,7 +16,12 @@ class TrainConfig:
       evaluation (0 = the whole split).
     checkpoint_every / keep_checkpoints / keep_every: save period, keep-last-N, keep every K-th step forever.
     init_from: warm-start the parameters from another run's latest checkpoint (multi-stage training: stage 2 starts
-      from stage 1); ignored once this run has checkpoints of its own.
+      from stage 1); ignored once this run has checkpoints of its own. Every parameter must be found there with
+      its shape, except those under a prefix of `init_from_allow_fresh` (e.g. ("stm/",) for a head stage 1 lacks);
+      anything else freshly initialized is an error naming it.
+    data_stall_timeout_s: seconds without a batch before the loop reports what the stream produced and dropped;
+      under `StreamConfig.on_error='raise'` it then fails, under 'skip' it keeps waiting and reports again every
+      such period (0 disables the watch).
     seed: parameter init and the per-step masking / negative-sampling / Gumbel / dropout keys.
     """
 
@@ -30,7 +35,32 @@ class TrainConfig:
     keep_every: int | None = None
     async_checkpointing: bool = True
     init_from: str | None = None
+    init_from_allow_fresh: tuple[str, ...] = ()
+    data_stall_timeout_s: float = 300.0
     seed: int = 0
+
+    def __post_init__(self):
+        from slam_jax.config import ConfigError  # here: slam_jax.config imports the modules that import this one
+
+        def bad(name: str, want: str) -> ConfigError:
+            return ConfigError(f"TrainConfig.{name} = {getattr(self, name)!r}: must be {want}")
+        for name in ("train_steps", "log_every", "checkpoint_every", "keep_checkpoints", "eval_every",
+                     "eval_batches"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise bad(name, "an integer")
+        for name in ("log_every", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise bad(name, ">= 1")
+        for name in ("train_steps", "eval_every", "eval_batches"):
+            if getattr(self, name) < 0:
+                raise bad(name, ">= 0")
+        if self.keep_every is not None and (not isinstance(self.keep_every, int) or self.keep_every < 1):
+            raise bad("keep_every", "None or an integer >= 1")
+        if not isinstance(self.data_stall_timeout_s, (int, float)) or self.data_stall_timeout_s < 0:
+            raise bad("data_stall_timeout_s", "a number of seconds >= 0")
+        if isinstance(self.init_from_allow_fresh, str):
+            object.__setattr__(self, "init_from_allow_fresh", (self.init_from_allow_fresh,))
 
 
 TrainConfig = gin.external_configurable(TrainConfig, name="TrainConfig")

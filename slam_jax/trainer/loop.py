@@ -3,7 +3,6 @@ preemption."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
 import time
 from typing import Any, Callable, Sequence
@@ -13,6 +12,8 @@ import jax
 import numpy as np
 
 from slam_jax import checkpointing, flops
+from slam_jax.data.watchdog import StoppedWhileWaiting, WatchedStream
+from slam_jax.trainer import run_folder
 from slam_jax.trainer.metrics import MetricLogger
 from slam_jax.trainer.state import Trainer
 from slam_jax.trainer.config import NonFiniteLossError
@@ -33,11 +34,14 @@ def run_loop(trainer: Trainer, stream, model_dir: str, *, initial_params: Callab
              health_check: Callable[[dict[str, float], int], dict[str, str]] | None = None) -> TrainResult:
     """The training loop shared by pre-training and fine-tuning (t5x conventions).
 
-    Writes the operative gin config to `model_dir/config.gin`, resumes from the latest checkpoint in `model_dir`
-    (else starts from `initial_params()`), runs `TrainConfig.train_steps` steps with metrics (metrics.jsonl,
+    Takes the run folder's writer lock (`run_folder.RunLock`), resumes from the newest intact checkpoint in
+    `model_dir` (else starts from `initial_params()`), writes the operative gin config to `model_dir/config.gin`
+    only once the resume is accepted (checkpoint shapes, data-stream identity), runs `TrainConfig.train_steps` steps with metrics (metrics.jsonl,
     TensorBoard, a progress line with ETA), calls `evaluate(params, step, host batch) -> {"eval/...": value}` every
     `eval_every` steps, checkpoints every `checkpoint_every` steps (parameters, optimizer state, the data-iterator
-    state of `stream`, `meta`), and on SIGTERM saves the same step on every process and returns.
+    state of `stream`, `meta`), and on SIGTERM / Ctrl-C saves the same step on every process and returns. Batches come
+    through `WatchedStream`: a stream that yields nothing for `TrainConfig.data_stall_timeout_s` is reported (and
+    fails under `on_error='raise'`), and a stop signal while it is blocked ends the run within seconds.
 
     The host never waits for a step between logs: step `n` is dispatched, the preemption check is local (see
     `PreemptionWatch`), and batch `n + 1` is read and its transfer issued while step `n` runs; metrics are fetched
@@ -50,31 +54,50 @@ def run_loop(trainer: Trainer, stream, model_dir: str, *, initial_params: Callab
     (global rows per kind). `compile_eval_step`: `evaluate` uses `trainer.evaluate` (compiled before step 1 too).
     """
     train_cfg = trainer.train_cfg
-    import tensorflow as tf
-    tf.io.gfile.makedirs(model_dir)
+    from slam_jax.data.converter import StreamMismatchError
     operative = gin.operative_config_str()
-    if jax.process_index() == 0:
-        with tf.io.gfile.GFile(os.path.join(model_dir, "config.gin"), "w") as f:
-            f.write(operative)
+    lock = run_folder.RunLock(model_dir).acquire()
+    ckpt = preemption = None
+    try:
+        # Every check (checkpoint shapes, data-stream identity) runs before anything but the lock is written.
+        ckpt = checkpointing.Checkpointer(model_dir, keep=train_cfg.keep_checkpoints,
+                                          keep_every=train_cfg.keep_every, async_save=train_cfg.async_checkpointing)
+        restored = ckpt.restore_latest(trainer.abstract_params, trainer.abstract_opt,
+                                       accept=lambda step, data_state: stream.set_state(data_state),
+                                       fatal=(StreamMismatchError,))
+        if restored is not None:
+            step, params, opt_state, _, _ = restored
+            print(f"resumed from {model_dir} at step {step}", flush=True)
+        else:
+            step = 0
+            params = initial_params()
+            opt_state = trainer.init_opt_state(params)
+        run_folder.write_config(model_dir, operative, step)
+        preemption = PreemptionWatch()
+        on_error = getattr(getattr(stream, "config", None), "on_error", "raise")
+        stream = WatchedStream(stream, stall_s=train_cfg.data_stall_timeout_s, fail_on_stall=on_error == "raise",
+                               stop_requested=preemption.requested)
+        return _train(trainer, stream, model_dir, ckpt, preemption, step, params, opt_state, operative,
+                      evaluate=evaluate, meta=meta, compile_eval_step=compile_eval_step,
+                      flops_per_step=flops_per_step, stream_metrics=stream_metrics, health_check=health_check)
+    finally:
+        if ckpt is not None:
+            ckpt.close()
+        if preemption is not None:
+            preemption.close()
+        lock.release()
 
-    ckpt = checkpointing.Checkpointer(model_dir, keep=train_cfg.keep_checkpoints, keep_every=train_cfg.keep_every,
-                                      async_save=train_cfg.async_checkpointing)
-    step = ckpt.latest_step()
-    if step is not None:
-        params, opt_state, data_state, _ = ckpt.restore(step, trainer.abstract_params, trainer.abstract_opt)
-        stream.set_state(data_state)
-        print(f"resumed from {model_dir} at step {step}", flush=True)
-    else:
-        step = 0
-        params = initial_params()
-        opt_state = trainer.init_opt_state(params)
 
+def _train(trainer: Trainer, stream, model_dir: str, ckpt: checkpointing.Checkpointer, preemption: "PreemptionWatch",
+           step: int, params: Any, opt_state: Any, operative: str, *, evaluate, meta, compile_eval_step,
+           flops_per_step, stream_metrics, health_check) -> TrainResult:
+    """`run_loop` from an accepted start: the steps, logs, evaluations and checkpoints."""
+    train_cfg = trainer.train_cfg
     meta = {"gin_config": operative, "git_sha": checkpointing.git_sha(), "jax_version": jax.__version__,
             "mesh": dict(trainer.mesh.shape), "process_count": jax.process_count(), **(meta or {})}
     logger = MetricLogger(model_dir, train_cfg.train_steps)
     devices = trainer.mesh.devices.size
     peak = flops.peak_flops(trainer.mesh.devices.flat[0]) if flops_per_step else None
-    preemption = PreemptionWatch()
     last_saved, last = step, {}
     pending: list[tuple[int, Any]] = []
     warned: dict[str, int] = {}  # metric of a health warning -> consecutive logs it has held
@@ -83,7 +106,11 @@ def run_loop(trainer: Trainer, stream, model_dir: str, *, initial_params: Callab
 
     def fetch():
         """The next host batch and its global device batch (the transfer overlaps a running step)."""
-        host = next(stream)
+        try:
+            host = next(stream)
+        except StoppedWhileWaiting as e:
+            raise StoppedWhileWaiting(f"{e}; nothing was saved after step {last_saved}, where the run resumes") \
+                from None
         return host, trainer.device_batch(host)
 
     try:
@@ -143,33 +170,45 @@ def run_loop(trainer: Trainer, stream, model_dir: str, *, initial_params: Callab
         if last_saved != step:
             ckpt.save(step, params, opt_state, stream.get_state(), meta, force=True)
         if preemption.notified:
-            print(f"received signal (preemption notice): saved checkpoint at step {step}, exiting", flush=True)
+            print(f"received signal ({preemption.signal_name}): saved checkpoint at step {step}, exiting", flush=True)
     finally:
-        ckpt.close()
         logger.close()
-        preemption.close()
     return TrainResult(step=step, params=params, metrics=last)
 
 
 class PreemptionWatch:
-    """SIGTERM -> every process stops after the same step, without a collective per step.
+    """SIGTERM / Ctrl-C -> every process stops after the same step, without a collective per step.
 
     With several processes, JAX's preemption service (started by `jax.distributed.initialize`) catches SIGTERM on
     any process and agrees on the step to stop at in the background; `reached(step)` is its local check
     (`multihost_utils.reached_preemption_sync_point`, the sync point orbax's `reached_preemption` uses). A single
-    process sets a flag in a Python SIGTERM handler.
+    process sets a flag in a Python SIGTERM handler. The first Ctrl-C (SIGINT) asks for the same save-and-stop;
+    a second one interrupts at once (KeyboardInterrupt), saving nothing.
     """
 
     def __init__(self):
         self.multi_process = jax.process_count() > 1
         self.notified = False
-        self._signal = None
-        self._previous = None
+        self._signal: int | None = None
+        self._previous: dict[int, Any] = {}
         if not self.multi_process:
-            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._on_signal)
+        self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_signal)
 
-    def _on_sigterm(self, signum, frame):
+    def _on_signal(self, signum, frame):
+        if signum == signal.SIGINT and self._signal == signal.SIGINT:
+            raise KeyboardInterrupt
         self._signal = signum
+        if signum == signal.SIGINT:
+            print("\ninterrupted: saving a checkpoint after this step (Ctrl-C again stops without saving)", flush=True)
+
+    @property
+    def signal_name(self) -> str:
+        return "preemption notice" if self._signal in (None, signal.SIGTERM) else "Ctrl-C"
+
+    def requested(self) -> bool:
+        """A stop signal arrived on this process (what a blocked wait for data polls)."""
+        return self._signal is not None
 
     def reached(self, step: int) -> bool:
         """True at the step where this process (and, with several, every process) must save and stop."""
@@ -181,8 +220,8 @@ class PreemptionWatch:
         return self.notified
 
     def close(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 def _check_finite(step: int, metrics: dict, loss_names: Sequence[str], last_saved: int) -> None:
