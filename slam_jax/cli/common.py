@@ -123,4 +123,10 @@ def cli_main(argv: Sequence[str] | None, *, prog: str, description: str, run: Ca
     if code:
         return code
     initialize_distributed(args)
-    return run_guarded(prog, lambda: run(args.model_dir), verbose=args.verbose, errors=errors)
+    code = run_guarded(prog, lambda: run(args.model_dir), verbose=args.verbose, errors=errors)
+    from slam_jax.data import watchdog
+    if watchdog.any_blocked():  # a worker is stuck inside tf.data: a normal shutdown would abort under it
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -23,6 +23,15 @@ STOP_GRACE_S = 3.0
 _SLICE_S = 0.25
 
 
+_BLOCKED: list["WatchedStream"] = []
+
+
+def any_blocked() -> bool:
+    """True when a stream was given up while its worker is still blocked inside the input pipeline: the process must
+    then end with `os._exit` (interpreter shutdown would tear tf.data down under that thread and abort)."""
+    return bool(_BLOCKED)
+
+
 class StreamStalledError(DataError):
     """No batch arrived within the stall timeout; the message says what each kind produced and dropped."""
 
@@ -70,6 +79,10 @@ class WatchedStream:
         return (f"no batch from the data stream{f' of mixture {mixture!r}' if mixture else ''} for {waited:.0f} s"
                 + (f": {detail}" if detail else ""))
 
+    def _give_up(self) -> None:
+        self._blocked = True
+        _BLOCKED.append(self)
+
     def __next__(self) -> Any:
         if not self.stall_s:
             return next(self.stream)
@@ -90,13 +103,13 @@ class WatchedStream:
                 if self.stop_requested():
                     stop_seen = stop_seen or now
                     if now - stop_seen >= STOP_GRACE_S:
-                        self._blocked = True
+                        self._give_up()
                         raise StoppedWhileWaiting(
                             f"stopped while waiting for data ({self._describe(now - start)})") from None
                 if now >= next_report:
                     message = self._describe(now - start)
                     if self.fail_on_stall:
-                        self._blocked = True
+                        self._give_up()
                         raise StreamStalledError(
                             f"{message}. Nothing is lost: the last checkpoint stands. Fix or remove the data the "
                             "stream drops (raise StreamConfig.paired_frames / paired_tokens for too-long pairs), "

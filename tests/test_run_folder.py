@@ -1,0 +1,192 @@
+"""A run folder that survives its users: one writer, no silent hangs, recovery without hand surgery (each fault run
+for real: slam-train subprocesses on the bundled mini corpus, real orbax checkpoints, real signals)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.train_utils import read_metrics, slam_train
+from slam_jax.trainer import run_folder
+
+
+# ------------------------------------------------------------------------------------------------ the lock
+def test_lock_is_exclusive_names_its_holder_and_is_released(tmp_path):
+    first = run_folder.RunLock(str(tmp_path)).acquire()
+    with pytest.raises(run_folder.RunFolderLockedError, match=f"process {os.getpid()} on host"):
+        run_folder.RunLock(str(tmp_path)).acquire()
+    first.release()
+    assert not (tmp_path / "LOCK").exists()
+    with run_folder.RunLock(str(tmp_path)):
+        assert (tmp_path / "LOCK").exists()
+
+
+def test_a_dead_holders_lock_is_taken_over_and_a_silent_one_after_the_stale_period(tmp_path, capsys):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    record = {"host": socket.gethostname(), "pid": int(dead.stdout), "started": time.time(),
+              "heartbeat": time.time(), "token": "x"}
+    (tmp_path / "LOCK").write_text(json.dumps(record))
+    with run_folder.RunLock(str(tmp_path)) as lock:
+        assert json.loads((tmp_path / "LOCK").read_text())["token"] == lock.token
+    assert "has exited" in capsys.readouterr().out
+    # A live holder on another host: refused while it beats, taken over once its heartbeat is older than the period.
+    record.update(host="elsewhere", pid=1, heartbeat=time.time())
+    (tmp_path / "LOCK").write_text(json.dumps(record))
+    with pytest.raises(run_folder.RunFolderLockedError, match="host elsewhere"):
+        run_folder.RunLock(str(tmp_path), stale_after_s=60).acquire()
+    record["heartbeat"] = time.time() - 120
+    (tmp_path / "LOCK").write_text(json.dumps(record))
+    run_folder.RunLock(str(tmp_path), stale_after_s=60).acquire().release()
+    assert "no heartbeat for" in capsys.readouterr().out
+
+
+def test_a_second_writer_fails_fast_and_the_first_run_finishes_intact(tmp_path):
+    d = tmp_path / "run"
+    first = slam_train(d, "--gin.TRAIN_STEPS=12", "--gin.TrainConfig.checkpoint_every=4", popen=True)
+    deadline = time.time() + 600
+    while not (d / "LOCK").exists() and time.time() < deadline:
+        time.sleep(0.5)
+    started = time.time()
+    second = slam_train(d, "--gin.TRAIN_STEPS=12", "--gin.TrainConfig.seed=1", check=False, timeout=300)
+    assert second.returncode == 1 and "is being written by process" in second.stderr, second.stderr
+    assert "Traceback" not in second.stderr and time.time() - started < 120
+    out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, out
+    assert "TrainConfig.seed = 0" in (d / "config.gin").read_text()
+    steps = [m["step"] for m in read_metrics(d) if "loss" in m]
+    assert steps == list(range(1, 13))  # one writer's steps only, none duplicated
+    saved = sorted(int(p.name) for p in (d / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved[-1] == 12 and set(saved) <= {4, 8, 12}
+    assert not (d / "LOCK").exists()
+
+
+# ------------------------------------------------------------------------------------------------ checks first
+def test_a_rejected_resume_leaves_config_gin_byte_identical(tmp_path):
+    d = tmp_path / "run"
+    slam_train(d, "--gin.TRAIN_STEPS=1")
+    before = (d / "config.gin").read_bytes()
+    result = slam_train(d, "--gin.TRAIN_STEPS=2", "--gin.ModelConfig.d_model=48", check=False)
+    assert result.returncode == 1 and "does not match the model configuration" in result.stderr
+    assert (d / "config.gin").read_bytes() == before and not list(d.glob("config.step*.gin"))
+    # An accepted change (more steps) rewrites config.gin and keeps the one that trained up to the resume step.
+    slam_train(d, "--gin.TRAIN_STEPS=2")
+    assert (d / "config.step1.gin").read_bytes() == before and b"TRAIN_STEPS = 2" in (d / "config.gin").read_bytes()
+
+
+@pytest.mark.parametrize("value", ["'ten'", "0"])
+def test_bad_train_config_values_fail_before_compiling(tmp_path, value):
+    result = slam_train(tmp_path / "run", f"--gin.TrainConfig.checkpoint_every={value}", check=False, timeout=300)
+    assert result.returncode == 2 and "TrainConfig.checkpoint_every" in result.stderr, result.stderr
+    assert "compiled" not in result.stdout and "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------------------------------------ recovery
+def _loss_by_step(d: Path) -> dict[int, float]:
+    return {m["step"]: m["loss"] for m in read_metrics(d) if "loss" in m}
+
+
+def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one_with_exact_losses(tmp_path):
+    d = tmp_path / "run"
+    slam_train(d, "--gin.TRAIN_STEPS=4", "--gin.TrainConfig.checkpoint_every=2")
+    straight = _loss_by_step(d)
+    for f in (d / "checkpoints" / "4" / "params").rglob("*"):
+        if f.is_file() and f.stat().st_size > 64:
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    (d / "metrics.jsonl").unlink()
+    result = slam_train(d, "--gin.TRAIN_STEPS=4", "--gin.TrainConfig.checkpoint_every=2")
+    assert "checkpoint step 4 is unreadable, skipped" in result.stdout and "resumed from" in result.stdout
+    line = next(x for x in result.stdout.splitlines() if "is unreadable" in x)
+    assert len(line) < 400, line
+    resumed = _loss_by_step(d)
+    assert sorted(resumed) == [3, 4] and all(resumed[s] == straight[s] for s in (3, 4))
+
+
+def test_kill_9_during_the_combined_save_leaves_a_restorable_previous_step(tmp_path):
+    d = tmp_path / "run"
+    slam_train(d, "--gin.TRAIN_STEPS=2", "--gin.TrainConfig.checkpoint_every=2")
+    proc = slam_train(d, "--gin.TRAIN_STEPS=200", "--gin.TrainConfig.checkpoint_every=1",
+                      "--gin.TrainConfig.async_checkpointing=True", popen=True)
+    # Kill as soon as a save of a later step is under way (orbax writes it in a tmp folder, then renames it).
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if any("tmp" in p.name for p in (d / "checkpoints").iterdir()):
+            break
+        time.sleep(0.02)
+    proc.kill()
+    proc.wait()
+    result = slam_train(d, "--gin.TRAIN_STEPS=0", check=False)
+    assert result.returncode == 0 and "resumed from" in result.stdout, result.stdout + result.stderr
+
+
+def test_on_error_may_change_on_resume_and_the_good_examples_keep_their_order():
+    import tasks  # noqa: F401
+    from slam_jax.data import converter
+    cfg = converter.StreamConfig(mixture="mini_slam", batch_size=8, speech_frames=256, text_tokens=32,
+                                 paired_frames=640, paired_tokens=48)
+    straight = converter.make_stream(cfg)
+    for _ in range(2):
+        next(straight)
+    state = straight.get_state()
+    expected = next(straight)
+    resumed = converter.make_stream(converter.StreamConfig(**{**cfg.__dict__, "on_error": "skip"}))
+    resumed.set_state(state)
+    got = next(resumed)
+    for kind in expected:
+        for key in expected[kind]:
+            assert (expected[kind][key] == got[kind][key]).all(), (kind, key)
+    other = converter.make_stream(converter.StreamConfig(**{**cfg.__dict__, "seed": 1}))
+    with pytest.raises(converter.StreamMismatchError, match="differs in: seed"):
+        other.set_state(state)
+
+
+# ------------------------------------------------------------------------------------------------ no silent hangs
+TOO_LONG = ["--gin.StreamConfig.paired_frames=64", "--gin.TrainConfig.data_stall_timeout_s=5"]
+
+
+def test_an_all_too_long_stream_fails_clearly_under_raise(tmp_path):
+    started = time.time()
+    result = slam_train(tmp_path / "run", "--gin.TRAIN_STEPS=3", *TOO_LONG, check=False, timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "kind 'paired' has produced no example" in result.stderr and "too long for" in result.stderr
+    assert "StreamConfig.paired_frames=64" in result.stderr and "Traceback" not in result.stderr
+    assert time.time() - started < 240
+
+
+def test_an_all_too_long_stream_waits_visibly_under_skip_and_sigterm_ends_it(tmp_path):
+    proc = slam_train(tmp_path / "run", "--gin.TRAIN_STEPS=3", *TOO_LONG, "--gin.StreamConfig.on_error='skip'",
+                      popen=True)
+    lines = []
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if line.startswith("waiting: no batch") or not line:
+            break
+    assert lines[-1].startswith("waiting: no batch"), "".join(lines)
+    assert "too long for StreamConfig.paired_frames=64" in lines[-1]
+    proc.send_signal(signal.SIGTERM)
+    sent = time.time()
+    out, _ = proc.communicate(timeout=60)
+    assert time.time() - sent < 30
+    assert proc.returncode == 1 and "stopped while waiting for data" in out, out
+
+
+# ------------------------------------------------------------------------------------------------ warm start
+def test_init_from_a_run_of_another_size_is_an_error_unless_the_prefixes_are_allowed(tmp_path):
+    src = tmp_path / "src"
+    slam_train(src, "--gin.TRAIN_STEPS=1")
+    bigger = slam_train(tmp_path / "big", "--gin.TRAIN_STEPS=1", "--gin.ModelConfig.ffn_dim=48",
+                        f"--gin.TrainConfig.init_from='{src}'", check=False)
+    assert bigger.returncode == 1 and "not in the checkpoint with the same shape" in bigger.stderr
+    assert "ffn1/up/kernel" in bigger.stderr and "Traceback" not in bigger.stderr
+    same = slam_train(tmp_path / "same", "--gin.TRAIN_STEPS=1", f"--gin.TrainConfig.init_from='{src}'")
+    table = same.stdout[same.stdout.index("warm-started from"):].splitlines()
+    assert "0 fresh" in table[0] and table[1].split() == ["module", "restored", "fresh"]
+    assert any(row.split()[0].startswith("encoder/") for row in table[2:6])
