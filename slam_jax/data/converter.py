@@ -206,20 +206,22 @@ class LiveCounts:
         self.task_names = list(task_names)
         self.skipped = np.zeros(len(task_names), np.int64)
         self.too_long = np.zeros(len(task_names), np.int64)
+        self.longest = np.zeros((len(task_names), 2), np.int64)  # the longest too-long example: frames, tokens
 
-    def counter(self, field: str):
-        """`(task: int32 tensor) -> ok` for tf.cond: adds one to `field` of that task in Python."""
+    def count_if(self, field: str, condition: tf.Tensor, task: tf.Tensor,
+                 size: tf.Tensor | None = None) -> tf.Tensor:
+        """A tensor to depend on that, when `condition` holds, adds one to `field` of `task` in Python (and records
+        `size` = [frames, tokens] of a too-long example in `longest`)."""
         counts = getattr(self, field)
 
-        def bump(task) -> np.bool_:
+        def bump(task, size) -> np.bool_:
             counts[int(task)] += 1
+            self.longest[int(task)] = np.maximum(self.longest[int(task)], size)
             return np.bool_(True)
 
-        return lambda task: tf.numpy_function(bump, [task], tf.bool, stateful=True)
-
-    def count_if(self, field: str, condition: tf.Tensor, task: tf.Tensor) -> tf.Tensor:
-        """A tensor to depend on that counts `task` in `field` when `condition` holds."""
-        return tf.cond(condition, lambda: self.counter(field)(task), lambda: tf.constant(True))
+        size = tf.zeros([2], tf.int32) if size is None else tf.cast(size, tf.int32)
+        return tf.cond(condition, lambda: tf.numpy_function(bump, [task, size], tf.bool, stateful=True),
+                       lambda: tf.constant(True))
 
 
 def _raise_error(message: bytes) -> bool:
@@ -349,7 +351,7 @@ def _pair_rows(ds: tf.data.Dataset, *, frames: int, tokens: int, source_tokens: 
             longer = tf.logical_or(longer, tf.shape(ex["source_text"])[0] > source_tokens)
         too_long = tf.logical_and(tf.logical_not(is_error), longer)
         if live is not None:
-            with tf.control_dependencies([live.count_if("too_long", too_long, ex["task"])]):
+            with tf.control_dependencies([live.count_if("too_long", too_long, ex["task"], tf.stack([n, m]))]):
                 too_long = tf.identity(too_long)
         skipped = state["skipped"] + onehot * tf.cast(is_error, tf.int32)
         long_count = state["too_long"] + onehot * tf.cast(too_long, tf.int32)

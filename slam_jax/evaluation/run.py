@@ -31,7 +31,7 @@ from typing import Sequence
 import jax
 
 from slam_jax import checkpointing, config, health, partitioning
-from slam_jax.cli.common import add_distributed_flags, initialize_distributed
+from slam_jax.cli.common import add_distributed_flags, add_verbose_flag, initialize_distributed, run_guarded
 from slam_jax.trainer import TrainConfig, Trainer
 from slam_jax.data import converter
 from slam_jax.evaluation import layer_probes, probes
@@ -58,13 +58,14 @@ def _eval_train_config(eval_batches: int) -> TrainConfig:
 
 
 def evaluate_task(model_dir: str, split: str | None, step: int | None, eval_batches: int = 0) -> dict:
-    """The fine-tuning task's scores on `split` (default `TrainConfig.eval_split`)."""
+    """The fine-tuning task's scores on `split` (default `TrainConfig.eval_split`), over every example of it: an
+    utterance the run's rows cannot hold fails the evaluation, naming the binding to raise."""
     train_cfg = _eval_train_config(eval_batches)
     task = finetune_run.make_task(config.ModelConfig(), config.FinetuneConfig(), config.StreamConfig())
     trainer = finetune_run.make_trainer(task, config.OptimizerConfig(), config.MeshConfig(), train_cfg)
     params, step = checkpointing.restore_params(model_dir, trainer.abstract_params, step)
     split = split or train_cfg.eval_split
-    scores = task.evaluate(trainer, params, split, step, model_dir)
+    scores = task.evaluate(trainer, params, split, step, model_dir, strict=True)
     return {"task": task.name, "split": split, "step": step, **scores}
 
 
@@ -90,7 +91,7 @@ def evaluate_probes(model_dir: str, split: str | None, step: int | None, mixture
         import tensorflow as tf
         folder = os.path.join(model_dir, "eval")
         tf.io.gfile.makedirs(folder)
-        with tf.io.gfile.GFile(os.path.join(folder, f"probes_{split}_step{step}.json"), "w") as f:
+        with tf.io.gfile.GFile(os.path.join(folder, f"probes_{cfg.mixture}_{split}_step{step}.json"), "w") as f:
             json.dump(out, f, indent=1)
     return out
 
@@ -187,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eval_batches", type=int, default=0,
                         help="batches per process (default 0: the whole split; required with several processes)")
     add_distributed_flags(parser)
+    add_verbose_flag(parser)
     args = parser.parse_args(rest)
     try:
         run_config = _run_config(args.model_dir)
@@ -204,19 +206,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
     initialize_distributed(args)
-    try:
+    results = []
+
+    def run():
         if args.layer_probes:
-            result = evaluate_layer_probes(args.model_dir, args.split, args.step, args.mixture,
-                                           train_split=args.train_split, train_seconds=args.train_seconds,
-                                           probe_steps=args.probe_steps, random_init=args.random_init)
+            results.append(evaluate_layer_probes(args.model_dir, args.split, args.step, args.mixture,
+                                                 train_split=args.train_split, train_seconds=args.train_seconds,
+                                                 probe_steps=args.probe_steps, random_init=args.random_init))
         elif args.probes:
-            result = evaluate_probes(args.model_dir, args.split, args.step, args.mixture, args.eval_batches)
+            results.append(evaluate_probes(args.model_dir, args.split, args.step, args.mixture, args.eval_batches))
         else:
-            result = evaluate_task(args.model_dir, args.split, args.step, args.eval_batches)
-    except (config.ConfigError, partitioning.MeshError, checkpointing.CheckpointMismatchError, FileNotFoundError,
-            ValueError) as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return 1
+            results.append(evaluate_task(args.model_dir, args.split, args.step, args.eval_batches))
+
+    code = run_guarded(prog, run, verbose=args.verbose, errors=(ValueError,))
+    if code:
+        return code
+    result = results[0]
     if args.layer_probes:  # the per-utterance CERs stay in the result file
         result = {**result, "layers": {k: {m: v for m, v in layer.items() if m != "utterance_cer"}
                                        for k, layer in result["layers"].items()}}

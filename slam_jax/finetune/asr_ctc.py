@@ -31,8 +31,9 @@ from flax import nnx
 from slam_jax.data import converter
 from slam_jax.decoding import ctc as ctc_decoding
 from slam_jax.evaluation.asr import ErrorCounts, error_counts
-from slam_jax.finetune.base import (FinetuneTask, SpecAugment, encode_speech, paired_vocabulary,
-                                    write_predictions)
+from slam_jax.data.converter import DataError
+from slam_jax.finetune.base import (FinetuneTask, SpecAugment, decode_tag, dropped_examples, encode_speech,
+                                    paired_vocabulary, write_predictions)
 from slam_jax.layers import common
 from slam_jax.layers.subsampling import subsampled_length
 from slam_jax.model import ModelConfig, SlamEncoder
@@ -205,11 +206,13 @@ class AsrCtcTask(FinetuneTask):
             texts.append(self.vocabulary.decode([i for i in labels if i >= 3]))  # no PAD / EOS / UNK ids
         return texts
 
-    def evaluate(self, trainer, params, split: str, step: int, out_dir: str | None) -> dict[str, float]:
-        """WER / CER of `split` (every utterance, none skipped), decoded per `CtcDecodeConfig`.
+    def evaluate(self, trainer, params, split: str, step: int, out_dir: str | None, *, strict: bool = False
+                 ) -> dict[str, float]:
+        """WER / CER of `split`, decoded per `CtcDecodeConfig`; utterances the rows cannot hold are counted
+        (`too_long`, `skipped`) and warned about, an error with `strict`; a score over no utterance is an error.
 
-        Writes `out_dir/eval/<split>_step<N>.tsv` (id, reference, hypothesis) and `.json` (scores) when `out_dir`
-        is given (with several processes each writes its own rows' `.process<i>.tsv`); errors are summed over hosts.
+        Writes `out_dir/eval/<mixture>_<split>_step<N><decoding>.tsv` (id, reference, hypothesis) and `.json`
+        (scores) when `out_dir` is given (`base.write_predictions`); errors are summed over hosts.
         """
         beam = self.decode_cfg.beam_size > 1
 
@@ -243,11 +246,16 @@ class AsrCtcTask(FinetuneTask):
             counts = counts + error_counts([refs[i] for i in keep], [hyps[i] for i in keep])
             rows += [(ids[i] if i < len(ids) else "", refs[i], hyps[i]) for i in keep]
         counts = _sum_over_processes(counts)
+        dropped = dropped_examples(stream, split, strict=strict)
+        if not counts.utterances:
+            raise DataError(f"no utterance of split {split!r} of {cfg.mixture!r} was scored "
+                            f"({dropped['too_long']:.0f} too long, {dropped['skipped']:.0f} bad)")
         scores = {"wer": counts.wer, "cer": counts.cer, "utterances": float(counts.utterances),
-                  "words": float(counts.words)}
+                  "words": float(counts.words), **dropped}
         if out_dir:
-            write_predictions(out_dir, split, step, ("id", "reference", "hypothesis"), rows,
-                              {**scores, "decoding": dataclasses.asdict(self.decode_cfg)})
+            write_predictions(out_dir, cfg.mixture, split, step, ("id", "reference", "hypothesis"), rows,
+                              {**scores, "decoding": dataclasses.asdict(self.decode_cfg)},
+                              tag=decode_tag(self.decode_cfg))
         return scores
 
 

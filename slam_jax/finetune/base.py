@@ -11,10 +11,12 @@ import abc
 import dataclasses
 import json
 import os
+import re
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -96,14 +98,31 @@ def encode_speech(encoder: SlamEncoder, features: Array, segment_ids: Array, key
     return encoder.shared(encoder.speech_encoder(z, seg, keys[3]), seg, key=keys[4]), seg
 
 
-def write_predictions(out_dir: str, split: str, step: int, columns: Sequence[str], rows: Sequence[Sequence[Any]],
-                      summary: dict) -> None:
-    """Writes `out_dir/eval/<split>_step<step>.tsv` (one line per example, `columns` as header; with several
-    processes each writes its own rows to `.process<i>.tsv`) and, on process 0, `.json` with `summary`."""
+def decode_tag(decode_cfg: Any) -> str:
+    """The decoding settings that differ from their defaults, for result file names (`_beam_size8_lm-words`), so
+    evaluations with other settings never overwrite each other; "" for the defaults."""
+    if decode_cfg is None or not dataclasses.is_dataclass(decode_cfg):
+        return ""
+    default = dataclasses.asdict(type(decode_cfg)())
+    parts = []
+    for key, value in dataclasses.asdict(decode_cfg).items():
+        if value == default.get(key):
+            continue
+        if isinstance(value, str) and ("/" in value or "." in value):
+            value = os.path.splitext(os.path.basename(value))[0]
+        parts.append(f"{key}{'-' if isinstance(value, str) else ''}{value}")
+    return "".join("_" + re.sub(r"[^A-Za-z0-9.+-]", "", p) for p in parts)
+
+
+def write_predictions(out_dir: str, mixture: str, split: str, step: int, columns: Sequence[str],
+                      rows: Sequence[Sequence[Any]], summary: dict, tag: str = "") -> str:
+    """Writes `out_dir/eval/<mixture>_<split>_step<step><tag>.tsv` (one line per example, `columns` as header; with
+    several processes each writes its own rows to `.process<i>.tsv`) and, on process 0, `.json` with `summary`.
+    `tag`: the decoding settings (`decode_tag`). Returns the path without extension."""
     import tensorflow as tf
     folder = os.path.join(out_dir, "eval")
     tf.io.gfile.makedirs(folder)
-    stem = os.path.join(folder, f"{split}_step{step}")
+    stem = os.path.join(folder, f"{mixture}_{split}_step{step}{tag}")
     suffix = f".process{jax.process_index()}" if jax.process_count() > 1 else ""
     with tf.io.gfile.GFile(stem + suffix + ".tsv", "w") as f:
         f.write("\t".join(columns) + "\n")
@@ -111,7 +130,39 @@ def write_predictions(out_dir: str, split: str, step: int, columns: Sequence[str
             f.write("\t".join(str(x).replace("\t", " ") for x in row) + "\n")
     if jax.process_index() == 0:
         with tf.io.gfile.GFile(stem + ".json", "w") as f:
-            json.dump({"split": split, "step": step, **summary}, f, indent=1)
+            json.dump({"mixture": mixture, "split": split, "step": step, **summary}, f, indent=1)
+    return stem
+
+
+def dropped_examples(stream, split: str, *, strict: bool) -> dict[str, float]:
+    """Utterances of a finished finite paired stream (`converter.eval_stream`) that were not scored: too long for
+    the rows (`StreamConfig.paired_frames` / `paired_tokens`) or bad (`on_error='skip'`), summed over processes.
+
+    None -> {"too_long": 0.0, "skipped": 0.0}. Otherwise a warning line, or with `strict` (slam-eval: a score
+    must cover the split) a DataError naming the counts, the longest utterance and the binding to raise.
+    """
+    from slam_jax.data.converter import DataError
+    stats = stream.stats().get("paired", {})
+    live = stream.live.get("paired")
+    counts = np.asarray([sum(stats.get("too_long", {}).values()), sum(stats.get("skipped", {}).values()),
+                         *(live.longest.max(0) if live is not None else (0, 0))], np.int64)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        every = np.asarray(multihost_utils.process_allgather(counts)).reshape(-1, counts.size)
+        counts = np.concatenate([every[:, :2].sum(0), every[:, 2:].max(0)])
+    too_long, skipped, frames, tokens = (int(x) for x in counts)
+    if too_long or skipped:
+        cfg = stream.config
+        message = (f"{too_long + skipped} utterance(s) of split {split!r} of {cfg.mixture!r} were not scored: "
+                   f"{too_long} longer than the rows (StreamConfig.paired_frames={cfg.paired_frames}, "
+                   f"paired_tokens={cfg.paired_tokens}; the longest has {frames} frames / {tokens} tokens), "
+                   f"{skipped} bad (on_error='skip')")
+        if strict:
+            hint = (f"; score them all with --gin.StreamConfig.paired_frames={-(-frames // 64) * 64} "
+                    f"--gin.StreamConfig.paired_tokens={max(tokens, cfg.paired_tokens)}" if too_long else "")
+            raise DataError(message + hint)
+        print(f"warning: {message}", flush=True)
+    return {"too_long": float(too_long), "skipped": float(skipped)}
 
 
 def paired_vocabulary(mixture: str, what: str):
@@ -158,8 +209,10 @@ class FinetuneTask(abc.ABC):
         """This host's infinite training batches, with `get_state`, `set_state` and `kind_batch_sizes`."""
 
     @abc.abstractmethod
-    def evaluate(self, trainer, params: Any, split: str, step: int, out_dir: str | None) -> dict[str, float]:
-        """Scores `params` on `split`; writes predictions under `out_dir/eval/` when given; returns {metric: value}."""
+    def evaluate(self, trainer, params: Any, split: str, step: int, out_dir: str | None, *, strict: bool = False
+                 ) -> dict[str, float]:
+        """Scores `params` on `split`; writes predictions under `out_dir/eval/` when given; returns {metric: value}.
+        `strict` (slam-eval): an example the stream cannot score (too long, bad) is an error, not a warning."""
 
 
 # ------------------------------------------------------------------------------------------------ optimizer

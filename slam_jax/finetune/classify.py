@@ -105,8 +105,10 @@ class GlueTask(FinetuneTask):
     def train_stream(self, shard_index: int, num_shards: int) -> glue.GlueStream:
         return glue.make_stream(self.stream_cfg, shard_index=shard_index, num_shards=num_shards)
 
-    def evaluate(self, trainer, params: Any, split: str, step: int, out_dir: str | None) -> dict[str, float]:
-        """The GLUE metric(s) of `split` (x 100) over every example; writes `out_dir/eval/<split>_step<N>.tsv`
+    def evaluate(self, trainer, params: Any, split: str, step: int, out_dir: str | None, *, strict: bool = False
+                 ) -> dict[str, float]:
+        """The GLUE metric(s) of `split` (x 100) over every example (text rows truncate, nothing is dropped:
+        `strict` has nothing to check); writes `out_dir/eval/<mixture>_<split>_step<N>.tsv`
         (id, label, prediction) and `.json` when `out_dir` is given. Predictions are gathered from every host."""
         def predict(model: TextClassifier, batch: dict) -> dict[str, Array]:
             sub = batch["text"]
@@ -137,7 +139,7 @@ class GlueTask(FinetuneTask):
               flush=True)
         if out_dir:
             rows = [(i, f"{label:g}", f"{pred:g}") for i, label, pred in zip(ids, labels.tolist(), preds.tolist()) if i]
-            write_predictions(out_dir, split, step, ("id", "label", "prediction"), rows,
+            write_predictions(out_dir, cfg.mixture, split, step, ("id", "label", "prediction"), rows,
                               {**scores, "head": dataclasses.asdict(self.decode_cfg)})
         return scores
 

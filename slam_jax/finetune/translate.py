@@ -38,7 +38,9 @@ from slam_jax.data import converter
 from slam_jax.decoding.beam_search import beam_search
 from slam_jax.evaluation import bleu
 from slam_jax.finetune.asr_ctc import BLANK_ID, CtcStream, ctc_labels
-from slam_jax.finetune.base import (FinetuneTask, SpecAugment, encode_speech, paired_vocabulary,
+from slam_jax.data.converter import DataError
+from slam_jax.finetune.base import (FinetuneTask, SpecAugment, decode_tag, dropped_examples, encode_speech,
+                                    paired_vocabulary,
                                     write_predictions)
 from slam_jax.layers import common
 from slam_jax.layers.decoder import DecoderConfig, TransformerDecoder
@@ -186,7 +188,8 @@ class TranslateTask(FinetuneTask):
             ids = ids[:ids.index(eos)]
         return self.vocabulary.decode([i for i in ids if i != 0])
 
-    def evaluate(self, trainer, params: Any, split: str, step: int, out_dir: str | None) -> dict[str, float]:
+    def evaluate(self, trainer, params: Any, split: str, step: int, out_dir: str | None, *, strict: bool = False
+                 ) -> dict[str, float]:
         """Corpus BLEU of `split` (every pair; pairs the stream skips are counted in its statistics).
 
         Prints sacrebleu's score line and signature; writes `out_dir/eval/<split>_step<N>.tsv` (id, reference,
@@ -227,13 +230,19 @@ class TranslateTask(FinetuneTask):
             stats += bleu.bleu_statistics(hyps, refs)
             rows += [(ids[i] if i < len(ids) else "", r, h) for i, r, h in zip(keep, refs, hyps)]
         stats, counts = _sum_over_processes(stats, np.asarray([len(rows), unk], np.int64))
+        dropped = dropped_examples(stream, split, strict=strict)
+        if not counts[0]:
+            raise DataError(f"no utterance of split {split!r} of {stream_cfg.mixture!r} was translated "
+                            f"({dropped['too_long']:.0f} too long, {dropped['skipped']:.0f} bad)")
         result = bleu.bleu_from_statistics(stats)
         print(f"{split} step {step}: {result['bleu_details']} (sacreBLEU {result['bleu_signature']})", flush=True)
-        scores = {"bleu": result["bleu"], "sentences": float(counts[0]), "references_with_unk": float(counts[1])}
+        scores = {"bleu": result["bleu"], "sentences": float(counts[0]), "references_with_unk": float(counts[1]),
+                  **dropped}
         if out_dir:
-            write_predictions(out_dir, split, step, ("id", "reference", "hypothesis"), rows,
+            write_predictions(out_dir, stream_cfg.mixture, split, step, ("id", "reference", "hypothesis"), rows,
                               {**scores, "bleu_signature": result["bleu_signature"],
-                               "bleu_details": result["bleu_details"], "decoding": dataclasses.asdict(cfg)})
+                               "bleu_details": result["bleu_details"], "decoding": dataclasses.asdict(cfg)},
+                              tag=decode_tag(cfg))
         return scores
 
 
