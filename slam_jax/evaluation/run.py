@@ -30,7 +30,7 @@ from typing import Sequence
 
 import jax
 
-from slam_jax import checkpointing, config, health, partitioning
+from slam_jax import checkpointing, config, health
 from slam_jax.cli.common import add_distributed_flags, add_verbose_flag, initialize_distributed, run_guarded
 from slam_jax.trainer import TrainConfig, Trainer
 from slam_jax.data import converter
