@@ -88,7 +88,7 @@ def test_translate_task_trains_and_scores(tmp_path, capsys):
     scores = task.evaluate(trainer, params, "validation", 3, str(tmp_path))
     assert "warning: TrainConfig.eval_batches = 1 ended before process 0's shard" in capsys.readouterr().out
     assert scores["sentences"] == 4 and 0 <= scores["bleu"] <= 100 and scores["references_with_unk"] == 0
-    rows = next((tmp_path / "eval").glob("*_validation_step3.tsv")).read_text().splitlines()
+    rows = next((tmp_path / "eval").glob("*_validation_step3*.tsv")).read_text().splitlines()
     assert len(rows) == 5 and all(len(r.split("\t")) == 3 for r in rows)
 
 
@@ -207,9 +207,9 @@ def test_translate_finetune_and_eval(tmp_path, capsys):
     assert scores["task"] == "translate" and scores["sentences"] == 8 and 0 <= scores["bleu"] <= 100
     assert "sacreBLEU nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:" in out
     assert scores["split"] == "validation_new_voices"  # the config's evaluation split
-    saved = json.loads(next(Path(model_dir, "eval").glob("*_validation_new_voices_step4.json")).read_text())
+    saved = json.loads(next(Path(model_dir, "eval").glob("*_validation_new_voices_step4*.json")).read_text())
     assert saved["bleu_signature"].startswith("nrefs:1") and saved["bleu"] == scores["bleu"]
-    tsv = next(Path(model_dir, "eval").glob("*_validation_new_voices_step4.tsv")).read_text().splitlines()
+    tsv = next(Path(model_dir, "eval").glob("*_validation_new_voices_step4*.tsv")).read_text().splitlines()
     assert tsv[0] == "id\treference\thypothesis" and len(tsv) == 9 and tsv[1].split("\t")[0].endswith(".flac")
 
 

@@ -547,9 +547,9 @@ class OneStream:
         if saved != current:
             differ = sorted(k for k in set(saved["config"]) | set(current["config"])
                             if saved["config"].get(k) != current["config"].get(k))
-            if saved["shard"] != current["shard"]:
+            if saved.get("shard") != current.get("shard"):
                 differ.append("shard (process index / count)")
-            if saved["tasks"] != current["tasks"]:
+            if saved.get("tasks") != current.get("tasks"):
                 differ.append("tasks of the mixture")
             raise StreamMismatchError(
                 "the checkpoint's data-iterator state belongs to another stream (differs in: "

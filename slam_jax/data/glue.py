@@ -177,7 +177,7 @@ def make_stream(config: converter.StreamConfig, *, shard_index: int = 0, num_sha
                               "finite": finite, "glue": name}, sort_keys=True)
     return GlueStream(ds, config=config, kind_batch_sizes={"text": config.batch_size},
                       host_batch_sizes={"text": rows}, task_names={"text": [name]}, fingerprint=fingerprint,
-                      rates={"text": {name: 1.0}})
+                      rates={"text": {name: 1.0}}, live={"text": converter.LiveCounts([name])})
 
 
 class GlueStream(converter.OneStream):

@@ -111,7 +111,7 @@ def decode_tag(decode_cfg: Any) -> str:
         if isinstance(value, str) and ("/" in value or "." in value):
             value = os.path.splitext(os.path.basename(value))[0]
         parts.append(f"{key}{'-' if isinstance(value, str) else ''}{value}")
-    return "".join("_" + re.sub(r"[^A-Za-z0-9.+-]", "", p) for p in parts)
+    return "".join("_" + re.sub(r"[^A-Za-z0-9._+-]", "", p) for p in parts)
 
 
 def write_predictions(out_dir: str, mixture: str, split: str, step: int, columns: Sequence[str],
