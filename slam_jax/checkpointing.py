@@ -158,16 +158,10 @@ class Checkpointer:
     def restore(self, step: int, abstract_params: Any, abstract_opt_state: Any) -> tuple[Any, Any, bytes, dict]:
         """Restores into the shardings of the given abstract trees (ShapeDtypeStruct leaves with `.sharding`)."""
         self.check_compatible(step, abstract_params)
-        items = dict(params=ocp.args.StandardRestore(abstract_params),
-                     opt_state=ocp.args.StandardRestore(abstract_opt_state), meta=ocp.args.JsonRestore())
-        legacy = epath.Path(self.model_dir, "data_state", str(step), f"process_{jax.process_index()}.bin")
-        if not (epath.Path(self.manager.directory) / str(step) / "data_state").exists() and legacy.exists():
-            data_state = legacy.read_bytes()  # runs saved before the data state became a checkpoint item
-        else:
-            items["data_state"] = DataStateRestore()
-        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        data_state = restored["data_state"] if "data_state" in items else data_state
-        return restored["params"], restored["opt_state"], data_state, restored["meta"]
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(abstract_params), opt_state=ocp.args.StandardRestore(abstract_opt_state),
+            data_state=DataStateRestore(), meta=ocp.args.JsonRestore()))
+        return restored["params"], restored["opt_state"], restored["data_state"], restored["meta"]
 
     def restore_latest(self, abstract_params: Any, abstract_opt_state: Any, *,
                        accept: Callable[[int, bytes], None] = lambda step, data_state: None,

@@ -137,3 +137,27 @@ def test_too_long_pairs_are_counted_not_cut(tmp_path):
     assert stream.stats()["paired"]["too_long"] == {"t_long": 3}
     assert all(not b["paired"]["segment_ids"].any() for b in batches)
     np.testing.assert_equal(stream.stats()["paired"]["examples"], {"t_long": 0})
+
+
+def test_unk_pieces_are_counted_and_a_transcript_over_the_threshold_is_bad(tmp_path):
+    chapter = librispeech_folder(tmp_path, utterances=4)
+    trans = chapter / "100-1.trans.txt"
+    lines = trans.read_text().splitlines()
+    lines[1] = "100-1-0001 ΑΒΓΔ ΕΖΗΘ"  # Greek: every piece is UNK in the mini corpus' English vocabulary
+    lines[2] = lines[2] + " ж"  # one stray letter: one UNK piece, below the threshold set below
+    trans.write_text("\n".join(lines) + "\n")
+    sources.add_librispeech_folder_task("t_unk", str(tmp_path), kind="paired", splits={"train": "train"},
+                                        vocabulary=VOCAB)
+    with pytest.raises(converter.DataError, match=r"100-1-0001.*pieces are UNK .*max_unk_fraction = 0.05"):
+        list(converter.eval_stream(_config("t_unk", "raise")))
+    import dataclasses
+    stream = converter.eval_stream(dataclasses.replace(_config("t_unk", "skip"), max_unk_fraction=0.35))
+    batches = list(stream)
+    stats = stream.stats()["paired"]
+    assert stats["skipped"] == {"t_unk": 1} and stats["examples"] == {"t_unk": 3}
+    assert "2 of 5 pieces are UNK" in stream.stats()["messages"][0]
+    unk = sum(int(((b["paired"]["tokens"] == VOCAB.unk_id) & (b["paired"]["token_segment_ids"] > 0)).sum())
+              for b in batches)
+    assert unk >= 1 and stats["unk_tokens"] == unk and 0 < stats["unk_fraction"] < 0.35
+    from slam_jax.trainer import stream_scalars
+    assert stream_scalars(stream.stats())["data/paired/unk_fraction"] == stats["unk_fraction"]

@@ -87,6 +87,10 @@ class StreamConfig:
       paired rows as `source_tokens` / `source_token_segment_ids` of this length; 0 leaves them out.
     on_error: "raise" (DataError naming file and problem) or "skip" (dropped and counted in stats()).
     pack_bins: open rows the packer fills first-fit (more bins, less padding).
+    max_unk_fraction: a text or transcript whose share of UNK pieces (characters outside the SentencePiece
+      vocabulary) exceeds this is a bad example (raise / skip as `on_error`); UNK pieces below it are counted per
+      kind in stats() (`unk_fraction`). Our choice: 0.05, so a stray symbol passes and a wrong-script or
+      wrong-vocabulary corpus does not.
     """
 
     mixture: str
@@ -101,6 +105,7 @@ class StreamConfig:
     shuffle: bool = True
     on_error: str = "raise"
     pack_bins: int = 4
+    max_unk_fraction: float = 0.05
 
 
 # ------------------------------------------------------------------------------------------ mixture structure
@@ -222,6 +227,23 @@ class LiveCounts:
         size = tf.zeros([2], tf.int32) if size is None else tf.cast(size, tf.int32)
         return tf.cond(condition, lambda: tf.numpy_function(bump, [task, size], tf.bool, stateful=True),
                        lambda: tf.constant(True))
+
+
+def _flag_unk(unk_id: int | None, max_fraction: float):
+    """Marks an example whose transcript / text has more than `max_fraction` UNK pieces as bad (its `error`)."""
+    def fn(ex: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        if unk_id is None:
+            return ex
+        tokens = ex["text"]
+        n = tf.size(tokens)
+        unk = tf.reduce_sum(tf.cast(tf.equal(tokens, unk_id), tf.int32))
+        over = tf.logical_and(tf.strings.length(ex["error"]) == 0,
+                              tf.cast(unk, tf.float32) > max_fraction * tf.cast(tf.maximum(n, 1), tf.float32))
+        message = tf.strings.join([ex["id"], ": ", tf.strings.as_string(unk), " of ", tf.strings.as_string(n),
+                                   " pieces are UNK (characters outside the SentencePiece vocabulary; "
+                                   f"StreamConfig.max_unk_fraction = {max_fraction})"])
+        return {**ex, "error": tf.where(over, message, ex["error"])}
+    return fn
 
 
 def _raise_error(message: bytes) -> bool:
@@ -387,6 +409,8 @@ def _kind_rows(kind: str, examples: tf.data.Dataset, task_names: Sequence[str], 
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(tf.constant(list(task_names)), tf.range(len(task_names))), -1)
     examples = examples.map(lambda ex: {**ex, "task": tf.cast(table.lookup(ex["task"]), tf.int32)})
+    if kind in ("text", "paired"):
+        examples = examples.map(_flag_unk(vocabulary_for(config.mixture).unk_id, config.max_unk_fraction))
     examples = examples.map(_check_or_pass(config.on_error))
 
     def count_bad(ex):
@@ -427,6 +451,7 @@ class OneStream:
         self.rates = {k: dict(v) for k, v in rates.items()}
         self._fingerprint = fingerprint
         self.live = dict(live)
+        self._unk_id = _unk_id_of(config.mixture)
         self._dataset = dataset
         self._iterator = iter(dataset)
         self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
@@ -444,6 +469,7 @@ class OneStream:
     def _empty_stats(self) -> dict[str, Any]:
         return {"batches": 0, "messages": [],
                 **{k: {"rows": 0, "real": 0, "slots": 0, "token_real": 0, "token_slots": 0,
+                       "unk_tokens": 0,
                        "examples": {t: 0 for t in self.task_names[k]}, "skipped": {t: 0 for t in self.task_names[k]},
                        "too_long": {t: 0 for t in self.task_names[k]}} for k in self.host_batch_sizes}}
 
@@ -484,6 +510,9 @@ class OneStream:
             if kind == "paired":
                 s["token_real"] += int((arrays["token_segment_ids"] > 0).sum())
                 s["token_slots"] += int(arrays["token_segment_ids"].size)
+            if self._unk_id is not None and "tokens" in arrays:
+                real = arrays["token_segment_ids" if kind == "paired" else "segment_ids"] > 0
+                s["unk_tokens"] = s.get("unk_tokens", 0) + int(((arrays["tokens"] == self._unk_id) & real).sum())
             batch[kind] = arrays
         return batch
 
@@ -504,6 +533,9 @@ class OneStream:
             s["task_fraction"] = {t: (n / total if total else 0.0) for t, n in s["examples"].items()}
             s["task_rate"] = self.rates[kind]
             s["skipped_total"] = sum(s["skipped"].values())
+            if kind in ("text", "paired"):
+                tokens = s["token_real"] if kind == "paired" else s["real"]
+                s["unk_fraction"] = s.get("unk_tokens", 0) / tokens if tokens else 0.0
         return out
 
     def stall_report(self) -> str:
@@ -561,6 +593,14 @@ class OneStream:
                     fh.write(arrays[f"file{i}"].tobytes())
             self._checkpoint.read(os.path.join(tmp, meta["prefix"])).assert_consumed()
         self._stats = meta["stats"]
+
+
+def _unk_id_of(mixture: str) -> int | None:
+    """The UNK id of the mixture's text vocabulary; None when it has none (or no text feature)."""
+    try:
+        return vocabulary_for(mixture).unk_id
+    except Exception:  # noqa: BLE001 - a mixture without a SentencePiece text feature: nothing to count
+        return None
 
 
 def _build(config: StreamConfig, shard_index: int, num_shards: int, finite: bool) -> OneStream:

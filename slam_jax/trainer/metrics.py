@@ -53,6 +53,8 @@ def stream_scalars(stats: dict) -> dict[str, float]:
         out[f"data/{kind}/padding_fraction"] = s["padding_fraction"]
         if "token_padding_fraction" in s:
             out[f"data/{kind}/token_padding_fraction"] = s["token_padding_fraction"]
+        if "unk_fraction" in s:
+            out[f"data/{kind}/unk_fraction"] = s["unk_fraction"]
         for task, n in s["skipped"].items():
             out[f"data/{kind}/skipped/{task}"] = n
         for task, n in s["too_long"].items():
