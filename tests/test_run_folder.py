@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.train_utils import read_metrics, slam_train
+from train_utils import env, read_metrics, slam_train
 from slam_jax.trainer import run_folder
 
 
@@ -190,3 +190,19 @@ def test_init_from_a_run_of_another_size_is_an_error_unless_the_prefixes_are_all
     table = same.stdout[same.stdout.index("warm-started from"):].splitlines()
     assert "0 fresh" in table[0] and table[1].split() == ["module", "restored", "fresh"]
     assert any(row.split()[0].startswith("encoder/") for row in table[2:6])
+
+
+def test_slam_data_inspect_on_an_all_too_long_stream_says_why_instead_of_hanging():
+    cmd = [sys.executable, "-m", "slam_jax.data.inspect", "inspect", "--mixture", "mini_slam", "--batch_size", "8",
+           "--paired_frames", "64", "--stall_seconds", "3"]
+    started = time.time()
+    raised = subprocess.run(cmd + ["--on_error", "raise"], env=env(), capture_output=True, text=True, timeout=240)
+    assert raised.returncode == 1 and "kind 'paired' has produced no example" in raised.stderr, raised.stderr
+    assert time.time() - started < 180
+    waiting = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = waiting.stderr.readline()
+    while line and not line.startswith("waiting: no batch"):
+        line = waiting.stderr.readline()
+    assert "too long for StreamConfig.paired_frames=64" in line
+    waiting.send_signal(signal.SIGINT)
+    assert waiting.wait(timeout=30) == 130

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from typing import Optional, Sequence
@@ -65,13 +66,17 @@ def show_batch(batch: dict, vocabulary, rows: int, out=sys.stdout, source_vocabu
                     print(f"      source: {source_vocabulary.decode(source)!r}", file=out)
 
 
-def inspect_stream(config, batches: int, show: int = 0, out=sys.stdout) -> dict:
+def inspect_stream(config, batches: int, show: int = 0, out=sys.stdout, stall_s: float = 60.0) -> dict:
     """Runs the stream `config` (a `StreamConfig`) for `batches` batches and prints the report; returns the
-    stream's stats. The mixture must be registered (`slam_jax.config.register_tasks`)."""
-    from slam_jax.data import converter
+    stream's stats. The mixture must be registered (`slam_jax.config.register_tasks`). A stream that yields no
+    batch for `stall_s` seconds says what it produced and dropped (`data.watchdog`): an error under
+    `on_error='raise'`, a line every `stall_s` seconds under 'skip' (Ctrl-C ends it)."""
+    from slam_jax.data import converter, watchdog
 
     start = time.perf_counter()
-    stream = converter.make_stream(config)
+    stream = watchdog.WatchedStream(converter.make_stream(config), stall_s=stall_s,
+                                    fail_on_stall=config.on_error == "raise",
+                                    report=lambda line: print(line, file=sys.stderr, flush=True))
     first = next(stream)
     ready = time.perf_counter()
     first_stats = stream.stats()
@@ -140,6 +145,8 @@ With --gin_file the stream is exactly the run's (its StreamConfig and DataConfig
                    help="> 0: paired rows also carry the source transcript (speech translation); default 0")
     p.add_argument("--seed", type=int, default=None, help="default 0")
     p.add_argument("--on_error", choices=("raise", "skip"), default=None, help="default skip")
+    p.add_argument("--stall_seconds", type=float, default=60.0,
+                   help="seconds without a batch before saying what the stream produced and dropped (default 60)")
     try:
         files, bindings, rest = config.split_argv(argv)
     except config.ConfigError as e:
@@ -162,11 +169,20 @@ With --gin_file the stream is exactly the run's (its StreamConfig and DataConfig
             config.parse([], bindings)
             stream_cfg = config.StreamConfig(**{"batch_size": 16, "on_error": "skip", **overrides})
         config.register_tasks(args.module_import)
-        inspect_stream(stream_cfg, args.batches, args.show, out=sys.stdout)
+        inspect_stream(stream_cfg, args.batches, args.show, out=sys.stdout, stall_s=args.stall_seconds)
+        code = 0
     except (config.ConfigError, DataError, ValueError, TypeError, FileNotFoundError) as e:
         print(f"slam-data: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        code = 1
+    except KeyboardInterrupt:
+        print("slam-data: interrupted", file=sys.stderr)
+        code = 130
+    from slam_jax.data import watchdog
+    if watchdog.any_blocked():  # a worker is stuck inside tf.data: a normal shutdown would abort under it
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -98,6 +98,9 @@ class WatchedStream:
         while True:
             try:
                 ok, value = self._results.get(timeout=_SLICE_S)
+            except KeyboardInterrupt:
+                self._give_up()
+                raise
             except queue.Empty:
                 now = time.time()
                 if self.stop_requested():
