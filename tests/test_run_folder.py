@@ -106,6 +106,13 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one_with_exact
     assert len(line) < 400, line
     resumed = _loss_by_step(d)
     assert sorted(resumed) == [3, 4] and all(resumed[s] == straight[s] for s in (3, 4))
+    # Every checkpoint damaged: one line per step and what to do, no traceback.
+    for f in (d / "checkpoints").rglob("*"):
+        if f.is_file() and f.parent.name in ("params", "opt_state") and f.stat().st_size > 64:
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    broken = slam_train(d, "--gin.TRAIN_STEPS=6", check=False)
+    assert broken.returncode == 1 and "no checkpoint under" in broken.stderr and "step 2:" in broken.stderr
+    assert "Traceback" not in broken.stderr
 
 
 def test_kill_9_during_the_combined_save_leaves_a_restorable_previous_step(tmp_path):
@@ -144,6 +151,19 @@ def test_on_error_may_change_on_resume_and_the_good_examples_keep_their_order():
     other = converter.make_stream(converter.StreamConfig(**{**cfg.__dict__, "seed": 1}))
     with pytest.raises(converter.StreamMismatchError, match="differs in: seed"):
         other.set_state(state)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes_from_it(tmp_path):
+    d = tmp_path / "run"
+    proc = slam_train(d, "--gin.TRAIN_STEPS=500", "--gin.TrainConfig.checkpoint_every=1000", popen=True)
+    for line in proc.stdout:
+        if line.startswith("step 1/"):
+            break
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "received signal (Ctrl-C): saved checkpoint at step" in out, out
+    saved = int(out.split("saved checkpoint at step ")[1].split(",")[0])
+    assert (d / "checkpoints" / str(saved)).is_dir()
 
 
 # ------------------------------------------------------------------------------------------------ no silent hangs
