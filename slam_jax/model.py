@@ -29,9 +29,11 @@ PAIRED_LAYOUTS = ("cls_text_speech", "cls_speech_text")
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Every architectural hyper-parameter of the encoder and heads (defaults: SLAM 600M, SPEC section 1).
+    """Every architectural hyper-parameter of the encoder and heads (defaults: the 600M model of SLAM (Bapna et al. 2021, arXiv 2110.10329): d 1024,
+    FFN 4096, 8 heads, kernel 5, 8 speech + 16 shared Conformer layers).
 
-    Attributes marked (C) or (?) in SPEC are choices, not paper facts:
+    Attributes marked (C) follow public re-implementations (fairseq / WeNet w2v-BERT, lingvo Conformer), (?) are
+    not reported by the papers and are our choice, (S) are stated by the papers:
       subsampling_channels (?): 128.  group_norm_groups/eps (C): 32 / 1e-3.  dropout (?): 0.0.
       paired_layout (?): 'cls_text_speech' = learned CLS, transcript, speech; or 'cls_speech_text'.
       modality_embedding (?): add a learned 2-row text/speech embedding to paired inputs (default off).

@@ -20,7 +20,8 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
-    """Which objectives run, their weights and their masking (SPEC section 2; (C)/(?) are choices).
+    """Which objectives run, their weights and their masking (SLAM, arXiv 2110.10329, and w2v-BERT, arXiv
+    2108.06209; (C): a convention of public re-implementations, (?): not reported, our choice).
 
     Objectives:
       contrastive: w2v-BERT contrastive + diversity loss on unlabeled speech (w2v-conformer alone).

@@ -32,7 +32,7 @@ from slam_jax.trainer import TrainConfig
 GIN_DIR = Path(config.GIN_DIR)
 RUNS = sorted((GIN_DIR / "runs").glob("*.gin"))
 MACROS = ("STAGE1_MODEL_DIR = 'gs://test-bucket/stage1'", "STAGE2_MODEL_DIR = 'gs://test-bucket/stage2'")
-MSLAM_ROWS = {"speech": 2048, "text": 8192, "paired": 256}  # SPEC 2.5
+MSLAM_ROWS = {"speech": 2048, "text": 8192, "paired": 256}  # mSLAM (arXiv 2202.01374): 2048 speech + 8192 text + 256 paired sequences per step
 HBM_GIB = {"v4": 32, "v5p": 95}
 
 
@@ -108,7 +108,7 @@ def test_run_resolves(path):
 
 @pytest.mark.parametrize("path", POD_RUNS, ids=ids(POD_RUNS))
 def test_pod_run_follows_the_paper(path):
-    """SPEC 2.5: Adam b2 0.98, Transformer schedule (600M 6e-4 / 40k warm-up, 2B 3.6e-4); bf16 with remat."""
+    """mSLAM / w2v-BERT optimizer: Adam b2 0.98, Transformer schedule (600M 6e-4 / 40k warm-up, 2B 3.6e-4); bf16 with remat."""
     r = resolve(path)
     assert r.model.dtype == "bfloat16" and r.model.remat != "none"
     assert (r.optimizer.b1, r.optimizer.b2) == (0.9, 0.98)

@@ -1,6 +1,6 @@
 """The speech front-end: 80-dim log-mel features, 100 frames per second, per-utterance normalized.
 
-Recipe (SPEC §1: 80-dim log-mel, 25 ms window / 10 ms hop), at 16 kHz:
+Recipe (w2v-BERT / SLAM: 80-dim log-mel, 25 ms window / 10 ms hop), at 16 kHz:
   1. frames of WINDOW=400 samples every HOP=160 samples, no centre padding: frame t covers samples
      [160 t, 160 t + 400); `num_frames(n) = 1 + (n - 400) // 160` for n >= 400, else 0 (a partial last frame is
      dropped);

@@ -31,7 +31,7 @@ class ConformerConfig:
     """Hyper-parameters of one Conformer block.
 
     Attributes:
-      d_model, num_heads, ffn_dim, conv_kernel: SPEC 600M: 1024 / 8 / 4096 / 5.
+      d_model, num_heads, ffn_dim, conv_kernel: SLAM 600M: 1024 / 8 / 4096 / 5.
       group_norm_groups, group_norm_eps: GroupNorm in the conv module (C: 32 groups, eps 1e-3).
       dropout: residual-branch dropout rate (?: not reported; default 0.0).
       dtype: compute dtype of matmuls and convolutions ('float32' or 'bfloat16'); params, norms, softmax stay fp32.
@@ -70,7 +70,7 @@ def depthwise_conv1d(x: Array, kernel: Array, segment_ids: Array, impl: str = "s
       kernel: [k, channels], k odd; output t reads x[t - k//2 .. t + k//2].
       segment_ids: [batch, time], 0 = padding.
       impl: 'shift' computes sum_j kernel[j] * x[t + j - k//2] masked to the same segment (XLA fuses this into one
-        elementwise loop; its gradient is ~16x faster than the grouped convolution's on XLA:CPU, see DESIGN);
+        elementwise loop; its gradient is ~16x faster than the grouped convolution's on XLA:CPU, docs/PERFORMANCE.md measures it);
         'native' zeroes padding and calls the grouped convolution (fast on GPU/TPU, segment-unaware).
     Returns:
       [batch, time, channels] in x.dtype.

@@ -1,4 +1,4 @@
-"""CTC on paired speech run alone (mSLAM extension, SPEC 2.5): the transcript is not visible to the encoder."""
+"""CTC on paired speech run alone (mSLAM, arXiv 2202.01374): the transcript is not visible to the encoder."""
 from __future__ import annotations
 
 import jax

@@ -1,4 +1,4 @@
-"""SpanBERT-style masked LM on text (SPEC 2.2): cross-entropy at masked tokens only."""
+"""SpanBERT-style masked LM on text (SLAM's text objective, after SpanBERT): cross-entropy at masked tokens only."""
 from __future__ import annotations
 
 import jax

@@ -1,4 +1,4 @@
-"""Speech-text matching (SPEC 2.4): binary matched / mismatched classification on the CLS output."""
+"""Speech-text matching (SLAM, arXiv 2110.10329): binary matched / mismatched classification on the CLS output."""
 from __future__ import annotations
 
 import jax

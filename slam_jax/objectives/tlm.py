@@ -1,4 +1,4 @@
-"""Translation language modelling on paired data (SPEC 2.3): predict masked transcript tokens (text-MLM head) and
+"""Translation language modelling on paired data (SLAM, arXiv 2110.10329): predict masked transcript tokens (text-MLM head) and
 masked speech frames' quantizer ids (speech-MLM head) from the concatenated pair's top outputs."""
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """w2v-BERT speech objectives: contrastive (+ diversity) on the speech stack, masked prediction on the top.
 
-SPEC 2.1: `L_c = L_w + alpha * L_d` (alpha 0.1), `L_m` = cross-entropy of quantizer ids at masked frames,
+w2v-BERT (arXiv 2108.06209): `L_c = L_w + alpha * L_d` (alpha 0.1), `L_m` = cross-entropy of quantizer ids at masked frames,
 `L_w2vbert = L_c + L_m`. w2v-conformer (wav2vec 2.0 style) is `L_c` alone.
 """
 from __future__ import annotations
