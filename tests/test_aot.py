@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+pytestmark = pytest.mark.libtpu
 pytest.importorskip("libtpu", reason="slam-aot needs libtpu (pip install -e '.[test]' installs it on Linux)")
 
 from slam_jax import aot  # noqa: E402

@@ -9,7 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from train_utils import env, last_json, slam_eval, slam_finetune
+
+pytestmark = pytest.mark.multiprocess
 
 
 def _free_port() -> int:
