@@ -226,3 +226,14 @@ def test_slam_data_inspect_on_an_all_too_long_stream_says_why_instead_of_hanging
     assert "too long for StreamConfig.paired_frames=64" in line
     waiting.send_signal(signal.SIGINT)
     assert waiting.wait(timeout=30) == 130
+
+
+def test_an_unwritable_model_dir_is_one_line_naming_it(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = slam_train(blocker / "run", "--gin.TRAIN_STEPS=1", check=False, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    lines = [x for x in result.stderr.splitlines() if x.startswith("slam-train:")]
+    assert len(lines) == 1 and str(blocker) in lines[0], result.stderr
+    verbose = slam_train(blocker / "run", "--gin.TRAIN_STEPS=1", "--verbose", check=False, timeout=300)
+    assert verbose.returncode == 1 and "Traceback" in verbose.stderr
