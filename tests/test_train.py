@@ -30,6 +30,13 @@ def test_end_to_end_writes_checkpoint_config_tensorboard_and_metrics(tmp_path):
     evals = [r for r in records if "eval/loss" in r]
     assert evals and "eval/text/mlm_accuracy" in evals[0]
     assert "step 4/4" in out and "ETA" in out
+    # "compiling..." comes first, and the first rate (hence the ETA) counts the step, not the compilation.
+    lines = out.splitlines()
+    compiling = next(i for i, x in enumerate(lines) if x.startswith("compiling the train and eval steps..."))
+    compiled = next(i for i, x in enumerate(lines) if x.startswith("compiled the train and eval steps in"))
+    assert compiling < compiled
+    compile_seconds = float(lines[compiled].split(" in ")[1].split(" s")[0])
+    assert train[0]["steps_per_sec"] > 1.0 / compile_seconds, (train[0]["steps_per_sec"], compile_seconds)
 
 
 def test_a_deliberately_collapsing_run_prints_the_health_warning(tmp_path):

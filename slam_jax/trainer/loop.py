@@ -116,9 +116,11 @@ def _train(trainer: Trainer, stream, model_dir: str, ckpt: checkpointing.Checkpo
     try:
         if step < train_cfg.train_steps:
             local, batch = fetch()
-            seconds = trainer.compile(params, opt_state, batch, step, eval_step=compile_eval_step)
             steps = "train and eval steps" if compile_eval_step else "train step"
+            print(f"compiling the {steps}...", flush=True)
+            seconds = trainer.compile(params, opt_state, batch, step, eval_step=compile_eval_step)
             print(f"compiled the {steps} in {seconds:.1f} s", flush=True)
+            window_start = time.time()  # the first rate (and ETA) counts steps, not compilation
         while step < train_cfg.train_steps:
             params, opt_state, metrics = trainer.train_step(params, opt_state, batch, step)
             step += 1
