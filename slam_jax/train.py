@@ -77,7 +77,8 @@ def check_vocabulary(mixture: str, vocab_size: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return cli_main(argv, prog="slam-train", description="SLAM pre-training (gin-configured).", run=train)
+    return cli_main(argv, prog="slam-train", description="SLAM pre-training (gin-configured).", run=train,
+                    example_gin_file="runs/cpu_smoke.gin")
 
 
 if __name__ == "__main__":

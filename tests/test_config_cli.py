@@ -101,3 +101,10 @@ def test_tensorflow_start_up_is_quiet():
     verbose = subprocess.run([sys.executable, "-c", code], env={**quiet, "TF_CPP_MIN_LOG_LEVEL": "0"},
                              capture_output=True, text=True, timeout=120)
     assert verbose.returncode == 0 and verbose.stderr.strip()   # the silencing is ours, not a quiet build
+
+
+def test_slam_finetune_without_gin_file_suggests_a_finetuning_config(capsys, tmp_path):
+    from slam_jax.finetune import run as finetune_run
+    with pytest.raises(SystemExit) as info:
+        finetune_run.main([f"--model_dir={tmp_path}"])
+    assert info.value.code == 2 and "--gin_file=finetune/mini_ctc.gin" in capsys.readouterr().err

@@ -96,7 +96,7 @@ def _report(prog: str, error: BaseException, verbose: bool) -> None:
 
 
 def cli_main(argv: Sequence[str] | None, *, prog: str, description: str, run: Callable[[str], Any],
-             errors: tuple[type[Exception], ...] = ()) -> int:
+             example_gin_file: str, errors: tuple[type[Exception], ...] = ()) -> int:
     """The command line shared by `slam-train` and `slam-finetune`: gin flags, --model_dir, --module_import,
     multi-process flags, --verbose.
 
@@ -113,7 +113,7 @@ def cli_main(argv: Sequence[str] | None, *, prog: str, description: str, run: Ca
     config.add_module_import_flag(parser)
     add_distributed_flags(parser)
     add_verbose_flag(parser)
-    args, files, bindings = config.parse_gin_command_line(parser, argv, "runs/cpu_smoke.gin")
+    args, files, bindings = config.parse_gin_command_line(parser, argv, example_gin_file)
 
     def parse():
         config.parse(files, bindings)

@@ -91,7 +91,7 @@ def finetune(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     return cli_main(argv, prog="slam-finetune", description="SLAM fine-tuning (gin-configured).",
-                          run=finetune, errors=(FinetuneError,))
+                          run=finetune, example_gin_file="finetune/mini_ctc.gin", errors=(FinetuneError,))
 
 
 if __name__ == "__main__":
