@@ -237,3 +237,47 @@ def test_an_unwritable_model_dir_is_one_line_naming_it(tmp_path):
     assert len(lines) == 1 and str(blocker) in lines[0], result.stderr
     verbose = slam_train(blocker / "run", "--gin.TRAIN_STEPS=1", "--verbose", check=False, timeout=300)
     assert verbose.returncode == 1 and "Traceback" in verbose.stderr
+
+
+ALL_BAD = r'''
+import json, os, pathlib, sys
+sys.path.insert(0, sys.argv[2])
+from data_helpers import MINI_SPM, librispeech_folder
+import seqio
+from slam_jax.data import converter, sources, watchdog
+root = pathlib.Path(sys.argv[1])
+chapter = librispeech_folder(root, utterances=4)
+for f in chapter.glob("*.flac"):
+    f.write_bytes(b"fLaC" + bytes(range(256)) * 4)
+sources.add_librispeech_folder_task("t_all_bad", str(root), kind="paired", splits={"train": "train"},
+                                    vocabulary=seqio.SentencePieceVocabulary(MINI_SPM))
+cfg = converter.StreamConfig("t_all_bad", batch_size=2, speech_frames=256, paired_frames=256, paired_tokens=32,
+                             text_tokens=32, on_error=sys.argv[3])
+reports = []
+stream = watchdog.WatchedStream(converter.make_stream(cfg), stall_s=2, fail_on_stall=False,
+                                stop_requested=lambda: len(reports) >= 2, report=reports.append)
+try:
+    next(stream)
+    outcome = "batch"
+except (watchdog.StoppedWhileWaiting, converter.DataError) as e:
+    outcome = f"{type(e).__name__}: {e}"
+print(json.dumps({"outcome": outcome, "reports": reports}), flush=True)
+os._exit(0)
+'''
+
+
+@pytest.mark.parametrize("on_error", ["skip", "raise"])
+def test_an_all_bad_corpus_waits_visibly_under_skip_and_fails_at_once_under_raise(tmp_path, on_error):
+    started = time.time()
+    result = subprocess.run([sys.executable, "-c", ALL_BAD, str(tmp_path), str(Path(__file__).parent), on_error],
+                            env=env(), capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    if on_error == "raise":
+        assert found["outcome"].startswith("DataError:") and "cannot decode audio" in found["outcome"]
+        assert not found["reports"]
+    else:
+        assert len(found["reports"]) >= 2 and found["outcome"].startswith("StoppedWhileWaiting: stopped while")
+        assert "kind 'paired' has produced no example" in found["reports"][0]
+        assert "bad (StreamConfig.on_error='skip')" in found["reports"][0]
+    assert time.time() - started < 180
