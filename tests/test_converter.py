@@ -123,7 +123,7 @@ def test_eval_stream_covers_the_split_once():
 def test_state_of_another_stream_is_refused(small):
     state = small[0].get_state()
     other = converter.make_stream(dataclasses.replace(SMALL, mixture="mini_paired_mix"))
-    with pytest.raises(ValueError, match="different stream"):
+    with pytest.raises(ValueError, match="another stream"):
         other.set_state(state)
 
 

@@ -227,8 +227,10 @@ def bad_task(tmp_path):
 def test_bad_transcripts_are_skipped_with_reasons_or_raise(bad_task):
     from slam_jax.data import converter
     from slam_jax.finetune.asr_ctc import AsrCtcTask
+    # max_unk_fraction=1: the out-of-vocabulary transcript must reach CTC's own check (the stream's UNK threshold
+    # has its own test in test_data_errors.py).
     cfg = converter.StreamConfig(mixture=bad_task, batch_size=4, paired_frames=256, paired_tokens=64,
-                                 on_error="skip", shuffle=False)
+                                 on_error="skip", shuffle=False, max_unk_fraction=1.0)
     task = AsrCtcTask(ModelConfig(vocab_size=512), base.FinetuneConfig(), cfg)
     stream = task.train_stream(0, 1)
     batch = next(stream)

@@ -49,21 +49,21 @@ def test_a_dead_holders_lock_is_taken_over_and_a_silent_one_after_the_stale_peri
 
 def test_a_second_writer_fails_fast_and_the_first_run_finishes_intact(tmp_path):
     d = tmp_path / "run"
-    first = slam_train(d, "--gin.TRAIN_STEPS=12", "--gin.TrainConfig.checkpoint_every=4", popen=True)
+    first = slam_train(d, "--gin.TRAIN_STEPS=120", "--gin.TrainConfig.checkpoint_every=40", popen=True)
     deadline = time.time() + 600
     while not (d / "LOCK").exists() and time.time() < deadline:
         time.sleep(0.5)
     started = time.time()
-    second = slam_train(d, "--gin.TRAIN_STEPS=12", "--gin.TrainConfig.seed=1", check=False, timeout=300)
+    second = slam_train(d, "--gin.TRAIN_STEPS=120", "--gin.TrainConfig.seed=1", check=False, timeout=300)
     assert second.returncode == 1 and "is being written by process" in second.stderr, second.stderr
     assert "Traceback" not in second.stderr and time.time() - started < 120
     out, _ = first.communicate(timeout=600)
     assert first.returncode == 0, out
     assert "TrainConfig.seed = 0" in (d / "config.gin").read_text()
     steps = [m["step"] for m in read_metrics(d) if "loss" in m]
-    assert steps == list(range(1, 13))  # one writer's steps only, none duplicated
+    assert steps == list(range(1, 121))  # one writer's steps only, none duplicated
     saved = sorted(int(p.name) for p in (d / "checkpoints").iterdir() if p.name.isdigit())
-    assert saved[-1] == 12 and set(saved) <= {4, 8, 12}
+    assert saved[-1] == 120 and set(saved) <= {40, 80, 120}
     assert not (d / "LOCK").exists()
 
 
@@ -216,9 +216,9 @@ def test_slam_data_inspect_on_an_all_too_long_stream_says_why_instead_of_hanging
     cmd = [sys.executable, "-m", "slam_jax.data.inspect", "inspect", "--mixture", "mini_slam", "--batch_size", "8",
            "--paired_frames", "64", "--stall_seconds", "3"]
     started = time.time()
-    raised = subprocess.run(cmd + ["--on_error", "raise"], env=env(), capture_output=True, text=True, timeout=240)
+    raised = subprocess.run(cmd + ["--on_error", "raise"], env=env(), capture_output=True, text=True, timeout=600)
     assert raised.returncode == 1 and "kind 'paired' has produced no example" in raised.stderr, raised.stderr
-    assert time.time() - started < 180
+    assert time.time() - started < 540
     waiting = subprocess.Popen(cmd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = waiting.stderr.readline()
     while line and not line.startswith("waiting: no batch"):
