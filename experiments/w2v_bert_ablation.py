@@ -60,6 +60,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "ObjectiveConfig.exclude_same_code_negatives=False", "ObjectiveConfig.speech_mlm_targets='argmax'"]),
     "lr_5e-4": ("peak LR 5e-4", ["OptimizerConfig.peak_learning_rate=5e-4"]),
     "diversity_1.0": ("diversity weight 1.0", ["ObjectiveConfig.diversity_weight=1.0"]),
+    "mask_0.035": ("mask start probability 0.035 (~30% of frames masked, paper 0.065: ~49%)",
+                   ["ObjectiveConfig.speech_mask_prob=0.035"]),
+    "lr_4e-3": ("peak LR 4e-3", ["OptimizerConfig.peak_learning_rate=4e-3"]),
+    "batch_16": ("16 speech rows per batch (twice the speech per step)", ["StreamConfig.batch_size=16"]),
 }
 GATE = {"eval/speech/contrastive_accuracy": 0.4, "eval/speech/mlm_accuracy": 0.2, "eval/speech/top_rank": 10.0}
 COLUMNS = [  # (metric, header, digits)
