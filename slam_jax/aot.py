@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -104,18 +105,38 @@ def abstract_batch(stream_cfg, rows: dict[str, int], mesh: jax.sharding.Mesh) ->
     return batch
 
 
+def _finetune_task():
+    """The configured fine-tuning task when the gin files bind `FinetuneConfig.task` (a slam-finetune config),
+    else None (a pre-training run)."""
+    import gin
+    try:
+        gin.query_parameter("FinetuneConfig.task")
+    except ValueError:
+        return None
+    from slam_jax.finetune import run as finetune_run
+    return finetune_run.make_task(config.ModelConfig(), config.FinetuneConfig(), config.StreamConfig())
+
+
 def compile_run(topology: str) -> dict[str, Any]:
-    """Compiles the gin-configured run's train step for `topology`; returns the report (see module docstring)."""
+    """Compiles the gin-configured run's train step for `topology`; returns the report (see module docstring).
+    A fine-tuning config (one binding `FinetuneConfig.task`) compiles slam-finetune's step: the task's model and
+    loss over `StreamConfig.batch_size` paired rows; its model FLOPs are not modelled (None)."""
     from slam_jax.data import converter
     devices = topology_devices(topology)
     model_cfg, objective_cfg = config.ModelConfig(), config.ObjectiveConfig()
     stream_cfg, mesh_cfg = config.StreamConfig(), config.MeshConfig()
     hosts = len({d.process_index for d in devices})
     start = time.perf_counter()
-    trainer = Trainer.for_pretraining(model_cfg=model_cfg, objective_cfg=objective_cfg,
-                                            optimizer_cfg=config.OptimizerConfig(), mesh_cfg=mesh_cfg,
-                                            train_cfg=TrainConfig(), devices=devices)
-    rows = converter.kind_batch_sizes(stream_cfg.mixture, stream_cfg.batch_size, hosts)
+    task = _finetune_task()
+    if task is None:
+        trainer = Trainer.for_pretraining(model_cfg=model_cfg, objective_cfg=objective_cfg,
+                                          optimizer_cfg=config.OptimizerConfig(), mesh_cfg=mesh_cfg,
+                                          train_cfg=TrainConfig(), devices=devices)
+        rows = converter.kind_batch_sizes(stream_cfg.mixture, stream_cfg.batch_size, hosts)
+    else:
+        from slam_jax.finetune import run as finetune_run
+        trainer = finetune_run.make_trainer(task, config.OptimizerConfig(), mesh_cfg, TrainConfig(), devices)
+        rows = {"paired": stream_cfg.batch_size}
     partitioning.check_batch_sizes({k: v for k, v in rows.items() if v}, trainer.mesh)
     batch = abstract_batch(stream_cfg, rows, trainer.mesh)
     lowered = trainer.lower(batch)
@@ -140,14 +161,15 @@ def compile_run(topology: str) -> dict[str, Any]:
         "mesh": dict(trainer.mesh.shape),
         "mixture": stream_cfg.mixture,
         "rows": rows,
-        "objectives": list(objective_cfg.active),
-        "parameters": flops.parameter_count(model_cfg),
+        "objectives": list(objective_cfg.active) if task is None else [task.name],
+        "parameters": flops.parameter_count(model_cfg) if task is None else
+        sum(math.prod(x.shape) for x in jax.tree.leaves(trainer.abstract_params)),
         "memory_per_chip": {**dataclasses.asdict(memory), "total": memory.total},
         "hbm_per_chip": hbm,
         "headroom_per_chip": hbm - memory.total,
         "fits": memory.total <= hbm,
         "xla_flops_per_chip": float(cost.get("flops", float("nan"))) if cost else float("nan"),
-        "model_flops_per_step": flops.train_step_flops(model_cfg, shapes, objective_cfg),
+        "model_flops_per_step": flops.train_step_flops(model_cfg, shapes, objective_cfg) if task is None else None,
         "lower_s": lower_s,
         "compile_s": compile_s,
     }
@@ -166,7 +188,8 @@ def _human(r: dict[str, Any]) -> str:
         f" -> {'fits' if r['fits'] else 'DOES NOT FIT'}",
         f"  FLOPs: XLA {r['xla_flops_per_chip'] / 1e12:.2f} TFLOP per chip per step "
         f"({r['xla_flops_per_chip'] * r['chips'] / 1e15:.2f} PFLOP over the slice); model "
-        f"{r['model_flops_per_step'] / 1e15:.2f} PFLOP per step (slam_jax.flops)",
+        + (f"{r['model_flops_per_step'] / 1e15:.2f} PFLOP per step (slam_jax.flops)"
+           if r["model_flops_per_step"] is not None else "FLOPs not modelled for fine-tuning"),
         f"  lowering {r['lower_s']:.1f} s, compile {r['compile_s']:.1f} s",
     ])
 

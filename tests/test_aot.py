@@ -50,3 +50,16 @@ def test_topology_errors_name_the_problem():
     with pytest.raises(aot.AotError, match="cannot describe TPU topology 'v5p:3x3x3x3'"):
         aot.topology_devices("v5p:3x3x3x3")
     assert aot.hbm_bytes("v5p:4x4x2") == 95 * aot.GIB and aot.hbm_bytes("v4:4x4x2") == 32 * aot.GIB
+
+
+def test_rnnt_finetune_step_compiles_for_a_slice(capsys):
+    """A fine-tuning config (FinetuneConfig.task bound) compiles slam-finetune's step: the RNN-T head, its chunked
+    loss and the paired rows only."""
+    from train_utils import MODEL
+    rc = aot.main(["--gin_file=finetune/mini_rnnt.gin", *MODEL, "--gin.StreamConfig.batch_size=4",
+                   "--gin.StreamConfig.paired_frames=128", "--gin.StreamConfig.paired_tokens=16",
+                   "--gin.TransducerConfig.loss_time_chunk=8", "--topology=v5p:2x2x1", "--json"])
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rc == 0 and report["fits"] and report["objectives"] == ["asr_rnnt"]
+    assert report["rows"] == {"paired": 4} and report["model_flops_per_step"] is None
+    assert report["parameters"] > 0 and report["memory_per_chip"]["temp"] > 0

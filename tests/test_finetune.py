@@ -253,10 +253,34 @@ def test_bad_transcripts_are_skipped_with_reasons_or_raise(bad_task):
         next(strict.train_stream(0, 1))
 
 
+def test_rnnt_rows_it_cannot_learn_from_are_skipped_with_reasons(bad_task):
+    from slam_jax.data import converter
+    from slam_jax.finetune.asr_rnnt import AsrRnntTask, TransducerConfig
+    cfg = converter.StreamConfig(mixture=bad_task, batch_size=4, paired_frames=256, paired_tokens=64,
+                                 on_error="skip", shuffle=False, max_unk_fraction=1.0)
+    task = AsrRnntTask(ModelConfig(vocab_size=512), base.FinetuneConfig(), cfg, TransducerConfig())
+    stream = task.train_stream(0, 1)
+    batch = next(stream)
+    stats = stream.stats()
+    assert stats["paired"]["skipped"] == {bad_task: 1}                  # the empty transcript
+    assert sorted(stats["ctc_skipped"]) == ["transcript has characters outside the vocabulary",
+                                            "transcript too long for the audio"]
+    assert any("TransducerConfig.max_symbols_per_frame" in m for m in stats["ctc_messages"])
+    assert (batch["paired"]["token_segment_ids"] > 0).any(1).sum() == 2
+    # More symbols per frame make the short clip's long transcript learnable.
+    loose = AsrRnntTask(ModelConfig(vocab_size=512), base.FinetuneConfig(), cfg,
+                        TransducerConfig(max_symbols_per_frame=8)).train_stream(0, 1)
+    next(loose)
+    assert sorted(loose.stats()["ctc_skipped"]) == ["transcript has characters outside the vocabulary"]
+
+
+HEADS = {"asr_ctc": "ctc/kernel", "asr_rnnt": "joint/out/kernel"}
+
+
 @pytest.mark.parametrize("name", sorted(f for f in os.listdir(os.path.join(os.path.dirname(checkpointing.__file__),
                                                                          "gin", "finetune"))
-                                        if f.endswith("_ctc.gin")))
-def test_every_ctc_finetune_config_resolves_to_a_task_and_sharded_state(name):
+                                        if f.endswith(("_ctc.gin", "_rnnt.gin"))))
+def test_every_asr_finetune_config_resolves_to_a_task_and_sharded_state(name):
     import tasks  # noqa: F401
     from slam_jax import config
     from slam_jax.trainer import TrainConfig
@@ -265,7 +289,7 @@ def test_every_ctc_finetune_config_resolves_to_a_task_and_sharded_state(name):
     task = run.make_task(config.ModelConfig(), config.FinetuneConfig(), config.StreamConfig())
     trainer = run.make_trainer(task, config.OptimizerConfig(), config.MeshConfig(), TrainConfig())
     names = checkpointing._paths_and_shapes(trainer.abstract_params)
-    assert "ctc/kernel" in names and sum(k.startswith("encoder/") for k in names) > 50
+    assert HEADS[task.name] in names and sum(k.startswith("encoder/") for k in names) > 50
     assert not any(k.startswith(("quantizer/", "speech_mlm/", "stm/")) for k in names)
     opt = config.OptimizerConfig()
     if opt.schedule == "tri_stage":  # the phases cover the run

@@ -261,3 +261,30 @@ def test_greedy_caps_symbols_per_frame():
                                           jnp.asarray([4, 2]), max_symbols=cap)
         np.testing.assert_array_equal(hyp.lengths, [4 * cap, 2 * cap])
         assert (np.asarray(hyp.tokens[0, :4 * cap]) == 2).all()
+
+
+# ------------------------------------------------------------------------------------------ the task, end to end
+def test_rnnt_finetune_evaluates_greedy_and_beam_into_separate_files(tmp_path):
+    from train_utils import FINETUNE_SMALL, _run, last_json, read_metrics
+    args = [f"--model_dir={tmp_path}", *FINETUNE_SMALL, "--gin_file=finetune/mini_rnnt.gin",
+            "--gin.TransducerConfig.predictor_units=16", "--gin.TransducerConfig.predictor_embed_dim=16",
+            "--gin.TransducerConfig.joint_dim=16", "--gin.TransducerConfig.loss_time_chunk=16"]
+    _run("slam_jax.finetune.run", [*args, "--gin.TRAIN_STEPS=2", "--gin.TrainConfig.eval_every=2"], True, 900)
+    records = read_metrics(tmp_path)
+    losses = [r["asr/rnnt_loss"] for r in records if "asr/rnnt_loss" in r]
+    assert len(losses) == 2 and all(np.isfinite(losses)) and losses[0] > 0
+    evals = [r for r in records if "eval/wer" in r]
+    assert [r["step"] for r in evals] == [2] and evals[0]["eval/utterances"] == 64
+    greedy = next((tmp_path / "eval").glob("*_validation_step2.tsv")).read_text().splitlines()
+    assert greedy[0] == "id\treference\thypothesis" and len(greedy) == 65
+    beam = last_json(_run("slam_jax.evaluation.run", [f"--model_dir={tmp_path}",
+                                                      "--gin.TransducerConfig.beam_size=2"], True, 900).stdout)
+    assert beam["task"] == "asr_rnnt" and beam["utterances"] == 64 and np.isfinite(beam["wer"])
+    assert next((tmp_path / "eval").glob("*_validation_step2_beam_size2.json"))
+
+
+def test_result_file_names_carry_decoding_settings_only():
+    from slam_jax.finetune.asr_rnnt import TransducerConfig
+    from slam_jax.finetune.base import decode_tag
+    assert decode_tag(TransducerConfig(predictor_units=16, joint_dim=16)) == ""
+    assert decode_tag(TransducerConfig(predictor_units=16, beam_size=4)) == "_beam_size4"

@@ -1,4 +1,5 @@
-"""`slam-data inspect`: look at what the one stream feeds the model, and how fast.
+"""`slam-data inspect`: look at what the one stream feeds the model, and how fast. (`slam-data vocab` trains a
+SentencePiece model on transcripts: `slam_jax.data.vocab`.)
 
   slam-data inspect --mixture mini_slam --batches 20 --show 3
   slam-data inspect --gin_file=runs/cpu_smoke.gin --batches 20     # exactly the stream of that run
@@ -147,6 +148,23 @@ With --gin_file the stream is exactly the run's (its StreamConfig and DataConfig
     p.add_argument("--on_error", choices=("raise", "skip"), default=None, help="default skip")
     p.add_argument("--stall_seconds", type=float, default=60.0,
                    help="seconds without a batch before saying what the stream produced and dropped (default 60)")
+    from slam_jax.data import vocab
+    v = sub.add_parser("vocab", help="train a SentencePiece model on transcripts (an ASR head's word pieces)",
+                       description=vocab.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    v.add_argument("--input", action="append", required=True,
+                   help="LibriSpeech-layout folder (its *.trans.txt) or text file of transcripts; repeatable")
+    v.add_argument("--vocab_size", type=int, default=1024, help="pieces, PAD/EOS/UNK included (SLAM §4.1: 1024)")
+    v.add_argument("--out", required=True, help="output prefix: writes OUT.model and OUT.vocab (local or gs://)")
+    if argv[:1] == ["vocab"]:
+        args = parser.parse_args(argv)
+        try:
+            report = vocab.train_vocabulary(args.input, args.vocab_size, args.out)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"slam-data: error: {e}", file=sys.stderr)
+            return 1
+        print(f"wrote {args.out}.model ({report['vocab_size']} pieces) from {report['transcripts']} transcripts: "
+              f"{report['pieces_per_transcript']:.1f} pieces per transcript, {report['pieces_per_word']:.2f} per word")
+        return 0
     try:
         files, bindings, rest = config.split_argv(argv)
     except config.ConfigError as e:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -68,6 +68,14 @@ def ctc_labels(tokens: np.ndarray, token_segment_ids: np.ndarray, eos_id: int) -
     return tokens, valid
 
 
+def unk_reason(labels: np.ndarray, unk_id: int | None) -> str:
+    """Why a transcript's labels [L] cannot be learned from ("" when they can): UNK pieces stand for characters
+    outside the vocabulary."""
+    if unk_id is not None and np.any(labels == unk_id):
+        return f"transcript has characters outside the vocabulary ({int(np.sum(labels == unk_id))} UNK pieces)"
+    return ""
+
+
 def ctc_feasible(frames: np.ndarray, labels: np.ndarray, label_valid: np.ndarray, unk_id: int | None
                  ) -> list[str]:
     """Why CTC cannot train on each row ("" when it can).
@@ -83,9 +91,8 @@ def ctc_feasible(frames: np.ndarray, labels: np.ndarray, label_valid: np.ndarray
         if n == 0 or lab.size == 0:
             reasons.append("")
             continue
-        if unk_id is not None and np.any(lab == unk_id):
-            reasons.append(f"transcript has characters outside the vocabulary ({int(np.sum(lab == unk_id))} "
-                           "UNK pieces)")
+        if unk := unk_reason(lab, unk_id):
+            reasons.append(unk)
             continue
         needed = lab.size + int(np.sum(lab[1:] == lab[:-1]))
         have = subsampled_length(n)
@@ -103,12 +110,16 @@ class CtcStream:
     whole_row: an infeasible row becomes padding entirely (ASR), else only its labels are blanked (the auxiliary CTC:
       the row still trains the translation loss).
     missing: when given, a real row without labels raises `converter.DataError` "<example id>: <missing>".
+    feasible: (frames [B], labels [B, L], label_valid [B, L]) -> a reason per row ("" = trainable); default
+      `ctc_feasible` with the vocabulary's UNK id.
     Forwards `get_state` / `set_state` (the skip counts travel with the state) and `kind_batch_sizes`.
     """
 
     def __init__(self, stream: converter.OneStream, eos_id: int, unk_id: int | None, *, labels: str = "tokens",
-                 whole_row: bool = True, missing: str | None = None):
-        self.stream, self.eos_id, self.unk_id = stream, eos_id, unk_id
+                 whole_row: bool = True, missing: str | None = None,
+                 feasible: Callable[[np.ndarray, np.ndarray, np.ndarray], list[str]] | None = None):
+        self.stream, self.eos_id = stream, eos_id
+        self.feasible = feasible or (lambda frames, labels, valid: ctc_feasible(frames, labels, valid, unk_id))
         self.labels, self.label_ids = labels, labels[:-1] + "_segment_ids"
         self.whole_row, self.missing = whole_row, missing
         self.kind_batch_sizes = stream.kind_batch_sizes
@@ -127,7 +138,7 @@ class CtcStream:
         unlabelled = np.nonzero((frames > 0) & ~valid.any(1))[0]
         if self.missing and unlabelled.size:
             raise converter.DataError(f"{ids[unlabelled[0]]}: {self.missing}")
-        reasons = ctc_feasible(frames, labels, valid, self.unk_id)
+        reasons = self.feasible(frames, labels, valid)
         bad = [i for i, r in enumerate(reasons) if r]
         if bad:
             for key in sub if self.whole_row else (self.labels, self.label_ids):
@@ -166,10 +177,16 @@ class AsrCtcTask(FinetuneTask):
     def __init__(self, model_cfg, finetune_cfg, stream_cfg, decode_cfg: ctc_decoding.CtcDecodeConfig | None = None):
         super().__init__(model_cfg, finetune_cfg, stream_cfg, decode_cfg)
         self.vocabulary: seqio.SentencePieceVocabulary = paired_vocabulary(stream_cfg.mixture, "ASR fine-tuning")
-        if self.vocabulary.vocab_size > model_cfg.vocab_size:
-            raise ValueError(f"the vocabulary of {stream_cfg.mixture!r} has {self.vocabulary.vocab_size} ids but "
-                             f"ModelConfig.vocab_size = {model_cfg.vocab_size} (the CTC head's size)")
+        if self.vocabulary.vocab_size > self.output_size(model_cfg):
+            raise ValueError(f"the vocabulary of {stream_cfg.mixture!r} has {self.vocabulary.vocab_size} ids but the "
+                             f"output layer has {self.output_size(model_cfg)} ({self.output_binding})")
         self.augment = SpecAugment.from_config(finetune_cfg)
+
+    output_binding = "ModelConfig.vocab_size"
+
+    def output_size(self, model_cfg: ModelConfig) -> int:
+        """Labels of the output layer (blank = id 0 included)."""
+        return model_cfg.vocab_size
 
     def build_model(self, rngs: nnx.Rngs) -> AsrModel:
         return AsrModel(self.model_cfg, rngs=rngs)
@@ -191,20 +208,38 @@ class AsrCtcTask(FinetuneTask):
         tokenizer = self.vocabulary.tokenizer
         return [tokenizer.id_to_piece(i) for i in range(tokenizer.get_piece_size())]
 
-    def transcribe(self, outputs: dict[str, np.ndarray], lm: ctc_decoding.WordLM | None,
-                   pieces: list[str] | None) -> list[str]:
-        """Decodes this host's rows of `predict` outputs to text."""
-        cfg, texts = self.decode_cfg, []
-        for row in range(outputs["lengths"].shape[0]):
-            n = int(outputs["lengths"][row])
-            if cfg.beam_size == 1:
-                labels = ctc_decoding.greedy_decode(outputs["best"][row], n, BLANK_ID)
-            else:
-                labels = ctc_decoding.prefix_beam_search(
-                    outputs["log_probs"][row], n, pieces, beam_size=cfg.beam_size, prune_top_k=cfg.prune_top_k,
-                    blank_id=BLANK_ID, lm=lm, alpha=cfg.lm_alpha, beta=cfg.lm_beta)
-            texts.append(self.vocabulary.decode([i for i in labels if i >= 3]))  # no PAD / EOS / UNK ids
-        return texts
+    def text(self, labels: list[int]) -> str:
+        return self.vocabulary.decode([i for i in labels if i >= 3])  # no PAD / EOS / UNK ids
+
+    def decoder(self) -> tuple[Callable[[nnx.Module, dict], dict[str, Array]], Callable[[dict], list[str]]]:
+        """(predict: the model's batch -> device outputs, jitted by the trainer; transcribe: this host's rows of
+        those outputs -> texts), per `CtcDecodeConfig`: greedy best path, or prefix beam search with the LM."""
+        cfg = self.decode_cfg
+        beam = cfg.beam_size > 1
+        lm = ctc_decoding.WordLM(cfg.lm_path) if cfg.lm_path else None
+        pieces = self._pieces() if beam else None
+
+        def predict(model: AsrModel, batch: dict) -> dict[str, Array]:
+            logits, seg = model(batch["paired"]["features"], batch["paired"]["segment_ids"])
+            out = {"best": jnp.argmax(logits, -1).astype(jnp.int32), "lengths": (seg > 0).sum(1)}
+            if beam:
+                out["log_probs"] = jax.nn.log_softmax(logits, -1)
+            return out
+
+        def transcribe(outputs: dict[str, np.ndarray]) -> list[str]:
+            texts = []
+            for row in range(outputs["lengths"].shape[0]):
+                n = int(outputs["lengths"][row])
+                if not beam:
+                    labels = ctc_decoding.greedy_decode(outputs["best"][row], n, BLANK_ID)
+                else:
+                    labels = ctc_decoding.prefix_beam_search(
+                        outputs["log_probs"][row], n, pieces, beam_size=cfg.beam_size, prune_top_k=cfg.prune_top_k,
+                        blank_id=BLANK_ID, lm=lm, alpha=cfg.lm_alpha, beta=cfg.lm_beta)
+                texts.append(self.text(labels))
+            return texts
+
+        return predict, transcribe
 
     def evaluate(self, trainer, params, split: str, step: int, out_dir: str | None, *, strict: bool = False
                  ) -> dict[str, float]:
@@ -214,18 +249,8 @@ class AsrCtcTask(FinetuneTask):
         Writes `out_dir/eval/<mixture>_<split>_step<N><decoding>.tsv` (id, reference, hypothesis) and `.json`
         (scores) when `out_dir` is given (`base.write_predictions`); errors are summed over hosts.
         """
-        beam = self.decode_cfg.beam_size > 1
-
-        def predict(model: AsrModel, batch: dict) -> dict[str, Array]:
-            logits, seg = model(batch["paired"]["features"], batch["paired"]["segment_ids"])
-            out = {"best": jnp.argmax(logits, -1).astype(jnp.int32), "lengths": (seg > 0).sum(1)}
-            if beam:
-                out["log_probs"] = jax.nn.log_softmax(logits, -1)
-            return out
-
+        predict, transcribe = self.decoder()
         run = trainer.predict_fn(predict)
-        lm = ctc_decoding.WordLM(self.decode_cfg.lm_path) if self.decode_cfg.lm_path else None
-        pieces = self._pieces() if beam else None
         cfg = dataclasses.replace(self.stream_cfg, split=split, shuffle=False)
         stream = converter.eval_stream(cfg, shard_index=jax.process_index(), num_shards=jax.process_count())
         first = next(stream, None)
@@ -239,7 +264,7 @@ class AsrCtcTask(FinetuneTask):
             real = (sub["segment_ids"] > 0).any(1)
             if not real.any():
                 continue
-            hyps = self.transcribe(run(params, local), lm, pieces)
+            hyps = transcribe(run(params, local))
             labels, valid = ctc_labels(sub["tokens"], sub["token_segment_ids"], self.vocabulary.eos_id)
             refs = [self.vocabulary.decode(lab[ok].tolist()) for lab, ok in zip(labels, valid)]
             keep = [i for i in range(len(refs)) if real[i]]

@@ -100,13 +100,15 @@ def encode_speech(encoder: SlamEncoder, features: Array, segment_ids: Array, key
 
 def decode_tag(decode_cfg: Any) -> str:
     """The decoding settings that differ from their defaults, for result file names (`_beam_size8_lm-words`), so
-    evaluations with other settings never overwrite each other; "" for the defaults."""
+    evaluations with other settings never overwrite each other; "" for the defaults. A config class that also
+    holds model settings names its decoding fields in a `DECODING_FIELDS` class attribute (only those count)."""
     if decode_cfg is None or not dataclasses.is_dataclass(decode_cfg):
         return ""
     default = dataclasses.asdict(type(decode_cfg)())
+    fields = getattr(type(decode_cfg), "DECODING_FIELDS", None)
     parts = []
     for key, value in dataclasses.asdict(decode_cfg).items():
-        if value == default.get(key):
+        if value == default.get(key) or (fields is not None and key not in fields):
             continue
         if isinstance(value, str) and ("/" in value or "." in value):
             value = os.path.splitext(os.path.basename(value))[0]

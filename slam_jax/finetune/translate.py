@@ -61,6 +61,8 @@ class TranslationConfig:
     ctc_weight: weight w of the auxiliary CTC on the source transcript (ours; 0 = off, see the module docstring).
     """
 
+    DECODING_FIELDS = ("beam_size", "length_penalty", "max_decode_length")  # in result file names (decode_tag)
+
     decoder_layers: int = 4
     decoder_dim: int = 384
     decoder_heads: int = 4
