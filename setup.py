@@ -54,6 +54,7 @@ setuptools.setup(
             "slam-aot=slam_jax.aot:main",
             "slam-data=slam_jax.data.inspect:main",
             "slam-prepare=slam_jax.data.prepare:main",
+            "slam-transcribe=slam_jax.cli.transcribe:main",
         ]
     },
 )

@@ -1,0 +1,115 @@
+"""`slam-transcribe`: transcribe audio files with a fine-tuned ASR run (CTC or RNN-T).
+
+    slam-transcribe --model_dir=/tmp/slam_ft a.flac dir/ list.txt [--output=out.jsonl|out.tsv] [--beam_size=4]
+                    [--lm=/data/4gram.arpa] [--step=N] [--batch_size=8]
+
+Inputs: audio files, folders (every audio file below them, sorted) and `.txt` / `.lst` lists (one path per line).
+Writes one line per file, in input order, to `--output` (JSON lines with "path" and "text", or TSV "path<TAB>text",
+by its extension) or to stdout as TSV. A file that cannot be transcribed (missing, corrupt, empty, too short) is
+reported on stderr on its own line and skipped; the rest are transcribed. Exit codes: 0 all transcribed, 1 some file
+failed (or a run-time failure), 2 a bad model directory or option.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Sequence
+
+AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au")
+LIST_EXTENSIONS = (".txt", ".lst")
+
+
+def expand_inputs(items: Sequence[str]) -> list[str]:
+    """Files in order: a folder contributes its audio files (sorted, recursively), a list file its lines."""
+    out: list[str] = []
+    for item in items:
+        if os.path.isdir(item):
+            found = sorted(os.path.join(root, name) for root, _, files in os.walk(item) for name in files
+                           if name.lower().endswith(AUDIO_EXTENSIONS))
+            out.extend(found)
+        elif item.lower().endswith(LIST_EXTENSIONS) and os.path.isfile(item):
+            with open(item, encoding="utf-8") as f:
+                out.extend(line.strip() for line in f if line.strip())
+        else:
+            out.append(item)
+    return out
+
+
+def _progress(done: int, total: int, failed: int) -> None:
+    if sys.stderr.isatty():
+        print(f"\r{done}/{total} files ({failed} failed)", end="" if done < total else "\n", file=sys.stderr,
+              flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from slam_jax.cli import common
+    parser = argparse.ArgumentParser(prog="slam-transcribe", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", help="audio files, folders of audio files, or .txt lists of paths")
+    parser.add_argument("--model_dir", required=True, help="a slam-finetune ASR run (config.gin + checkpoints/)")
+    parser.add_argument("--output", default=None, help="out.jsonl or out.tsv (default: TSV on stdout)")
+    parser.add_argument("--beam_size", type=int, default=None, help="beam search width (default: the run's)")
+    parser.add_argument("--lm", default=None, help="CTC only: ARPA / KenLM n-gram LM for shallow fusion")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    parser.add_argument("--batch_size", type=int, default=None,
+                        help="utterances per batch (default: the run's StreamConfig.batch_size)")
+    common.add_verbose_flag(parser)
+    args = parser.parse_args(argv)
+    if args.output and not args.output.endswith((".jsonl", ".tsv")):
+        parser.error(f"--output must end in .jsonl or .tsv, got {args.output!r}")
+    from slam_jax import inference
+    from slam_jax.data.audio import AudioError
+    decoding = {}
+    if args.beam_size is not None:
+        decoding["beam_size"] = args.beam_size
+    if args.lm:
+        decoding["lm_path"] = args.lm
+    paths = expand_inputs(args.inputs)
+    if not paths:
+        parser.error("no audio file found in the inputs")
+    results: dict[str, str] = {}
+    failed: list[str] = []
+
+    def run():
+        from slam_jax import config
+        try:
+            model = inference.load(args.model_dir, step=args.step, batch_size=args.batch_size)
+            model.decoding_task(**decoding)       # bad options fail before any audio is read
+        except inference.InferenceError as e:
+            raise config.ConfigError(str(e)) from None
+        good, feats = [], []
+        for i, path in enumerate(paths):
+            try:
+                feats.append(model.features(path))
+                good.append(path)
+            except AudioError as e:
+                failed.append(path)
+                print(f"slam-transcribe: skipped {e}", file=sys.stderr, flush=True)
+            _progress(i + 1, len(paths), len(failed))
+        texts = model.transcribe_features(feats, **decoding) if feats else []
+        results.update(zip(good, texts))
+
+    code = common.run_guarded("slam-transcribe", run, verbose=args.verbose)
+    if code:
+        return code
+    lines = []
+    for path in paths:
+        if path in results:
+            lines.append(json.dumps({"path": path, "text": results[path]}) if (args.output or "").endswith(".jsonl")
+                         else f"{path}\t{results[path]}")
+    text = "".join(line + "\n" for line in lines)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    if failed:
+        print(f"slam-transcribe: {len(failed)} of {len(paths)} file(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return common.EXIT_FAILED
+    return common.EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

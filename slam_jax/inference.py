@@ -1,0 +1,186 @@
+"""Use a trained model outside a seqio split: load a slam-finetune run, transcribe audio files or waveforms, and
+read per-layer encoder features.
+
+```python
+from slam_jax import inference
+model = inference.load("/tmp/slam_ft")                 # a slam-finetune run: config.gin + checkpoints/
+texts = model.transcribe(["a.flac", "b.wav"])          # or float waveforms; beam_size=4 for beam search
+layers = model.encode(["a.flac"], layers=["shared_2"])   # [{"shared_2": float32 [frames, d]}]
+```
+
+The run's own `config.gin` fixes the model, the task (CTC or RNN-T ASR) and its decoding options; keyword arguments
+override the decoding. Audio goes through the training pipeline's front end (`audio.load_audio`, resampled to
+16 kHz when needed, then `features.log_mel`), so a file transcribes as slam-eval transcribes it from a split.
+Utterances are batched by length into padded buckets of `BUCKET_FRAMES` log-mel frames: one compile per bucket length
+(and decoding setting), reused for every later batch of that length.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from slam_jax.data import audio as audio_lib
+from slam_jax.data import features as features_lib
+from slam_jax.data import schema
+
+BUCKET_FRAMES = 256          # bucket lengths are multiples of this (2.56 s); ours, as the mini configs' rows
+Audio = str | os.PathLike | np.ndarray
+
+
+class InferenceError(ValueError):
+    """A model directory or input that cannot be used; the message names it."""
+
+
+@dataclasses.dataclass
+class Model:
+    """A loaded fine-tuned model: `transcribe` for ASR tasks, `encode` for every task with a speech encoder."""
+
+    model_dir: str
+    step: int
+    task: Any          # the run's `FinetuneTask`
+    trainer: Any       # for the mesh, the jitted prediction and the parameters' shardings
+    params: Any
+    batch_size: int
+    _compiled: dict = dataclasses.field(default_factory=dict)
+
+    # ------------------------------------------------------------------------------------------ inputs
+    def features(self, item: Audio, sample_rate: int = features_lib.SAMPLE_RATE) -> np.ndarray:
+        """One input -> normalized log-mel float32 [frames, 80]: a path (any format libsndfile reads, local or
+        gs://), or a mono float waveform at `sample_rate` (resampled to 16 kHz)."""
+        if isinstance(item, (str, os.PathLike)):
+            wave = audio_lib.load_audio(os.fspath(item), sample_rate=features_lib.SAMPLE_RATE, resample=True)
+            name = os.fspath(item)
+        else:
+            wave = np.asarray(item, np.float32)
+            name = f"waveform of shape {wave.shape}"
+            if wave.ndim != 1:
+                raise InferenceError(f"{name}: expected a mono waveform [samples]")
+            if sample_rate != features_lib.SAMPLE_RATE:
+                wave = audio_lib.resample_waveform(wave, sample_rate, features_lib.SAMPLE_RATE)
+        if features_lib.num_frames(wave.shape[0]) < 1:
+            raise audio_lib.AudioError(f"{name}: too short for one log-mel frame ({wave.shape[0]} samples)")
+        return features_lib.log_mel_np(wave)
+
+    def _batches(self, feats: list[np.ndarray]):
+        """(indices, host batch) per padded batch: utterances sorted by length, each batch padded to its longest
+        utterance's bucket and to `batch_size` rows."""
+        order = sorted(range(len(feats)), key=lambda i: feats[i].shape[0])
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            frames = -(-max(feats[i].shape[0] for i in idx) // BUCKET_FRAMES) * BUCKET_FRAMES
+            x = np.zeros((self.batch_size, frames, schema.NUM_MEL_BINS), np.float32)
+            seg = np.zeros((self.batch_size, frames), np.int32)
+            for row, i in enumerate(idx):
+                n = feats[i].shape[0]
+                x[row, :n], seg[row, :n] = feats[i], 1
+            tokens = np.zeros((self.batch_size, 1), np.int32)
+            yield idx, {"paired": {"features": x, "segment_ids": seg, "tokens": tokens,
+                                   "token_segment_ids": tokens}}
+
+    def _run(self, key: tuple, make_predict) -> Any:
+        if key not in self._compiled:
+            self._compiled[key] = self.trainer.predict_fn(make_predict())
+        return self._compiled[key]
+
+    # ------------------------------------------------------------------------------------------ tasks
+    def transcribe(self, inputs: Sequence[Audio], *, sample_rate: int = features_lib.SAMPLE_RATE,
+                   **decoding: Any) -> list[str]:
+        """Texts of `inputs` (paths or waveforms), in order. `decoding` overrides the run's decoding options by
+        name (CTC: `beam_size`, `lm` (an ARPA / KenLM file), `lm_alpha`, `lm_beta`, `prune_top_k`; RNN-T:
+        `beam_size`, `max_symbols_per_frame`). A bad input raises `audio.AudioError` naming it."""
+        task = self.decoding_task(**decoding)   # bad options fail before any audio is read
+        return self._transcribe(task, [self.features(x, sample_rate) for x in inputs], decoding)
+
+    def transcribe_features(self, feats: Sequence[np.ndarray], **decoding: Any) -> list[str]:
+        """`transcribe` for log-mel features already made by `features` (slam-transcribe checks every file first)."""
+        return self._transcribe(self.decoding_task(**decoding), list(feats), decoding)
+
+    def decoding_task(self, **decoding: Any):
+        """The task with `decoding` applied to its decoding options; InferenceError names a bad option."""
+        if not hasattr(self.task, "decoder"):
+            raise InferenceError(f"{self.model_dir} is a {self.task.name!r} run: transcribe needs an ASR run")
+        if "lm" in decoding:
+            decoding["lm_path"] = decoding.pop("lm")
+        if not decoding:
+            return self.task
+        import copy
+        task = copy.copy(self.task)
+        try:
+            task.decode_cfg = dataclasses.replace(self.task.decode_cfg, **decoding)
+        except (TypeError, ValueError) as e:
+            raise InferenceError(f"decoding options {decoding} for {self.task.name}: {e}") from None
+        return task
+
+    def _transcribe(self, task, feats: list[np.ndarray], decoding: dict) -> list[str]:
+        predict, to_text = task.decoder()
+        run = self._run(("transcribe", tuple(sorted((k, str(v)) for k, v in decoding.items()))), lambda: predict)
+        out = [""] * len(feats)
+        for idx, batch in self._batches(feats):
+            texts = to_text(run(self.params, batch))
+            for row, i in enumerate(idx):
+                out[i] = texts[row]
+        return out
+
+    def encode(self, inputs: Sequence[Audio], *, layers: Sequence[str] | None = None,
+               sample_rate: int = features_lib.SAMPLE_RATE) -> list[dict[str, np.ndarray]]:
+        """Frame features of every encoder layer (or `layers`) per input: {name: float32 [frames, d]}, names as
+        `slam-eval --layer_probes` (`z`, `speech_1` .. `speech_N`, `shared_1` .. `shared_M`; z and the layers run
+        at 4x subsampled frames). Eval mode: no masking, no dropout."""
+        import jax.numpy as jnp
+
+        from slam_jax.evaluation import layer_probes
+        from slam_jax.layers.subsampling import subsampled_length
+        cfg = self.task.model_cfg
+        names = ["z", *layer_probes.layer_names(cfg.speech_layers, cfg.shared_layers)]
+        wanted = list(layers) if layers is not None else names
+        unknown = [n for n in wanted if n not in names]
+        if unknown:
+            raise InferenceError(f"unknown layer(s) {unknown}; this model has {names}")
+
+        def predict(model, batch):
+            stacked, _ = model.encoder.speech_representations(batch["paired"]["features"],
+                                                              batch["paired"]["segment_ids"])   # [L, B, T', d]
+            return {n: stacked[names.index(n)].astype(jnp.float32) for n in wanted}
+
+        run = self._run(("encode", tuple(wanted)), lambda: predict)
+        feats = [self.features(x, sample_rate) for x in inputs]
+        out: list[dict[str, np.ndarray]] = [{} for _ in feats]
+        for idx, batch in self._batches(feats):
+            result = run(self.params, batch)
+            for row, i in enumerate(idx):
+                n = subsampled_length(feats[i].shape[0])
+                out[i] = {name: result[name][row, :n] for name in wanted}
+        return out
+
+
+def load(model_dir: str, *, step: int | None = None, batch_size: int | None = None) -> Model:
+    """A slam-finetune run's model from its `config.gin` and checkpoint `step` (default: the latest).
+
+    batch_size: utterances per batch (default: the run's `StreamConfig.batch_size`). Raises InferenceError for a
+    folder that is not a fine-tuning run, FileNotFoundError when it has no checkpoint.
+    """
+    import tensorflow as tf
+
+    from slam_jax import checkpointing, config
+    from slam_jax.finetune import run as finetune_run
+    from slam_jax.trainer import TrainConfig
+    path = os.path.join(model_dir, "config.gin")
+    if not tf.io.gfile.exists(path):
+        raise InferenceError(f"{path} does not exist: load() takes a slam-finetune run directory")
+    with tf.io.gfile.GFile(path) as f:
+        if not any(line.startswith("FinetuneConfig.task") for line in f):
+            raise InferenceError(f"{model_dir} is a pre-training run; load() takes a slam-finetune run")
+    config.parse([path], [])
+    config.register_tasks()
+    stream_cfg = config.StreamConfig()
+    task = finetune_run.make_task(config.ModelConfig(), config.FinetuneConfig(), stream_cfg)
+    trainer = finetune_run.make_trainer(task, config.OptimizerConfig(), config.MeshConfig(), TrainConfig())
+    params, step = checkpointing.restore_params(model_dir, trainer.abstract_params, step)
+    from slam_jax import partitioning
+    rows = batch_size or stream_cfg.batch_size
+    devices = partitioning.batch_axis_size(trainer.mesh)
+    rows = -(-rows // devices) * devices                   # whole rows per device of the batch axes
+    return Model(model_dir=model_dir, step=step, task=task, trainer=trainer, params=params, batch_size=rows)

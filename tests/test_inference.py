@@ -1,0 +1,72 @@
+"""The Python inference API and slam-transcribe on a fine-tuned tiny run: the same hypotheses as slam-eval, per-layer
+features, and bad files reported and skipped."""
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from train_utils import env, slam_finetune
+
+
+@pytest.fixture(scope="module")
+def ctc_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("ctc_run")
+    slam_finetune(run, "--gin.TRAIN_STEPS=2", "--gin.TrainConfig.eval_every=2")
+    return run
+
+
+def _eval_rows(run) -> list[list[str]]:
+    tsv = next((run / "eval").glob("*_validation_step2.tsv"))
+    with open(tsv) as f:
+        return list(csv.reader(f, delimiter="\t"))[1:]
+
+
+def test_transcribe_returns_what_slam_eval_wrote_and_encode_gives_every_layer(ctc_run):
+    from slam_jax import inference
+    rows = _eval_rows(ctc_run)
+    paths, hyps = [r[0] for r in rows], [r[2] if len(r) > 2 else "" for r in rows]
+    assert sum(bool(h) for h in hyps) > 10   # the untrained model emits text: the comparison is not trivial
+    model = inference.load(str(ctc_run))
+    assert model.step == 2 and model.task.name == "asr_ctc"
+    assert model.transcribe(paths) == hyps
+    # A waveform at another sample rate is resampled (same words as the file, up to resampling noise: not exact).
+    from slam_jax.data import audio
+    wave = audio.load_audio(paths[0])
+    assert isinstance(model.transcribe([wave[::2]], sample_rate=8000)[0], str)
+    features = model.encode(paths[:2])
+    assert list(features[0]) == ["z", "speech_1", "shared_1"]
+    frames = -(-model.features(paths[0]).shape[0] // 4)
+    assert features[0]["shared_1"].shape == (frames, model.task.model_cfg.d_model)
+    with pytest.raises(inference.InferenceError, match="unknown layer"):
+        model.encode(paths[:1], layers=["speech_9"])
+    with pytest.raises(inference.InferenceError, match="beam_width"):
+        model.transcribe(paths[:1], beam_width=3)
+
+
+def test_slam_transcribe_skips_bad_files_names_them_and_fails(ctc_run, tmp_path):
+    rows = _eval_rows(ctc_run)
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    for r in rows[:3]:
+        shutil.copy(r[0], folder / os.path.basename(r[0]))
+    (folder / "corrupt.flac").write_bytes(b"this is not audio")
+    (folder / "empty.wav").write_bytes(b"")
+    out = tmp_path / "out.jsonl"
+    result = subprocess.run([sys.executable, "-m", "slam_jax.cli.transcribe", f"--model_dir={ctc_run}", str(folder),
+                             f"--output={out}"], env=env(1), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr
+    assert "corrupt.flac" in result.stderr and "empty.wav" in result.stderr and "Traceback" not in result.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [os.path.basename(x["path"]) for x in lines] == sorted(os.path.basename(r[0]) for r in rows[:3])
+    want = {os.path.basename(r[0]): (r[2] if len(r) > 2 else "") for r in rows[:3]}
+    assert all(x["text"] == want[os.path.basename(x["path"])] for x in lines)
+
+    missing = subprocess.run([sys.executable, "-m", "slam_jax.cli.transcribe", f"--model_dir={tmp_path}",
+                              str(folder)], env=env(1), capture_output=True, text=True, timeout=600)
+    assert missing.returncode == 2 and "config.gin does not exist" in missing.stderr
+    assert "Traceback" not in missing.stderr
