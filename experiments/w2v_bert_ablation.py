@@ -64,6 +64,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                    ["ObjectiveConfig.speech_mask_prob=0.035"]),
     "lr_4e-3": ("peak LR 4e-3", ["OptimizerConfig.peak_learning_rate=4e-3"]),
     "batch_16": ("16 speech rows per batch (twice the speech per step)", ["StreamConfig.batch_size=16"]),
+    "codebook_normal": ("codebook entries N(0, 1) instead of U[0, 1) (code vectors start apart)",
+                        ["ModelConfig.quantizer_codebook_init='normal'"]),
     "speech_layers_4": ("4 speech (contrastive-module) layers instead of 2", ["ModelConfig.speech_layers=4"]),
     "d_model_256": ("width 256 (FFN 1024) instead of 128", ["ModelConfig.d_model=256", "ModelConfig.ffn_dim=1024"]),
 }

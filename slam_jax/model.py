@@ -42,8 +42,8 @@ class ModelConfig:
       tie_text_embedding (?): text-MLM output projection tied to the input embedding.
       gumbel_temperature_start / _decay / _floor (C): quantizer temperature max(start * decay^step, floor),
         default 2.0 * 0.999995^step floored at 0.1.
-      quantizer_input_norm / quantizer_logit_init_std (?): see `QuantizerConfig` (defaults: z as it is, fan-in
-        init; fairseq's wav2vec 2.0: True / 1.0).
+      quantizer_input_norm / quantizer_logit_init_std / quantizer_codebook_init (?): see `QuantizerConfig`
+        (defaults: z as it is, fan-in init, U[0, 1) codebook; fairseq's wav2vec 2.0: True / 1.0 / U[0, 1)).
       feature_grad_mult (?): scales the gradient that reaches the conv subsampling (fairseq's `feature_grad_mult`,
         0.1 in wav2vec 2.0 Base; default 1.0: the plain gradient).
       project_targets (C): a linear projection of the quantized vectors before the contrastive similarity
@@ -79,6 +79,7 @@ class ModelConfig:
     gumbel_temperature_floor: float = 0.1
     quantizer_input_norm: bool = False
     quantizer_logit_init_std: float = 0.0
+    quantizer_codebook_init: str = "uniform"
     feature_grad_mult: float = 1.0
     project_targets: bool = False
     ctc_head: bool = False
@@ -107,7 +108,8 @@ class ModelConfig:
                                code_dim=self.code_dim, temperature_start=self.gumbel_temperature_start,
                                temperature_decay=self.gumbel_temperature_decay,
                                temperature_floor=self.gumbel_temperature_floor,
-                               input_norm=self.quantizer_input_norm, logit_init_std=self.quantizer_logit_init_std)
+                               input_norm=self.quantizer_input_norm, logit_init_std=self.quantizer_logit_init_std,
+                               codebook_init=self.quantizer_codebook_init)
 
 
 @dataclasses.dataclass

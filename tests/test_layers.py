@@ -162,3 +162,16 @@ def test_paired_outputs_invariant_to_padding(model):
     np.testing.assert_allclose(a.cls, b.cls, atol=TOL)
     np.testing.assert_allclose(a.text, b.text[:, :7], atol=TOL)
     np.testing.assert_allclose(a.speech, b.speech[:, :10], atol=TOL)
+
+
+def test_quantizer_codebook_init_options():
+    from slam_jax.layers.quantizer import GumbelQuantizer, QuantizerConfig
+    with nnx.use_eager_sharding(False):
+        books = {init: np.asarray(GumbelQuantizer(8, QuantizerConfig(codebook_size=64, code_dim=32,
+                                                                    codebook_init=init), rngs=nnx.Rngs(0)).codebook[...])
+                 for init in ("uniform", "normal")}
+    assert books["uniform"].min() >= 0 and books["normal"].min() < 0
+    cos = lambda b: np.mean([(x @ y) / np.linalg.norm(x) / np.linalg.norm(y) for x, y in zip(b[0][:-1], b[0][1:])])
+    assert cos(books["uniform"]) > 0.6 and abs(cos(books["normal"])) < 0.2
+    with pytest.raises(ValueError, match="codebook_init"):
+        QuantizerConfig(codebook_init="zeros")

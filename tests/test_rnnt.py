@@ -1,6 +1,7 @@
 """The RNN-T loss against brute force and a numpy forward-backward; its gradients; the decoders against each other
 and against an exhaustive search."""
 import itertools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -288,3 +289,17 @@ def test_result_file_names_carry_decoding_settings_only():
     from slam_jax.finetune.base import decode_tag
     assert decode_tag(TransducerConfig(predictor_units=16, joint_dim=16)) == ""
     assert decode_tag(TransducerConfig(predictor_units=16, beam_size=4)) == "_beam_size4"
+
+
+def test_slam_data_vocab_trains_word_pieces_with_the_project_ids(tmp_path, capsys):
+    import sentencepiece as spm
+    from slam_jax.data import inspect
+    mini = os.path.join(os.path.dirname(inspect.__file__), "..", "assets", "mini_corpus", "train")
+    assert inspect.main(["vocab", f"--input={mini}", "--vocab_size=128", f"--out={tmp_path}/v128"]) == 0
+    assert "128 pieces" in capsys.readouterr().out
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "v128.model"))
+    assert sp.get_piece_size() == 128 and (sp.pad_id(), sp.eos_id(), sp.unk_id(), sp.bos_id()) == (0, 1, 2, -1)
+    text = "THE SAILOR TIED A STRONG KNOT"
+    assert sp.decode(sp.encode(text)) == text
+    assert inspect.main(["vocab", f"--input={tmp_path}/nothing", f"--out={tmp_path}/x"]) == 1
+    assert "no such file or folder" in capsys.readouterr().err

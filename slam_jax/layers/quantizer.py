@@ -24,6 +24,9 @@ class QuantizerConfig:
         1/sqrt(d_in)). fairseq uses 1.0, which over a layer-normed input gives logits of std sqrt(d_in): sharp
         code distributions from the first step, so the sampled code is the argmax code. With fan-in scaling the
         logits start with std ~ rms(input) and the Gumbel-sampled targets are mostly noise (docs/EXPERIMENTS.md).
+      codebook_init: 'uniform' = U[0, 1) entries (fairseq's wav2vec 2.0 quantizer; the paper does not say), whose
+        shared positive mean makes code vectors start at cosine ~0.75 to each other; 'normal' = N(0, 1) entries
+        (ours, an ablation option), cosine ~0 at the start, so the contrastive task's candidates start apart.
     """
 
     num_codebooks: int = 1
@@ -34,6 +37,11 @@ class QuantizerConfig:
     temperature_floor: float = 0.1
     input_norm: bool = False
     logit_init_std: float = 0.0
+    codebook_init: str = "uniform"
+
+    def __post_init__(self):
+        if self.codebook_init not in ("uniform", "normal"):
+            raise ValueError(f"codebook_init must be 'uniform' or 'normal', got {self.codebook_init!r}")
 
     def temperature(self, step: Array | int) -> Array:
         step = jnp.asarray(step, jnp.float32)
@@ -70,7 +78,8 @@ class GumbelQuantizer(nnx.Module):
         if cfg.logit_init_std:
             init = nnx.with_partitioning(jax.nn.initializers.normal(cfg.logit_init_std), ("embed", "codes"))
             self.logits.kernel = nnx.Param(init(rngs.params(), (d_in, g * v)))
-        self.codebook = nnx.Param(nnx.with_partitioning(jax.nn.initializers.uniform(1.0), (None, "codes", None))(
+        init = jax.nn.initializers.uniform(1.0) if cfg.codebook_init == "uniform" else jax.nn.initializers.normal(1.0)
+        self.codebook = nnx.Param(nnx.with_partitioning(init, (None, "codes", None))(
             rngs.params(), (g, v, cfg.code_dim // g)))
 
     def __call__(self, x: Array, step: Array | int, key: Array | None) -> Quantized:
