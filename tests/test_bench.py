@@ -132,3 +132,16 @@ def test_subsampling_matmul_equals_convolution(frames, mel, channels):
     conv.bias[...] = jax.random.normal(jax.random.key(3), (5,))
     np.testing.assert_allclose(subsampling._freq_conv(x, conv.kernel[...], conv.bias[...]), conv(x),
                                atol=1e-5, rtol=1e-5)
+
+
+def test_benchmark_scripts_cannot_shadow_a_dependency():
+    """Run as `python benchmarks/X.py`, the script's folder comes first on sys.path: a script named like an installed
+    package (transformers imports Hugging Face's `kernels`) would replace it for every import in that process."""
+    import importlib.util
+    import pathlib
+    folder = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
+    names = [p.stem for p in folder.glob("*.py")]
+    assert names and all(n.startswith("slam_") for n in names), names
+    for name in names:
+        spec = importlib.util.find_spec(name)
+        assert spec is None or pathlib.Path(spec.origin).parent == folder, (name, spec.origin)

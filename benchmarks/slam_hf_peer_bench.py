@@ -1,6 +1,6 @@
 """Hugging Face peer benchmark: a Wav2Vec2-BERT Conformer encoder train step (fwd + bwd + Adam) in PyTorch.
 
-    python benchmarks/hf_peer.py [--batch 8 --frames 250 --d_model 512 --heads 8 --ffn 2048 --layers 6 --kernel 5]
+    python benchmarks/slam_hf_peer_bench.py [--batch 8 --frames 250 --d_model 512 --heads 8 --ffn 2048 --layers 6 --kernel 5]
                                  [--threads 2] [--steps 10] [--warmup 3] [--position_embeddings none] [--json]
 
 Builds `transformers.Wav2Vec2BertModel` from a config with the given shapes (random init: nothing downloads) and
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="hf_peer", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="slam_hf_peer_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--frames", type=int, default=250, help="Conformer positions (after subsampling)")
     p.add_argument("--d_model", type=int, default=512)

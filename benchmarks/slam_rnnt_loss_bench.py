@@ -1,6 +1,6 @@
 """RNN-T loss beside torchaudio's `rnnt_loss`: value and gradient parity, step time and peak memory, in one run.
 
-    python benchmarks/rnnt_loss_peer.py [--batch 8 --frames 250 --labels 60 --vocab 1024] [--steps 5]
+    python benchmarks/slam_rnnt_loss_bench.py [--batch 8 --frames 250 --labels 60 --vocab 1024] [--steps 5]
         [--torch_python /path/to/python-with-torchaudio] [--json]
 
 Every implementation runs in its own subprocess on the same seeded inputs (random logits [B, T, U + 1, V], labels,

@@ -1,6 +1,6 @@
 """Kernel micro-benchmarks: the depthwise conv ('shift' vs 'native') and the attention block (per implementation).
 
-    python benchmarks/kernels.py [--only conv|attention] [--batch 8 --frames 250 --dim 512 --kernel 5 --heads 8]
+    python benchmarks/slam_kernel_bench.py [--only conv|attention] [--batch 8 --frames 250 --dim 512 --kernel 5 --heads 8]
 
 Prints the best of 5 jitted forward and forward + backward times on the default device:
 - `depthwise_conv1d` alone, [batch, frames, dim], kernel `--kernel`;
