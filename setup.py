@@ -34,6 +34,7 @@ setuptools.setup(
         "sacrebleu>=2.3,<3",
         "scikit-learn>=1.3",
         "matplotlib>=3.7",  # plots of experiments/toy_reproduction.py (docs/)
+        "safetensors>=0.4",  # slam-export's parameter files
     ],
     extras_require={
         # libtpu (Linux only) lets the tests compile for TPU topologies on CPU (slam-aot); no TPU is used.
@@ -55,6 +56,7 @@ setuptools.setup(
             "slam-data=slam_jax.data.inspect:main",
             "slam-prepare=slam_jax.data.prepare:main",
             "slam-transcribe=slam_jax.cli.transcribe:main",
+            "slam-export=slam_jax.cli.export:main",
         ]
     },
 )

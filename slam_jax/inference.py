@@ -3,7 +3,7 @@ read per-layer encoder features.
 
 ```python
 from slam_jax import inference
-model = inference.load("/tmp/slam_ft")                 # a slam-finetune run: config.gin + checkpoints/
+model = inference.load("/tmp/slam_ft")                 # a slam-finetune run, or a slam-export folder
 texts = model.transcribe(["a.flac", "b.wav"])          # or float waveforms; beam_size=4 for beam search
 layers = model.encode(["a.flac"], layers=["shared_2"])   # [{"shared_2": float32 [frames, d]}]
 ```
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -41,7 +41,7 @@ class Model:
     model_dir: str
     step: int
     task: Any          # the run's `FinetuneTask`
-    trainer: Any       # for the mesh, the jitted prediction and the parameters' shardings
+    predict_fn: Callable[[Callable], Callable]   # fn(model, batch) -> run(params, host batch) -> NumPy outputs
     params: Any
     batch_size: int
     _compiled: dict = dataclasses.field(default_factory=dict)
@@ -82,7 +82,7 @@ class Model:
 
     def _run(self, key: tuple, make_predict) -> Any:
         if key not in self._compiled:
-            self._compiled[key] = self.trainer.predict_fn(make_predict())
+            self._compiled[key] = self.predict_fn(make_predict())
         return self._compiled[key]
 
     # ------------------------------------------------------------------------------------------ tasks
@@ -157,19 +157,23 @@ class Model:
 
 
 def load(model_dir: str, *, step: int | None = None, batch_size: int | None = None) -> Model:
-    """A slam-finetune run's model from its `config.gin` and checkpoint `step` (default: the latest).
+    """A fine-tuned ASR model: a slam-finetune run (its `config.gin` and checkpoint `step`, default the latest) or
+    a `slam-export` folder (safetensors + JSON: no orbax, gin or registered seqio task needed).
 
     batch_size: utterances per batch (default: the run's `StreamConfig.batch_size`). Raises InferenceError for a
-    folder that is not a fine-tuning run, FileNotFoundError when it has no checkpoint.
+    folder that is neither, FileNotFoundError when a run has no checkpoint.
     """
+    from slam_jax import export
+    if export.is_export(model_dir):
+        return export.load_export(model_dir, batch_size)
     import tensorflow as tf
 
-    from slam_jax import checkpointing, config
+    from slam_jax import checkpointing, config, partitioning
     from slam_jax.finetune import run as finetune_run
     from slam_jax.trainer import TrainConfig
     path = os.path.join(model_dir, "config.gin")
     if not tf.io.gfile.exists(path):
-        raise InferenceError(f"{path} does not exist: load() takes a slam-finetune run directory")
+        raise InferenceError(f"{path} does not exist: load() takes a slam-finetune run or a slam-export folder")
     with tf.io.gfile.GFile(path) as f:
         if not any(line.startswith("FinetuneConfig.task") for line in f):
             raise InferenceError(f"{model_dir} is a pre-training run; load() takes a slam-finetune run")
@@ -179,8 +183,8 @@ def load(model_dir: str, *, step: int | None = None, batch_size: int | None = No
     task = finetune_run.make_task(config.ModelConfig(), config.FinetuneConfig(), stream_cfg)
     trainer = finetune_run.make_trainer(task, config.OptimizerConfig(), config.MeshConfig(), TrainConfig())
     params, step = checkpointing.restore_params(model_dir, trainer.abstract_params, step)
-    from slam_jax import partitioning
     rows = batch_size or stream_cfg.batch_size
     devices = partitioning.batch_axis_size(trainer.mesh)
     rows = -(-rows // devices) * devices                   # whole rows per device of the batch axes
-    return Model(model_dir=model_dir, step=step, task=task, trainer=trainer, params=params, batch_size=rows)
+    return Model(model_dir=model_dir, step=step, task=task, predict_fn=trainer.predict_fn, params=params,
+                 batch_size=rows)

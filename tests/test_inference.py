@@ -69,3 +69,25 @@ def test_slam_transcribe_skips_bad_files_names_them_and_fails(ctc_run, tmp_path)
                               str(folder)], env=env(1), capture_output=True, text=True, timeout=600)
     assert missing.returncode == 2 and "config.gin does not exist" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_export_loads_without_orbax_or_gin_and_transcribes_the_same(ctc_run, tmp_path):
+    rows = _eval_rows(ctc_run)[:6]
+    out = tmp_path / "export"
+    result = subprocess.run([sys.executable, "-m", "slam_jax.cli.export", f"--model_dir={ctc_run}", f"--out={out}"],
+                            env=env(1), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "params.safetensors", "vocabulary.model"]
+    script = (
+        "import json, sys\n"
+        "from slam_jax import inference\n"
+        f"model = inference.load({str(out)!r})\n"
+        f"texts = model.transcribe({[r[0] for r in rows]!r})\n"
+        "print(json.dumps({'texts': texts, 'step': model.step, 'modules': sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('gin', 'orbax'))}))\n")
+    run = subprocess.run([sys.executable, "-c", script], env=env(1), capture_output=True, text=True, timeout=600,
+                         cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["modules"] == [] and got["step"] == 2
+    assert got["texts"] == [r[2] if len(r) > 2 else "" for r in rows]

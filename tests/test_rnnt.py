@@ -238,7 +238,7 @@ def _exhaustive(model, enc_row, frames, vocab):
     return best, totals[best]
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_beam_search_finds_the_exhaustive_best_sequence(seed):
     vocab, frames = 3, 4
     model = TinyTransducer(vocab=vocab, seed=seed)

@@ -174,11 +174,16 @@ class AsrCtcTask(FinetuneTask):
     loss_names = ("asr/ctc_loss",)
     decode_config_class = ctc_decoding.CtcDecodeConfig
 
-    def __init__(self, model_cfg, finetune_cfg, stream_cfg, decode_cfg: ctc_decoding.CtcDecodeConfig | None = None):
+    def __init__(self, model_cfg, finetune_cfg, stream_cfg, decode_cfg: ctc_decoding.CtcDecodeConfig | None = None,
+                 *, vocabulary: seqio.SentencePieceVocabulary | None = None):
+        """`vocabulary`: the targets' SentencePiece vocabulary; default the paired mixture's (`stream_cfg.mixture`).
+        An exported model (`slam_jax.export`) passes its own and no stream config (inference only)."""
         super().__init__(model_cfg, finetune_cfg, stream_cfg, decode_cfg)
-        self.vocabulary: seqio.SentencePieceVocabulary = paired_vocabulary(stream_cfg.mixture, "ASR fine-tuning")
+        self.vocabulary: seqio.SentencePieceVocabulary = vocabulary or paired_vocabulary(stream_cfg.mixture,
+                                                                                        "ASR fine-tuning")
         if self.vocabulary.vocab_size > self.output_size(model_cfg):
-            raise ValueError(f"the vocabulary of {stream_cfg.mixture!r} has {self.vocabulary.vocab_size} ids but the "
+            source = f"of {stream_cfg.mixture!r}" if stream_cfg is not None else "given"
+            raise ValueError(f"the vocabulary {source} has {self.vocabulary.vocab_size} ids but the "
                              f"output layer has {self.output_size(model_cfg)} ({self.output_binding})")
         self.augment = SpecAugment.from_config(finetune_cfg)
 
