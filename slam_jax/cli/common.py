@@ -16,8 +16,10 @@ from slam_jax.trainer import NonFiniteLossError
 def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
     """The multi-process flags of every CLI (`initialize_distributed` reads them)."""
     parser.add_argument("--coordinator_address", default=None, help="host:port of process 0 (multi-process)")
-    parser.add_argument("--num_processes", type=int, default=None)
-    parser.add_argument("--process_id", type=int, default=None)
+    parser.add_argument("--num_processes", type=int, default=None,
+                        help="processes in the run, with --coordinator_address (or $JAX_NUM_PROCESSES)")
+    parser.add_argument("--process_id", type=int, default=None,
+                        help="this process' index in [0, num_processes) (or $JAX_PROCESS_ID)")
     parser.add_argument("--distributed", action="store_true",
                         help="call jax.distributed.initialize() with no arguments (Cloud TPU pods)")
 

@@ -145,7 +145,9 @@ With --gin_file the stream is exactly the run's (its StreamConfig and DataConfig
     p.add_argument("--paired_source_tokens", type=int, default=None,
                    help="> 0: paired rows also carry the source transcript (speech translation); default 0")
     p.add_argument("--seed", type=int, default=None, help="default 0")
-    p.add_argument("--on_error", choices=("raise", "skip"), default=None, help="default skip")
+    p.add_argument("--on_error", choices=("raise", "skip"), default=None,
+                   help="a bad example: stop naming it (raise) or count and skip it; default skip here (an inspection "
+                   "reports every bad example), a run's StreamConfig.on_error with --gin_file")
     p.add_argument("--stall_seconds", type=float, default=60.0,
                    help="seconds without a batch before saying what the stream produced and dropped (default 60)")
     from slam_jax.data import vocab

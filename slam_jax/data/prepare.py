@@ -114,14 +114,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--split", action="append", default=[], metavar="NAME=SUBDIR",
                         help="split name and its sub-directory of --input (repeatable); default train=train, "
                              "validation=dev")
-    parser.add_argument("--num_shards", type=int, default=16)
+    parser.add_argument("--num_shards", type=int, default=16,
+                        help="TFRecord files per split (readers shard over them; default 16)")
     parser.add_argument("--no_transcripts", action="store_true",
                         help="librispeech layout: do not require a transcript for every audio file")
     parser.add_argument("--chunk_seconds", type=float, default=None,
                         help="cut recordings into chunks of at most this many seconds (default: 32 for librilight, "
                              "none otherwise)")
     parser.add_argument("--resample", action="store_true", help="resample other rates to 16 kHz instead of failing")
-    parser.add_argument("--on_error", choices=("raise", "skip"), default="raise")
+    parser.add_argument("--on_error", choices=("raise", "skip"), default="raise",
+                        help="a bad audio file or transcript: stop naming it (raise, default) or count and skip it")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.num_shards < 1:
