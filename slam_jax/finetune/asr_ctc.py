@@ -68,38 +68,36 @@ def ctc_labels(tokens: np.ndarray, token_segment_ids: np.ndarray, eos_id: int) -
     return tokens, valid
 
 
-def unk_reason(labels: np.ndarray, unk_id: int | None) -> str:
-    """Why a transcript's labels [L] cannot be learned from ("" when they can): UNK pieces stand for characters
-    outside the vocabulary."""
-    if unk_id is not None and np.any(labels == unk_id):
-        return f"transcript has characters outside the vocabulary ({int(np.sum(labels == unk_id))} UNK pieces)"
-    return ""
-
-
-def ctc_feasible(frames: np.ndarray, labels: np.ndarray, label_valid: np.ndarray, unk_id: int | None
-                 ) -> list[str]:
-    """Why CTC cannot train on each row ("" when it can).
-
-    Args:
-      frames: int [B] input log-mel frames per row (0 = padding row); labels / label_valid: [B, L] (`ctc_labels`).
-      unk_id: the vocabulary's UNK id (a transcript holding it has characters outside the vocabulary).
-    A row needs at least `labels + repeats` encoder frames (a blank must separate two equal consecutive labels).
-    """
+def row_reasons(frames: np.ndarray, labels: np.ndarray, label_valid: np.ndarray, unk_id: int | None,
+                rule: Callable[[int, np.ndarray], str]) -> list[str]:
+    """Why each row cannot be learned from ("" when it can): a transcript with UNK pieces (characters outside the
+    vocabulary), else `rule(log-mel frames, labels)`. frames: int [B] (0 = padding row); labels / label_valid:
+    [B, L] (`ctc_labels`). Padding rows and rows without labels get ""."""
     reasons = []
     for n, lab, ok in zip(frames.tolist(), labels, label_valid):
         lab = lab[ok]
         if n == 0 or lab.size == 0:
             reasons.append("")
-            continue
-        if unk := unk_reason(lab, unk_id):
-            reasons.append(unk)
-            continue
-        needed = lab.size + int(np.sum(lab[1:] == lab[:-1]))
-        have = subsampled_length(n)
-        reasons.append("" if have >= needed else
-                       f"audio too short for CTC: {n / 100:.2f} s gives {have} encoder frames but the transcript "
-                       f"needs {needed} ({lab.size} labels + {needed - lab.size} repeats)")
+        elif unk_id is not None and np.any(lab == unk_id):
+            reasons.append(f"transcript has characters outside the vocabulary ({int(np.sum(lab == unk_id))} "
+                           "UNK pieces)")
+        else:
+            reasons.append(rule(n, lab))
     return reasons
+
+
+def _ctc_rule(n: int, lab: np.ndarray) -> str:
+    """A row needs at least `labels + repeats` encoder frames (a blank must separate two equal consecutive labels)."""
+    needed = lab.size + int(np.sum(lab[1:] == lab[:-1]))
+    have = subsampled_length(n)
+    return "" if have >= needed else (f"audio too short for CTC: {n / 100:.2f} s gives {have} encoder frames but the "
+                                      f"transcript needs {needed} ({lab.size} labels + {needed - lab.size} repeats)")
+
+
+def ctc_feasible(frames: np.ndarray, labels: np.ndarray, label_valid: np.ndarray, unk_id: int | None
+                 ) -> list[str]:
+    """Why CTC cannot train on each row ("" when it can): `row_reasons` with CTC's frame rule."""
+    return row_reasons(frames, labels, label_valid, unk_id, _ctc_rule)
 
 
 class CtcStream:

@@ -24,7 +24,7 @@ from flax import nnx
 
 from slam_jax.data import converter
 from slam_jax.decoding import rnnt as rnnt_decoding
-from slam_jax.finetune.asr_ctc import BLANK_ID, AsrCtcTask, CtcStream, ctc_labels, unk_reason
+from slam_jax.finetune.asr_ctc import BLANK_ID, AsrCtcTask, CtcStream, ctc_labels, row_reasons
 from slam_jax.finetune.base import SpecAugment, encode_speech
 from slam_jax.layers.subsampling import subsampled_length
 from slam_jax.layers.transducer import JointNetwork, PredictionNetwork
@@ -102,21 +102,13 @@ def transducer_feasible(frames: np.ndarray, labels: np.ndarray, label_valid: np.
                         max_symbols_per_frame: int) -> list[str]:
     """Why RNN-T cannot train on each row ("" when it can): UNK pieces, or more labels than the decoder can emit
     (`max_symbols_per_frame` per encoder frame). frames: int [B] log-mel frames (0 = padding row)."""
-    reasons = []
-    for n, lab, ok in zip(frames.tolist(), labels, label_valid):
-        lab = lab[ok]
-        if n == 0 or lab.size == 0:
-            reasons.append("")
-            continue
-        if unk := unk_reason(lab, unk_id):
-            reasons.append(unk)
-            continue
+    def rule(n: int, lab: np.ndarray) -> str:
         most = subsampled_length(n) * max_symbols_per_frame
-        reasons.append("" if lab.size <= most else
-                       f"transcript too long for the audio: {lab.size} labels but {n / 100:.2f} s gives "
-                       f"{subsampled_length(n)} encoder frames of at most {max_symbols_per_frame} label(s) each "
-                       "(TransducerConfig.max_symbols_per_frame)")
-    return reasons
+        return "" if lab.size <= most else (
+            f"transcript too long for the audio: {lab.size} labels but {n / 100:.2f} s gives {subsampled_length(n)} "
+            f"encoder frames of at most {max_symbols_per_frame} label(s) each (TransducerConfig.max_symbols_per_frame)")
+
+    return row_reasons(frames, labels, label_valid, unk_id, rule)
 
 
 class AsrRnntTask(AsrCtcTask):
