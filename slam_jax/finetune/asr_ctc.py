@@ -171,6 +171,7 @@ class AsrCtcTask(FinetuneTask):
     name = "asr_ctc"
     loss_names = ("asr/ctc_loss",)
     decode_config_class = ctc_decoding.CtcDecodeConfig
+    output_binding = "ModelConfig.vocab_size"    # the binding that sizes the output layer (`output_size`)
 
     def __init__(self, model_cfg, finetune_cfg, stream_cfg, decode_cfg: ctc_decoding.CtcDecodeConfig | None = None,
                  *, vocabulary: seqio.SentencePieceVocabulary | None = None):
@@ -184,8 +185,6 @@ class AsrCtcTask(FinetuneTask):
             raise ValueError(f"the vocabulary {source} has {self.vocabulary.vocab_size} ids but the "
                              f"output layer has {self.output_size(model_cfg)} ({self.output_binding})")
         self.augment = SpecAugment.from_config(finetune_cfg)
-
-    output_binding = "ModelConfig.vocab_size"
 
     def output_size(self, model_cfg: ModelConfig) -> int:
         """Labels of the output layer (blank = id 0 included)."""

@@ -117,7 +117,6 @@ class AsrRnntTask(AsrCtcTask):
     name = "asr_rnnt"
     loss_names = ("asr/rnnt_loss",)
     decode_config_class = TransducerConfig
-
     output_binding = "TransducerConfig.vocab_size"
 
     def output_size(self, model_cfg: ModelConfig) -> int:
