@@ -23,14 +23,12 @@ FORMAT = "slam_jax.export/1"
 PARAMS, CONFIG, VOCABULARY = "params.safetensors", "config.json", "vocabulary.model"
 
 
-def _path_str(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
-
-
 def flatten(params: Any) -> dict[str, np.ndarray]:
     """A parameter tree -> {path: array}, paths joined with "/" (as checkpoints and the warm-start table name
     them)."""
     import jax
+
+    from slam_jax.finetune.base import _path_str
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
     return {_path_str(path): np.asarray(leaf) for path, leaf in leaves}
 
@@ -39,6 +37,8 @@ def unflatten(abstract: Any, arrays: dict[str, np.ndarray], where: str) -> Any:
     """`arrays` in the structure of `abstract` (a tree with shaped leaves); a missing or reshaped name is an error
     naming it."""
     import jax
+
+    from slam_jax.finetune.base import _path_str
     leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
     out, bad = [], []
     for path, leaf in leaves:
