@@ -47,14 +47,14 @@ setuptools.setup(
     },
     entry_points={
         "console_scripts": [
-            "slam-train=slam_jax.train:main",
-            "slam-finetune=slam_jax.finetune.run:main",
-            "slam-eval=slam_jax.evaluation.run:main",
-            "slam-info=slam_jax.info:main",
-            "slam-bench=slam_jax.bench:main",
-            "slam-aot=slam_jax.aot:main",
-            "slam-data=slam_jax.data.inspect:main",
-            "slam-prepare=slam_jax.data.prepare:main",
+            "slam-train=slam_jax.cli.train:main",
+            "slam-finetune=slam_jax.cli.finetune:main",
+            "slam-eval=slam_jax.cli.eval:main",
+            "slam-info=slam_jax.cli.info:main",
+            "slam-bench=slam_jax.cli.bench:main",
+            "slam-aot=slam_jax.cli.aot:main",
+            "slam-data=slam_jax.cli.data:main",
+            "slam-prepare=slam_jax.cli.prepare:main",
             "slam-transcribe=slam_jax.cli.transcribe:main",
             "slam-export=slam_jax.cli.export:main",
         ]

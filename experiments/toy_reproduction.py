@@ -61,7 +61,7 @@ BEGIN = "<!-- toy_reproduction:begin (written by experiments/toy_reproduction.py
 END = "<!-- toy_reproduction:end -->"
 DONE, LOG = "toy_done.json", "toy_log.txt"
 PRETRAIN_GIN, FINETUNE_GIN = "experiments/toy_pretrain.gin", "experiments/toy_ctc.gin"
-MODULES = {"train": "slam_jax.train", "finetune": "slam_jax.finetune.run", "eval": "slam_jax.evaluation.run"}
+MODULES = {"train": "slam_jax.cli.train", "finetune": "slam_jax.cli.finetune", "eval": "slam_jax.cli.eval"}
 GUMBEL_START, GUMBEL_END = 2.0, 0.5
 
 

@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in names:
         key = name + (f"/seed{args.seed}" if args.seed else "") + (f"/{args.steps}" if args.steps != 1500 else "")
         run_dir = os.path.join(args.out, f"{name}_s{args.steps}" + (f"_seed{args.seed}" if args.seed else ""))
-        step = toy_sweep.Step(name=key, module="slam_jax.train", run_dir=run_dir,
+        step = toy_sweep.Step(name=key, module="slam_jax.cli.train", run_dir=run_dir,
                               args=train_args(name, args.steps, vocab_size, run_dir, args.seed))
         record = toy_sweep.run_step(step, env)
         results[key] = {"seconds": record["seconds"], "metrics": summarize(run_dir), "steps": args.steps,

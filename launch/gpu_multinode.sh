@@ -90,7 +90,7 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}"
 if command -v slam-train > /dev/null 2>&1; then
   CMD=(slam-train)
 else
-  CMD=(python3 -m slam_jax.train)
+  CMD=(python3 -m slam_jax.cli.train)
 fi
 CMD+=("${TRAIN_ARGS[@]}")
 

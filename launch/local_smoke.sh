@@ -24,7 +24,7 @@ if command -v slam-train > /dev/null 2>&1; then
   CMD=(slam-train)
 else  # not pip-installed: run from this checkout
   cd "$(dirname "${BASH_SOURCE[0]}")/.."
-  CMD=(python3 -m slam_jax.train)
+  CMD=(python3 -m slam_jax.cli.train)
 fi
 CMD+=(--gin_file=runs/cpu_smoke.gin "${EXTRA[@]}" --model_dir="$MODEL_DIR")
 if ((DRY_RUN)); then

@@ -1,25 +1,20 @@
-"""`slam-aot`: compiles a run's train step ahead of time for a TPU topology, on any machine (no TPU needed).
-
-    slam-aot --gin_file=runs/slam_600m_stage1_v5p_64.gin [--topology=v5p:2x4x4] [--gin.NAME=VALUE ...] [--json]
+"""Ahead-of-time compilation of a run's train step for a TPU topology, on any machine (the `slam-aot` command:
+`slam_jax/cli/aot.py`; no TPU needed).
 
 As MaxText's `train_compile`: libtpu (`pip install -e '.[tpu]'`) describes the topology's chips
 (`jax.experimental.topologies`), the run's own train step (`Trainer.for_pretraining`, the object `slam-train`
 runs) is built over a mesh of those chips, lowered with abstract sharded parameters, optimizer state and a batch of
 the run's static shapes (global rows per kind from the mixture's rates, `StreamConfig` row lengths), and compiled
 by XLA:TPU. The report: per-chip argument / output / temporary memory as XLA allocates it against the chip's HBM,
-XLA's FLOPs per chip, the analytic model FLOPs (`slam_jax.flops`), and the compile time. Exits 1 when the step
-does not fit in HBM. The topology defaults to the run file's `TOPOLOGY` macro.
+XLA's FLOPs per chip, the analytic model FLOPs (`slam_jax.flops`), and the compile time.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
 import os
-import sys
 import time
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +28,7 @@ HBM_GIB: dict[str, float] = {"v4": 32.0, "v5e": 16.0, "v5litepod": 16.0, "v5p": 
 GIB = 2 ** 30
 
 
-class AotError(ValueError):
+class AotError(config.ConfigError):
     """A topology name or run that cannot be compiled; the message says which and why."""
 
 
@@ -173,54 +168,3 @@ def compile_run(topology: str) -> dict[str, Any]:
         "lower_s": lower_s,
         "compile_s": compile_s,
     }
-
-
-def _human(r: dict[str, Any]) -> str:
-    m = r["memory_per_chip"]
-    gib = lambda b: f"{b / GIB:.2f} GiB"
-    return "\n".join([
-        f"slam-aot {r['topology']}: {r['chips']} x {r['device_kind']} chips on {r['hosts']} hosts, mesh {r['mesh']}; "
-        f"mixture {r['mixture']!r} rows {r['rows']}; objectives {r['objectives']}; {r['parameters'] / 1e6:.1f}M "
-        "parameters",
-        f"  memory per chip: arguments {gib(m['argument'])}, outputs {gib(m['output'])} (aliased to donated "
-        f"arguments {gib(m['alias'])}), temporaries {gib(m['temp'])}, code {gib(m['generated_code'])}",
-        f"  total {gib(m['total'])} of {gib(r['hbm_per_chip'])} HBM: headroom {gib(r['headroom_per_chip'])}"
-        f" -> {'fits' if r['fits'] else 'DOES NOT FIT'}",
-        f"  FLOPs: XLA {r['xla_flops_per_chip'] / 1e12:.2f} TFLOP per chip per step "
-        f"({r['xla_flops_per_chip'] * r['chips'] / 1e15:.2f} PFLOP over the slice); model "
-        + (f"{r['model_flops_per_step'] / 1e15:.2f} PFLOP per step (slam_jax.flops)"
-           if r["model_flops_per_step"] is not None else "FLOPs not modelled for fine-tuning"),
-        f"  lowering {r['lower_s']:.1f} s, compile {r['compile_s']:.1f} s",
-    ])
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="slam-aot", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=config.GIN_FLAGS_HELP)
-    parser.add_argument("--topology", default=None,
-                        help="TPU topology in chips, e.g. v5p:2x4x4 (v5p-64) (default: the run file's TOPOLOGY macro)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    config.add_module_import_flag(parser)
-    args, files, bindings = config.parse_gin_command_line(parser, argv, "runs/slam_600m_stage1_v5p_64.gin")
-    try:
-        config.parse(files, bindings)
-        config.register_tasks(args.module_import)
-        topology = args.topology or config.macro("TOPOLOGY")
-        if not topology:
-            raise config.ConfigError(f"no --topology and no TOPOLOGY macro in {', '.join(files)}")
-        report = compile_run(topology)
-    except (config.ConfigError, AotError, partitioning.MeshError, ValueError) as e:
-        print(f"slam-aot: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(report) if args.json else _human(report), flush=True)
-    if not report["fits"]:
-        print(f"slam-aot: the step needs {report['memory_per_chip']['total'] / GIB:.2f} GiB per chip but "
-              f"{report['topology']} chips have {report['hbm_per_chip'] / GIB:.0f} GiB", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

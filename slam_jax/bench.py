@@ -1,39 +1,30 @@
-"""`slam-bench`: train-step time, throughput, model FLOPs, MFU, compile time and peak memory of a gin model.
-
-    slam-bench --gin_file=models/base.gin [--gin.NAME=VALUE ...] [--mode full|speech] [--batch 8 --frames 250
-               --tokens 64] [--steps 10] [--json]
-    slam-bench --gin_file=models/base.gin --compile_scaling [--depths 4,8,16,24] [--json]
+"""Train-step time, throughput, model FLOPs, MFU, compile time and peak memory of a gin model (the `slam-bench`
+command: `slam_jax/cli/bench.py`).
 
 Modes (synthetic, fully valid batches in the data contract of `slam_jax.data.schema`):
 - `full`: the SLAM-TLM-STM objective set (`objectives/slam_tlm_stm.gin`, overridable by later gin files or
-  bindings) on speech + text + paired sub-batches: `--batch` speech rows of `--frames` Conformer positions,
-  `--text_batch` text rows of `--tokens` tokens, `--paired_batch` paired rows of `--paired_frames` positions and
-  `--tokens` tokens.
+  bindings) on speech + text + paired sub-batches.
 - `speech`: the speech-encoder objective only: conv subsampling, the N speech Conformer layers, the quantizer and
   the contrastive (+ diversity) loss (the backward reaches that path only; Adam updates every parameter, as
   `slam-train` would with these objectives).
 Either way the timed step is `slam-train`'s own (`trainer.Trainer`: the gin optimizer, donated state, the finite
 guard, the metrics, shardings from the gin `MeshConfig` rules over the local devices), compiled ahead of time.
-`--frames` counts Conformer positions, i.e. after the 4x subsampling: the features hold 4 x frames log-mel frames.
+Frames count log-mel frames (10 ms), as in `StreamConfig`; the Conformer sees a quarter of them.
 
-After `--warmup` steps the median of `--steps` step times is reported, with throughput (seconds of speech and
+After the warm-up steps the median of the timed step times is reported, with throughput (seconds of speech and
 text tokens per second), analytic model FLOPs per step (`slam_jax.flops`), the FLOPs of every dot and convolution
 in the traced step (`flops.jaxpr_matmul_flops`, a cross-check that includes remat recomputation and excludes the
 gradient of the input features), XLA's cost analysis (which also counts elementwise ops, and on CPU misses the dots
-XLA hands to its YNNPACK fusions), MFU against the
-device's peak (a table of bf16 peaks for TPU / GPU; on CPU a timed f32 or bf16 `jnp.dot`), the AOT compile time
-and peak memory (`device.memory_stats()`; on CPU the process' max RSS).
+XLA hands to its YNNPACK fusions), MFU against the device's peak (a table of bf16 peaks for TPU / GPU; on CPU a timed
+f32 or bf16 `jnp.dot`), the AOT compile time and peak memory (`device.memory_stats()`; on CPU the process' max RSS).
 """
 from __future__ import annotations
 
-import argparse
 import ctypes
 import dataclasses
-import json
 import platform
 import resource
 import statistics
-import sys
 import time
 from typing import Any, Sequence
 
@@ -178,26 +169,19 @@ def build_step(model_cfg: ModelConfig, objective_cfg: pretraining.ObjectiveConfi
 
 
 # ------------------------------------------------------------------------------------------ measurements
-@dataclasses.dataclass(frozen=True)
-class BenchShapes:
-    """Benchmark shapes in Conformer positions (after the 4x subsampling); see the module docstring."""
-
-    batch: int = 8
-    frames: int = 250
-    tokens: int = 64
-    text_batch: int | None = None
-    paired_batch: int | None = None
-    paired_frames: int | None = None
-
-    def batch_shapes(self, mode: str) -> flops.BatchShapes:
-        speech = flops.BatchShapes(speech_rows=self.batch, speech_frames=4 * self.frames)
-        if mode == "speech":
-            return speech
-        half = max(self.batch // 2, 1)
-        return dataclasses.replace(
-            speech, text_rows=self.text_batch if self.text_batch is not None else half, text_tokens=self.tokens,
-            paired_rows=self.paired_batch if self.paired_batch is not None else half,
-            paired_frames=4 * (self.paired_frames or self.frames), paired_tokens=self.tokens)
+def bench_shapes(mode: str, *, speech_rows: int = 8, speech_frames: int = 1000, text_rows: int | None = None,
+                 text_tokens: int = 64, paired_rows: int | None = None, paired_frames: int | None = None,
+                 paired_tokens: int | None = None) -> flops.BatchShapes:
+    """The benchmark batch of `mode` (frames are log-mel frames, as in StreamConfig): speech only, or with text and
+    paired rows (default half the speech rows each, the speech rows' frames and the text rows' tokens)."""
+    speech = flops.BatchShapes(speech_rows=speech_rows, speech_frames=speech_frames)
+    if mode == "speech":
+        return speech
+    half = max(speech_rows // 2, 1)
+    return dataclasses.replace(
+        speech, text_rows=half if text_rows is None else text_rows, text_tokens=text_tokens,
+        paired_rows=half if paired_rows is None else paired_rows, paired_frames=paired_frames or speech_frames,
+        paired_tokens=paired_tokens or text_tokens)
 
 
 def objectives_for(mode: str) -> pretraining.ObjectiveConfig:
@@ -207,14 +191,13 @@ def objectives_for(mode: str) -> pretraining.ObjectiveConfig:
     return config.ObjectiveConfig()
 
 
-def benchmark(model_cfg: ModelConfig, mode: str, shapes: BenchShapes, *, steps: int = 10, warmup: int = 2,
+def benchmark(model_cfg: ModelConfig, mode: str, batch_shapes: flops.BatchShapes, *, steps: int = 10, warmup: int = 2,
               optimizer_cfg: optim.OptimizerConfig | None = None, measure_peak: bool = True,
               mesh_cfg: partitioning.MeshConfig | None = None) -> dict[str, Any]:
     """Runs the step `warmup + steps` times; returns the JSON fields of `slam-bench` (see main's --help)."""
     if mode not in ("full", "speech"):
         raise ValueError(f"mode must be 'full' or 'speech', got {mode!r}")
     objective_cfg = objectives_for(mode)
-    batch_shapes = shapes.batch_shapes(mode)
     batch = synthetic_batch(batch_shapes, model_cfg.vocab_size)
     step = build_step(model_cfg, objective_cfg, optimizer_cfg or optim.OptimizerConfig(), batch, mesh_cfg=mesh_cfg)
     first = time.perf_counter()
@@ -274,10 +257,12 @@ def benchmark(model_cfg: ModelConfig, mode: str, shapes: BenchShapes, *, steps: 
     }
 
 
-def compile_scaling(model_cfg: ModelConfig, depths: Sequence[int], shapes: BenchShapes) -> list[dict[str, Any]]:
-    """Lower + compile time of the speech-encoder step at each depth (speech layers); one row per depth."""
+def compile_scaling(model_cfg: ModelConfig, depths: Sequence[int], shapes: flops.BatchShapes
+                    ) -> list[dict[str, Any]]:
+    """Lower + compile time of the speech-encoder step (`shapes`' speech rows) at each depth; one row per depth."""
     rows = []
-    batch = synthetic_batch(shapes.batch_shapes("speech"), model_cfg.vocab_size)
+    batch = synthetic_batch(flops.BatchShapes(speech_rows=shapes.speech_rows, speech_frames=shapes.speech_frames),
+                            model_cfg.vocab_size)
     for depth in depths:
         cfg = dataclasses.replace(model_cfg, speech_layers=depth)
         step = build_step(cfg, speech_objectives(), optim.OptimizerConfig(), batch)
@@ -285,101 +270,3 @@ def compile_scaling(model_cfg: ModelConfig, depths: Sequence[int], shapes: Bench
                      "total_s": step.lower_s + step.compile_s})
         del step
     return rows
-
-
-# ------------------------------------------------------------------------------------------ entry point
-def _human(result: dict[str, Any]) -> str:
-    b = result["batch"]
-    lines = [
-        f"slam-bench mode={result['mode']} on {result['num_devices']} x {result['device']} ({result['backend']}); "
-        f"d={result['d_model']} layers={result['speech_layers']}+{result['shared_layers']} dtype={result['dtype']} "
-        f"remat={result['remat']} scan={result['scan_layers']} conv={result['conv_impl']} "
-        f"attention={result['attention_impl'] or 'auto'}",
-        f"  batch: speech {b['speech_rows']}x{b['speech_frames']} log-mel frames "
-        f"({result['conformer_frames']} Conformer positions), text {b['text_rows']}x{b['text_tokens']}, "
-        f"paired {b['paired_rows']}x{b['paired_frames']}/{b['paired_tokens']}; objectives {result['objectives']}",
-        f"  step: median {result['step_time_s'] * 1e3:.1f} ms (min {result['step_time_min_s'] * 1e3:.1f}, "
-        f"max {result['step_time_max_s'] * 1e3:.1f}) over {result['steps']} steps; {result['steps_per_s']:.2f} steps/s",
-        f"  throughput: {result['speech_seconds_per_s']:.1f} s of speech/s, {result['tokens_per_s']:.0f} tokens/s",
-        f"  FLOPs/step: model {result['model_flops_per_step'] / 1e9:.1f} G (hardware incl. remat "
-        f"{result['hardware_flops_per_step'] / 1e9:.1f} G, traced dots {result['traced_matmul_flops_per_step'] / 1e9:.1f} G, "
-        f"XLA cost analysis {result['xla_flops_per_step'] / 1e9:.1f} G); "
-        f"{result['model_tflops_per_s_per_device']:.3f} TFLOP/s/device",
-        f"  MFU {100 * result['mfu']:.1f}% of {result['peak_flops_per_device'] / 1e12:.3f} TFLOP/s "
-        f"({result['peak_source']})",
-        f"  compile {result['compile_s']:.1f} s (+ lowering {result['lower_s']:.1f} s); peak memory "
-        f"{result['peak_memory_bytes'] / 2 ** 20:.0f} MiB ({result['peak_memory_source']})",
-    ]
-    return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        files, bindings, rest = config.split_argv(argv)
-    except config.ConfigError as e:
-        print(f"slam-bench: {e}", file=sys.stderr)
-        return 2
-    p = argparse.ArgumentParser(prog="slam-bench", description=__doc__.strip().splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Shapes count Conformer positions (after the 4x subsampling).\n\n"
-                                + config.GIN_FLAGS_HELP)
-    p.add_argument("--mode", choices=["full", "speech"], default="full")
-    p.add_argument("--batch", type=int, default=8, help="speech rows")
-    p.add_argument("--frames", type=int, default=250, help="Conformer positions per speech row (log-mel / 4)")
-    p.add_argument("--tokens", type=int, default=64, help="tokens per text row and per paired transcript")
-    p.add_argument("--text_batch", type=int, default=None, help="text rows (full mode; default batch / 2)")
-    p.add_argument("--paired_batch", type=int, default=None, help="paired rows (full mode; default batch / 2)")
-    p.add_argument("--paired_frames", type=int, default=None,
-                   help="Conformer positions per paired row (full mode; default --frames)")
-    p.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
-    p.add_argument("--no_peak", action="store_true", help="skip the CPU matmul-peak measurement (MFU = NaN)")
-    p.add_argument("--no_tune_malloc", action="store_true",
-                   help="keep glibc's default allocator settings on CPU (see tune_cpu_allocator)")
-    p.add_argument("--compile_scaling", action="store_true",
-                   help="report lower + compile time of the speech step at each of --depths instead")
-    p.add_argument("--depths", default="4,8,16,24", help="comma-separated speech-layer depths for --compile_scaling")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    args = p.parse_args(rest)
-    if not files:
-        p.error("give at least one --gin_file (e.g. --gin_file=models/base.gin)")
-    if min(args.batch, args.frames, args.tokens, args.steps, args.warmup) < 1:
-        p.error("--batch, --frames, --tokens, --steps and --warmup must be >= 1")
-    try:
-        head = ["objectives/slam_tlm_stm.gin"] if args.mode == "full" and not args.compile_scaling else []
-        config.parse(head + files, bindings)
-        model_cfg = config.ModelConfig()
-        optimizer_cfg = config.OptimizerConfig()
-        mesh_cfg = config.MeshConfig()
-        depths = [int(d) for d in args.depths.split(",") if d.strip()]
-    except (config.ConfigError, ValueError) as e:
-        print(f"slam-bench: {e}", file=sys.stderr)
-        return 2
-    tuned = jax.default_backend() == "cpu" and not args.no_tune_malloc and tune_cpu_allocator()
-    shapes = BenchShapes(batch=args.batch, frames=args.frames, tokens=args.tokens, text_batch=args.text_batch,
-                         paired_batch=args.paired_batch, paired_frames=args.paired_frames)
-    try:
-        if args.compile_scaling:
-            rows = compile_scaling(model_cfg, depths, shapes)
-            out: dict[str, Any] = {"compile_scaling": rows, "backend": jax.default_backend(),
-                                   "d_model": model_cfg.d_model, "batch": args.batch, "frames": args.frames}
-            if args.json:
-                print(json.dumps(out))
-            else:
-                print("layers  lower_s  compile_s  total_s")
-                for r in rows:
-                    print(f"{r['layers']:>6}  {r['lower_s']:7.2f}  {r['compile_s']:9.2f}  {r['total_s']:7.2f}")
-            return 0
-        result = benchmark(model_cfg, args.mode, shapes, steps=args.steps, warmup=args.warmup,
-                           optimizer_cfg=optimizer_cfg, measure_peak=not args.no_peak, mesh_cfg=mesh_cfg)
-    except (partitioning.MeshError, ValueError) as e:
-        print(f"slam-bench: {e}", file=sys.stderr)
-        return 1
-    result["malloc_tuned"] = bool(tuned)
-    print(json.dumps(result) if args.json else _human(result))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,7 +5,6 @@ holds the current directory and the package's `gin/` folder, so `--gin_file=mode
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib
 import logging
@@ -139,26 +138,6 @@ class _DropMessages(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(self.prefix)
-
-
-def add_module_import_flag(parser: argparse.ArgumentParser) -> None:
-    """`--module_import=my_tasks` (t5x convention, repeatable): `register_tasks` imports these modules."""
-    parser.add_argument("--module_import", action="append", default=[],
-                        help="import this module after gin parsing (e.g. your seqio tasks); repeatable")
-
-
-def parse_gin_command_line(parser: argparse.ArgumentParser, argv: Sequence[str], example_gin_file: str
-                           ) -> tuple[argparse.Namespace, list[str], list[str]]:
-    """Parses a CLI that needs at least one --gin_file: -> (the parser's args, gin files, gin bindings); bad flags
-    exit through `parser.error`."""
-    try:
-        files, bindings, rest = split_argv(argv)
-    except ConfigError as e:
-        parser.error(str(e))
-    args = parser.parse_args(rest)
-    if not files:
-        parser.error(f"give at least one --gin_file (e.g. --gin_file={example_gin_file})")
-    return args, files, bindings
 
 
 def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str], list[str]]:

@@ -1,6 +1,6 @@
 """A fine-tuned ASR model as plain files: parameters in safetensors, configuration in JSON, the SentencePiece model.
 
-    slam-export --model_dir=/tmp/slam_ft --out=/tmp/slam_ft_export [--step=N]      # slam_jax/cli/export.py
+    slam-export --model_dir=/tmp/slam_ft --output_dir=/tmp/slam_ft_export [--step=N]      # slam_jax/cli/export.py
 
 ```
 <out>/params.safetensors   every parameter, named by its path in the model ("encoder/speech_stack/.../kernel")

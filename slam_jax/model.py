@@ -274,12 +274,6 @@ class SlamModel(nnx.Module):
         return self.ctc(h.astype(jnp.float32))
 
 
-def build_model(cfg: ModelConfig, seed: int = 0) -> SlamModel:
-    """Creates the model with unsharded parameters (the trainer creates sharded ones under jit)."""
-    with nnx.use_eager_sharding(False):
-        return SlamModel(cfg, rngs=nnx.Rngs(params=seed))
-
-
 def abstract_model(cfg: ModelConfig) -> SlamModel:
     """The model with ShapeDtypeStruct leaves: shapes and logical axes without allocating any weight."""
     with nnx.use_eager_sharding(False):

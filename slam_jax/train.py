@@ -1,4 +1,4 @@
-"""`slam-train`: gin-configured SLAM pre-training (t5x conventions).
+"""SLAM pre-training, assembled from the gin configuration (the `slam-train` command: `slam_jax/cli/train.py`).
 
     slam-train --gin_file=runs/cpu_smoke.gin --model_dir=/tmp/slam [--gin.TRAIN_STEPS=200] [--gin.NAME=VALUE ...]
 
@@ -12,13 +12,11 @@ its peers itself.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from typing import Sequence
 
 import jax
 
 from slam_jax import config, flops, health, partitioning
-from slam_jax.cli.common import cli_main
 from slam_jax.trainer import TrainConfig, Trainer, TrainResult, run_loop, stream_scalars
 from slam_jax.trainer.warm_start import warm_start
 
@@ -74,12 +72,3 @@ def check_vocabulary(mixture: str, vocab_size: int) -> str:
             f"{vocab_size}: set DataConfig.spm_model (or $SLAM_SPM_MODEL) to the model the run was configured "
             f"for, or ModelConfig.vocab_size = {size}")
     return path
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return cli_main(argv, prog="slam-train", description="SLAM pre-training (gin-configured).", run=train,
-                    example_gin_file="runs/cpu_smoke.gin")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

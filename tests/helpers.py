@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import numpy as np
+from flax import nnx
 
-from slam_jax.model import ModelConfig
+from slam_jax.model import ModelConfig, SlamModel
 
 TINY = ModelConfig(d_model=32, num_heads=4, ffn_dim=64, conv_kernel=5, speech_layers=2, shared_layers=2,
                    vocab_size=50, subsampling_channels=4, group_norm_groups=4, codebook_size=16, code_dim=16,
@@ -43,3 +44,9 @@ def full_batch(seed: int = 0, vocab: int = 50, batch: int = 2, frames: int = 64,
     rng = np.random.default_rng(seed)
     return {"speech": speech_rows(rng, batch, frames), "text": text_rows(rng, batch, length, vocab),
             "paired": paired_rows(rng, batch, frames, length, vocab)}
+
+
+def build_model(cfg: ModelConfig, seed: int = 0) -> SlamModel:
+    """The model with unsharded parameters (the trainer creates sharded ones under jit)."""
+    with nnx.use_eager_sharding(False):
+        return SlamModel(cfg, rngs=nnx.Rngs(params=seed))

@@ -10,6 +10,7 @@ pytestmark = pytest.mark.libtpu
 pytest.importorskip("libtpu", reason="slam-aot needs libtpu (pip install -e '.[test]' installs it on Linux)")
 
 from slam_jax import aot  # noqa: E402
+from slam_jax.cli import aot as aot_cli  # noqa: E402
 from train_utils import SMALL  # noqa: E402
 
 # The tiny smoke run shrunk further (d 32, 1 + 1 layers, short rows); 16 rows = 8 speech / 4 text / 4 paired over
@@ -22,7 +23,7 @@ TINY_RUN = SMALL + ["--gin.StreamConfig.batch_size=16", "--gin.StreamConfig.spee
 def test_tiny_run_compiles_for_a_v5p_slice_and_reports_memory(capsys, monkeypatch):
     # Shrink the chip's HBM below what the step needs: the same compile shows the report and the failure.
     monkeypatch.setitem(aot.HBM_GIB, "v5p", 1e-4)
-    rc = aot.main(TINY_RUN)
+    rc = aot_cli.main(TINY_RUN)
     captured = capsys.readouterr()
     report = json.loads(captured.out.strip().splitlines()[-1])
     assert rc == 1 and "DOES NOT FIT" not in captured.out and "needs" in captured.err and "v5p:2x2x1" in captured.err
@@ -56,7 +57,7 @@ def test_rnnt_finetune_step_compiles_for_a_slice(capsys):
     """A fine-tuning config (FinetuneConfig.task bound) compiles slam-finetune's step: the RNN-T head, its chunked
     loss and the paired rows only."""
     from train_utils import MODEL
-    rc = aot.main(["--gin_file=finetune/mini_rnnt.gin", *MODEL, "--gin.StreamConfig.batch_size=4",
+    rc = aot_cli.main(["--gin_file=finetune/mini_rnnt.gin", *MODEL, "--gin.StreamConfig.batch_size=4",
                    "--gin.StreamConfig.paired_frames=128", "--gin.StreamConfig.paired_tokens=16",
                    "--gin.TransducerConfig.loss_time_chunk=8", "--topology=v5p:2x2x1", "--json"])
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -11,10 +11,12 @@ from flax import nnx
 
 from helpers import TINY
 from slam_jax import bench, flops, pretraining
+from slam_jax.cli import bench as bench_cli
 from slam_jax.layers import subsampling
 from slam_jax.model import ModelConfig, SlamModel
 
-TINY_ARGS = ["--gin_file=models/tiny.gin", "--batch", "2", "--frames", "16", "--tokens", "8", "--steps", "2",
+TINY_ARGS = ["--gin_file=models/tiny.gin", "--speech_rows", "2", "--speech_frames", "64", "--text_tokens", "8",
+             "--steps", "2",
              "--warmup", "1"]
 POSITIVE = ("step_time_s", "step_time_min_s", "first_step_s", "steps_per_s", "speech_seconds_per_s",
             "traced_matmul_flops_per_step",
@@ -23,7 +25,7 @@ POSITIVE = ("step_time_s", "step_time_min_s", "first_step_s", "steps_per_s", "sp
 
 
 def _run_json(capsys, args):
-    assert bench.main(args + ["--json"]) == 0
+    assert bench_cli.main(args + ["--json"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert len(lines) == 1, lines
     return json.loads(lines[0])
@@ -59,8 +61,8 @@ def test_bench_compile_scaling_one_row_per_depth(capsys):
 
 def test_bench_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit):
-        bench.main(["--gin_file=models/tiny.gin", "--batch", "0"])
-    assert bench.main(["--gin_file=models/tiny.gin", "--gin.ModelConfig.no_such_field=1"]) == 2
+        bench_cli.main(["--gin_file=models/tiny.gin", "--speech_rows", "0"])
+    assert bench_cli.main(["--gin_file=models/tiny.gin", "--gin.ModelConfig.no_such_field=1"]) == 2
 
 
 def test_conformer_layer_flops_hand_count():

@@ -1,8 +1,12 @@
 """Configuration at the edges: the vocabulary must match ModelConfig.vocab_size exactly, `--module_import` brings a
 user's corpus module (seeing the gin-bound DataConfig paths), `slam-data inspect --gin_file` reads the exact stream
-of a run, and the CLIs list the gin flags in --help."""
+of a run, every CLI lists its flags (the gin flags where it takes them), and a flag name means the same in every
+command."""
 from __future__ import annotations
 
+import argparse
+import importlib
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -11,7 +15,7 @@ import pytest
 
 import tasks  # noqa: F401
 from slam_jax import config, train
-from slam_jax.data import inspect as inspect_cli
+from slam_jax.cli import common, data as data_cli
 from slam_jax.data import sources
 from train_utils import env, slam_train
 
@@ -45,7 +49,7 @@ def test_module_import_registers_a_user_corpus_that_sees_the_gin_data_paths(tmp_
         "                             vocabulary=sources.default_vocabulary())\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setenv(config.DATA_ENV["spm_model"], "/nonexistent/spm.model")  # restored after the test
-    rc = inspect_cli.main(["inspect", "--module_import=my_corpus_h13", "--mixture=my_sentences", "--batches=1",
+    rc = data_cli.main(["inspect", "--module_import=my_corpus_h13", "--mixture=my_sentences", "--num_batches=1",
                            "--show=1", "--batch_size=2", "--text_tokens=16",
                            f"--gin.DataConfig.spm_model='{MINI_SPM}'"])
     out = capsys.readouterr().out
@@ -55,14 +59,14 @@ def test_module_import_registers_a_user_corpus_that_sees_the_gin_data_paths(tmp_
 
 
 def test_module_import_of_a_missing_module_names_it(capsys):
-    rc = inspect_cli.main(["inspect", "--module_import=no_such_corpus_module", "--mixture=mini_slam"])
-    assert rc == 1
+    rc = data_cli.main(["inspect", "--module_import=no_such_corpus_module", "--mixture=mini_slam"])
+    assert rc == 2
     assert "--module_import=no_such_corpus_module: cannot import it" in capsys.readouterr().err
 
 
 def test_slam_data_inspect_gin_file_reads_the_runs_stream(capsys):
-    rc = inspect_cli.main(["inspect", "--gin_file=runs/cpu_smoke.gin", "--gin.StreamConfig.batch_size=8",
-                           "--batches=2"])
+    rc = data_cli.main(["inspect", "--gin_file=runs/cpu_smoke.gin", "--gin.StreamConfig.batch_size=8",
+                           "--num_batches=2"])
     out = capsys.readouterr().out
     assert rc == 0, out
     # cpu_smoke.gin: mixture mini_slam, 512 / 64 / 640 / 64 row lengths; the binding sets 8 rows (4 / 2 / 2).
@@ -72,7 +76,7 @@ def test_slam_data_inspect_gin_file_reads_the_runs_stream(capsys):
 
 def test_slam_data_inspect_shows_a_translation_pairs_source(capsys):
     """The ST config's stream carries the English transcript beside the German target; --show decodes both."""
-    rc = inspect_cli.main(["inspect", "--gin_file=finetune/mini_st_de.gin", "--batch_size=2", "--batches=1",
+    rc = data_cli.main(["inspect", "--gin_file=finetune/mini_st_de.gin", "--batch_size=2", "--num_batches=1",
                            "--show=1", "--split=validation"])
     out = capsys.readouterr().out
     assert rc == 0, out
@@ -83,12 +87,49 @@ def test_slam_data_inspect_shows_a_translation_pairs_source(capsys):
     assert source.strip() == f"source: {english[german]!r}"
 
 
-@pytest.mark.parametrize("module", ["slam_jax.train", "slam_jax.aot", "slam_jax.bench"])
-def test_help_lists_the_gin_flags(module):
-    out = subprocess.run([sys.executable, "-m", module, "--help"], env=env(), capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "--gin_file=FILE" in out.stdout and "--gin.NAME=VALUE" in out.stdout
+def _command_parsers() -> dict[str, argparse.ArgumentParser]:
+    """Every installed slam-* command's parser (`slam-data inspect` and `slam-data vocab` separately)."""
+    out = {}
+    for ep in importlib.metadata.entry_points(group="console_scripts"):
+        if ep.name.startswith("slam-"):
+            parser = importlib.import_module(ep.module).build_parser()
+            subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+            out.update({f"{ep.name} {n}": p for a in subparsers for n, p in a.choices.items()} if subparsers
+                       else {ep.name: parser})
+    return out
+
+
+GIN_COMMANDS = {"slam-train", "slam-finetune", "slam-eval", "slam-info", "slam-bench", "slam-aot", "slam-data inspect"}
+
+
+def test_every_command_documents_every_flag_and_the_gin_flags_where_it_takes_them():
+    parsers = _command_parsers()
+    assert GIN_COMMANDS | {"slam-prepare", "slam-transcribe", "slam-export", "slam-data vocab"} <= set(parsers)
+    for name, parser in parsers.items():
+        text = parser.format_help()
+        assert ("--gin_file=FILE" in text and "--gin.NAME=VALUE" in text) == (name in GIN_COMMANDS), name
+        for action in parser._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help text"
+    out = subprocess.run([sys.executable, "-m", "slam_jax.cli.eval", "--help"], env=env(), capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and "--gin.NAME=VALUE" in out.stdout, out.stderr
+
+
+def test_a_flag_name_means_the_same_in_every_command():
+    """A flag that several commands take has one definition (cli/common.FLAGS): the same help, kind and choices."""
+    uses: dict[str, dict[str, tuple]] = {}
+    for name, parser in _command_parsers().items():
+        for action in parser._actions:
+            for flag in action.option_strings:
+                if flag.startswith("--") and flag != "--help":
+                    uses.setdefault(flag, {})[name] = (action.help, type(action).__name__, action.type,
+                                                       action.choices)
+    shared = {flag: by_command for flag, by_command in uses.items() if len(by_command) > 1}
+    assert {"--model_dir", "--step", "--split", "--mixture", "--on_error", "--batch_size", "--paired_frames",
+            "--json", "--verbose", "--module_import"} <= set(shared)
+    for flag, by_command in shared.items():
+        assert flag[2:] in common.FLAGS, f"{flag} is taken by {sorted(by_command)} but not defined in FLAGS"
+        assert len(set(by_command.values())) == 1, (flag, by_command)
 
 
 def test_tensorflow_start_up_is_quiet():
@@ -104,7 +145,7 @@ def test_tensorflow_start_up_is_quiet():
 
 
 def test_slam_finetune_without_gin_file_suggests_a_finetuning_config(capsys, tmp_path):
-    from slam_jax.finetune import run as finetune_run
+    from slam_jax.cli import finetune
     with pytest.raises(SystemExit) as info:
-        finetune_run.main([f"--model_dir={tmp_path}"])
+        finetune.main([f"--model_dir={tmp_path}"])
     assert info.value.code == 2 and "--gin_file=finetune/mini_ctc.gin" in capsys.readouterr().err

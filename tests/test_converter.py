@@ -134,8 +134,8 @@ def test_vocabulary_and_unknown_mixture():
 
 
 def test_slam_data_inspect_prints_rates_padding_and_throughput(capsys):
-    from slam_jax.data import inspect as inspect_cli
-    rc = inspect_cli.main(["inspect", "--mixture", "mini_slam", "--batches", "3", "--show", "1", "--batch_size", "8",
+    from slam_jax.cli import data as data_cli
+    rc = data_cli.main(["inspect", "--mixture", "mini_slam", "--num_batches", "3", "--show", "1", "--batch_size", "8",
                            "--speech_frames", "256", "--text_tokens", "64", "--paired_frames", "256",
                            "--paired_tokens", "32"])
     out = capsys.readouterr().out

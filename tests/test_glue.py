@@ -124,7 +124,7 @@ def write_fake_sst2(data_dir: str) -> None:
 def test_glue_finetune_and_eval(tmp_path, capsys):
     """slam-finetune trains the tiny encoder on a TFDS-format SST-2 set; slam-eval prints its accuracy."""
     from slam_jax import config
-    from slam_jax.evaluation import run as eval_run
+    from slam_jax.cli import eval as eval_cli
     from slam_jax.finetune import run as finetune_run
 
     data_dir = str(tmp_path / "tfds")
@@ -141,7 +141,7 @@ def test_glue_finetune_and_eval(tmp_path, capsys):
     evals = [r for r in records if "eval/accuracy" in r]
     assert evals and evals[-1]["eval/examples"] == 12
     capsys.readouterr()
-    assert eval_run.main([f"--model_dir={model_dir}"]) == 0
+    assert eval_cli.main([f"--model_dir={model_dir}"]) == 0
     out = capsys.readouterr().out
     scores = json.loads(out.strip().splitlines()[-1])
     assert scores["task"] == "glue" and scores["examples"] == 12 and 0 <= scores["accuracy"] <= 100

@@ -74,7 +74,7 @@ def test_slam_transcribe_skips_bad_files_names_them_and_fails(ctc_run, tmp_path)
 def test_export_loads_without_orbax_or_gin_and_transcribes_the_same(ctc_run, tmp_path):
     rows = _eval_rows(ctc_run)[:6]
     out = tmp_path / "export"
-    result = subprocess.run([sys.executable, "-m", "slam_jax.cli.export", f"--model_dir={ctc_run}", f"--out={out}"],
+    result = subprocess.run([sys.executable, "-m", "slam_jax.cli.export", f"--model_dir={ctc_run}", f"--output_dir={out}"],
                             env=env(1), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "params.safetensors", "vocabulary.model"]

@@ -8,9 +8,8 @@ import optax
 import pytest
 from flax import nnx
 
-from helpers import TINY, full_batch
-from slam_jax import info
-from slam_jax.model import build_model
+from helpers import TINY, build_model, full_batch
+from slam_jax.cli import info
 from slam_jax.pretraining import ObjectiveConfig, compute_losses, loss_names
 
 SLAM_TLM_STM = ObjectiveConfig(tlm=True, stm=True, num_negatives=20)

@@ -86,7 +86,7 @@ def test_two_processes_evaluate_a_finetuned_run_as_one_does(tmp_path):
             # 4-row global batches = 2 rows per process; each process holds half of the split (32 of the mini
             # corpus' 64 dev utterances): 20 batches cover its shard, the rest are padding.
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "slam_jax.evaluation.run", f"--model_dir={model_dir}", "--split=validation",
+                [sys.executable, "-m", "slam_jax.cli.eval", f"--model_dir={model_dir}", "--split=validation",
                  "--eval_batches=20", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
                  f"--process_id={i}"], env=env(), stdout=out, stderr=subprocess.STDOUT))
     _wait(procs, timeout=600)

@@ -7,7 +7,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from slam_jax.data import audio, converter, prepare, sources
+from slam_jax.cli import prepare as prepare_cli
+from slam_jax.data import audio, converter, sources
 from data_helpers import MINI_SPM, librispeech_folder, write_utterance
 
 VOCAB = seqio.SentencePieceVocabulary(MINI_SPM)
@@ -23,8 +24,8 @@ def _read(name: str, split: str = "train"):
 def test_prepare_librispeech_round_trip(tmp_path, capsys):
     chapter = librispeech_folder(tmp_path / "in", utterances=5)
     out = tmp_path / "out"
-    rc = prepare.main(["--input", str(tmp_path / "in"), "--output", str(out), "--split", "train=train",
-                       "--num_shards", "2", "--quiet"])
+    rc = prepare_cli.main(["--corpus_dir", str(tmp_path / "in"), "--output_dir", str(out),
+                           "--split_dir", "train=train", "--num_shards", "2", "--quiet"])
     assert rc == 0 and "train: 5 examples" in capsys.readouterr().out
     manifest = sources.read_manifest(str(out))
     assert manifest["splits"]["train"]["examples"] == 5 and manifest["splits"]["train"]["skipped"] == []
@@ -55,15 +56,15 @@ def test_prepare_librispeech_round_trip(tmp_path, capsys):
 def test_prepare_stops_on_bad_input_or_skips_and_lists_it(tmp_path, capsys):
     chapter = librispeech_folder(tmp_path / "in", utterances=3)
     bad = write_utterance(chapter, "100-1-0001", rate=8000)
-    args = ["--input", str(tmp_path / "in"), "--split", "train=train", "--num_shards", "1", "--quiet"]
-    assert prepare.main(args + ["--output", str(tmp_path / "a")]) == 1
-    assert f"slam-prepare: error: {bad}: sample rate 8000 Hz" in capsys.readouterr().err
-    assert prepare.main(args + ["--output", str(tmp_path / "b"), "--on_error", "skip"]) == 0
+    args = ["--corpus_dir", str(tmp_path / "in"), "--split_dir", "train=train", "--num_shards", "1", "--quiet"]
+    assert prepare_cli.main(args + ["--output_dir", str(tmp_path / "a")]) == 1
+    assert f"slam-prepare: {bad}: sample rate 8000 Hz" in capsys.readouterr().err
+    assert prepare_cli.main(args + ["--output_dir", str(tmp_path / "b"), "--on_error", "skip"]) == 0
     assert f"{bad}: sample rate 8000 Hz" in capsys.readouterr().err
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["splits"]["train"]["examples"] == 2
     assert len(manifest["splits"]["train"]["skipped"]) == 1 and str(bad) in manifest["splits"]["train"]["skipped"][0]
-    assert prepare.main(args + ["--output", str(tmp_path / "c"), "--resample"]) == 0
+    assert prepare_cli.main(args + ["--output_dir", str(tmp_path / "c"), "--resample"]) == 0
 
 
 def test_prepare_librilight_cuts_chunks(tmp_path):
@@ -71,8 +72,8 @@ def test_prepare_librilight_cuts_chunks(tmp_path):
     book.mkdir(parents=True)
     write_utterance(book, "rec", seconds=5.0)
     (book / "rec.json").write_text("{}")
-    assert prepare.main(["--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--layout",
-                         "librilight", "--split", "train=small", "--chunk_seconds", "2", "--num_shards", "1",
+    assert prepare_cli.main(["--corpus_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "out"), "--layout",
+                         "librilight", "--split_dir", "train=small", "--chunk_seconds", "2", "--num_shards", "1",
                          "--quiet"]) == 0
     sources.add_prepared_task("t_prepared_ll", str(tmp_path / "out"), kind="speech", splits=("train",),
                               vocabulary=VOCAB)
@@ -82,5 +83,5 @@ def test_prepare_librilight_cuts_chunks(tmp_path):
 
 
 def test_prepare_argument_errors(tmp_path, capsys):
-    assert prepare.main(["--input", str(tmp_path / "none"), "--output", str(tmp_path / "o"), "--quiet"]) == 1
+    assert prepare_cli.main(["--corpus_dir", str(tmp_path / "none"), "--output_dir", str(tmp_path / "o"), "--quiet"]) == 1
     assert "LibriSpeech split directory does not exist" in capsys.readouterr().err

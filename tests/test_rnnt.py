@@ -265,7 +265,7 @@ def test_rnnt_finetune_evaluates_greedy_and_beam_into_separate_files(tmp_path):
     args = [f"--model_dir={tmp_path}", *FINETUNE_SMALL, "--gin_file=finetune/mini_rnnt.gin",
             "--gin.TransducerConfig.predictor_units=16", "--gin.TransducerConfig.predictor_embed_dim=16",
             "--gin.TransducerConfig.joint_dim=16", "--gin.TransducerConfig.loss_time_chunk=16"]
-    _run("slam_jax.finetune.run", [*args, "--gin.TRAIN_STEPS=2", "--gin.TrainConfig.eval_every=2"], True, 900)
+    _run("slam_jax.cli.finetune", [*args, "--gin.TRAIN_STEPS=2", "--gin.TrainConfig.eval_every=2"], True, 900)
     records = read_metrics(tmp_path)
     losses = [r["asr/rnnt_loss"] for r in records if "asr/rnnt_loss" in r]
     assert len(losses) == 2 and all(np.isfinite(losses)) and losses[0] > 0
@@ -273,7 +273,7 @@ def test_rnnt_finetune_evaluates_greedy_and_beam_into_separate_files(tmp_path):
     assert [r["step"] for r in evals] == [2] and evals[0]["eval/utterances"] == 64
     greedy = next((tmp_path / "eval").glob("*_validation_step2.tsv")).read_text().splitlines()
     assert greedy[0] == "id\treference\thypothesis" and len(greedy) == 65
-    beam = last_json(_run("slam_jax.evaluation.run", [f"--model_dir={tmp_path}",
+    beam = last_json(_run("slam_jax.cli.eval", [f"--model_dir={tmp_path}",
                                                       "--gin.TransducerConfig.beam_size=2"], True, 900).stdout)
     assert beam["task"] == "asr_rnnt" and beam["utterances"] == 64 and np.isfinite(beam["wer"])
     assert next((tmp_path / "eval").glob("*_validation_step2_beam_size2.json"))
@@ -288,13 +288,14 @@ def test_result_file_names_carry_decoding_settings_only():
 
 def test_slam_data_vocab_trains_word_pieces_with_the_project_ids(tmp_path, capsys):
     import sentencepiece as spm
-    from slam_jax.data import inspect
-    mini = os.path.join(os.path.dirname(inspect.__file__), "..", "assets", "mini_corpus", "train")
-    assert inspect.main(["vocab", f"--input={mini}", "--vocab_size=128", f"--out={tmp_path}/v128"]) == 0
+    from slam_jax.cli import data as data_cli
+    from slam_jax.data import sources
+    mini = os.path.join(sources.MINI_CORPUS, "train")
+    assert data_cli.main(["vocab", f"--text_file={mini}", "--vocab_size=128", f"--output_prefix={tmp_path}/v128"]) == 0
     assert "128 pieces" in capsys.readouterr().out
     sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "v128.model"))
     assert sp.get_piece_size() == 128 and (sp.pad_id(), sp.eos_id(), sp.unk_id(), sp.bos_id()) == (0, 1, 2, -1)
     text = "THE SAILOR TIED A STRONG KNOT"
     assert sp.decode(sp.encode(text)) == text
-    assert inspect.main(["vocab", f"--input={tmp_path}/nothing", f"--out={tmp_path}/x"]) == 1
+    assert data_cli.main(["vocab", f"--text_file={tmp_path}/nothing", f"--output_prefix={tmp_path}/x"]) == 1
     assert "no such file or folder" in capsys.readouterr().err

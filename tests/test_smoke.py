@@ -12,7 +12,7 @@ LOSSES = ["speech/contrastive_loss", "speech/mlm_loss", "text/mlm_loss", "paired
 def test_cpu_smoke_run_every_loss_decreases(tmp_path):
     import subprocess
     import sys
-    result = subprocess.run([sys.executable, "-m", "slam_jax.train", "--gin_file=runs/cpu_smoke.gin",
+    result = subprocess.run([sys.executable, "-m", "slam_jax.cli.train", "--gin_file=runs/cpu_smoke.gin",
                              f"--model_dir={tmp_path}"], env=env(), capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     train = [r for r in read_metrics(tmp_path) if "loss" in r]

@@ -188,7 +188,7 @@ def test_auxiliary_source_ctc_needs_source_transcripts():
 def test_translate_finetune_and_eval(tmp_path, capsys):
     """slam-finetune trains encoder + decoder on mini_st_de; slam-eval prints BLEU with the sacrebleu signature."""
     from slam_jax import config
-    from slam_jax.evaluation import run as eval_run
+    from slam_jax.cli import eval as eval_cli
     from slam_jax.finetune import run as finetune_run
 
     import tasks  # noqa: F401
@@ -201,7 +201,7 @@ def test_translate_finetune_and_eval(tmp_path, capsys):
     evals = [r for r in records if "eval/bleu" in r]
     assert evals and evals[-1]["eval/sentences"] == 8 and evals[-1]["eval/references_with_unk"] == 0
     capsys.readouterr()
-    assert eval_run.main([f"--model_dir={model_dir}", "--eval_batches=2"]) == 0
+    assert eval_cli.main([f"--model_dir={model_dir}", "--eval_batches=2"]) == 0
     out = capsys.readouterr().out
     scores = json.loads(out.strip().splitlines()[-1])
     assert scores["task"] == "translate" and scores["sentences"] == 8 and 0 <= scores["bleu"] <= 100

@@ -46,7 +46,7 @@ def env(devices: int = 1) -> dict[str, str]:
 def slam_train(model_dir, *args: str, devices: int = 1, check: bool = True, timeout: int = 900,
                popen: bool = False):
     """Runs slam-train to completion (or, with popen=True, returns the running process)."""
-    cmd = [sys.executable, "-m", "slam_jax.train", f"--model_dir={model_dir}", *SMALL, *args]
+    cmd = [sys.executable, "-m", "slam_jax.cli.train", f"--model_dir={model_dir}", *SMALL, *args]
     if popen:
         return subprocess.Popen(cmd, env=env(devices), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     result = subprocess.run(cmd, env=env(devices), capture_output=True, text=True, timeout=timeout)
@@ -84,12 +84,12 @@ def _run(module: str, args: list[str], check: bool, timeout: int, devices: int =
 
 def slam_finetune(model_dir, *args: str, check: bool = True, timeout: int = 900):
     """Runs slam-finetune (tiny model, mini corpus CTC) to completion."""
-    return _run("slam_jax.finetune.run", [f"--model_dir={model_dir}", *FINETUNE_SMALL, *args], check, timeout)
+    return _run("slam_jax.cli.finetune", [f"--model_dir={model_dir}", *FINETUNE_SMALL, *args], check, timeout)
 
 
 def slam_eval(model_dir, *args: str, check: bool = True, timeout: int = 900):
     """Runs slam-eval; returns the CompletedProcess (the last stdout line is the JSON result)."""
-    return _run("slam_jax.evaluation.run", [f"--model_dir={model_dir}", *args], check, timeout)
+    return _run("slam_jax.cli.eval", [f"--model_dir={model_dir}", *args], check, timeout)
 
 
 def last_json(stdout: str) -> dict:

@@ -13,15 +13,70 @@ from slam_jax import checkpointing, config, partitioning
 from slam_jax.trainer import NonFiniteLossError
 
 
-def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
-    """The multi-process flags of every CLI (`initialize_distributed` reads them)."""
-    parser.add_argument("--coordinator_address", default=None, help="host:port of process 0 (multi-process)")
-    parser.add_argument("--num_processes", type=int, default=None,
-                        help="processes in the run, with --coordinator_address (or $JAX_NUM_PROCESSES)")
-    parser.add_argument("--process_id", type=int, default=None,
-                        help="this process' index in [0, num_processes) (or $JAX_PROCESS_ID)")
-    parser.add_argument("--distributed", action="store_true",
-                        help="call jax.distributed.initialize() with no arguments (Cloud TPU pods)")
+# One definition per flag name: a flag that several commands take means the same in each of them (README, "Flags";
+# tests/test_config_cli.py checks every command's parser against this table).
+FLAGS: dict[str, dict[str, Any]] = {
+    "model_dir": dict(help="run directory: config.gin, checkpoints/, metrics.jsonl (local or gs://); slam-transcribe "
+                      "also takes a slam-export folder"),
+    "step": dict(type=int, default=None, help="checkpoint step to read (default: the latest)"),
+    "split": dict(default=None, help="split of the mixture or task to read (e.g. validation)"),
+    "mixture": dict(default=None, help="registered seqio mixture or task (e.g. mini_slam, mini_paired)"),
+    "module_import": dict(action="append", default=[],
+                          help="import this module after gin parsing (e.g. your seqio tasks); repeatable"),
+    "batch_size": dict(type=int, default=None,
+                       help="rows per batch, all processes together (default: the run's StreamConfig.batch_size)"),
+    "speech_frames": dict(type=int, default=None, help="log-mel frames per speech row (StreamConfig.speech_frames)"),
+    "text_tokens": dict(type=int, default=None, help="tokens per text row (StreamConfig.text_tokens)"),
+    "paired_frames": dict(type=int, default=None, help="log-mel frames per paired row (StreamConfig.paired_frames)"),
+    "paired_tokens": dict(type=int, default=None,
+                          help="transcript tokens per paired row (StreamConfig.paired_tokens)"),
+    "on_error": dict(choices=("raise", "skip"), default=None,
+                     help="a bad example or file: stop naming it (raise, the default) or count and skip it"),
+    "output_dir": dict(help="folder this command writes (local or gs://)"),
+    "json": dict(action="store_true", help="print one JSON object"),
+    "coordinator_address": dict(default=None, help="host:port of process 0 (multi-process)"),
+    "num_processes": dict(type=int, default=None,
+                          help="processes in the run, with --coordinator_address (or $JAX_NUM_PROCESSES)"),
+    "process_id": dict(type=int, default=None,
+                       help="this process' index in [0, num_processes) (or $JAX_PROCESS_ID)"),
+    "distributed": dict(action="store_true",
+                        help="call jax.distributed.initialize() with no arguments (Cloud TPU pods)"),
+    "verbose": dict(action="store_true",
+                    help="print the traceback of an expected failure (bad data, files, checkpoints) too"),
+}
+DISTRIBUTED_FLAGS = ("coordinator_address", "num_processes", "process_id", "distributed")
+
+
+def add_flags(parser: argparse.ArgumentParser, *names: str, required: Sequence[str] = ()) -> None:
+    """Adds the `FLAGS` entries `names` to `parser` (`required`: those that must be given)."""
+    for name in names:
+        kwargs = dict(FLAGS[name])
+        if name in required:
+            kwargs.pop("default", None)
+            kwargs["required"] = True
+        parser.add_argument(f"--{name}", **kwargs)
+
+
+def new_parser(prog: str, description: str, *, gin: bool, epilog: str = "") -> argparse.ArgumentParser:
+    """A command's parser; `gin`: it takes --gin_file / --gin.NAME=VALUE, listed in its --help."""
+    epilog = "\n\n".join(e for e in (epilog, config.GIN_FLAGS_HELP if gin else "") if e)
+    return argparse.ArgumentParser(prog=prog, description=description, epilog=epilog or None,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def parse_gin_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None, *, example_gin_file: str | None
+                   ) -> tuple[argparse.Namespace, list[str], list[str]]:
+    """-> (the parser's args, gin files, gin bindings); `example_gin_file`: at least one --gin_file is required
+    (named in the error). Bad flags exit 2 through `parser.error`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        files, bindings, rest = config.split_argv(argv)
+    except config.ConfigError as e:
+        parser.error(str(e))
+    args = parser.parse_args(rest)
+    if example_gin_file and not files:
+        parser.error(f"give at least one --gin_file (e.g. --gin_file={example_gin_file})")
+    return args, files, bindings
 
 
 def initialize_distributed(args: argparse.Namespace) -> None:
@@ -42,21 +97,24 @@ def initialize_distributed(args: argparse.Namespace) -> None:
         jax.distributed.initialize()
 
 
-# Exit codes of every slam-* command (README, "Exit codes").
+# The exit codes of every slam-* command (README, "Exit codes"): 0 done; 1 a run-time failure a user can fix (bad
+# data, missing or unwritable files, a full disk, a locked or damaged run folder, a mismatched checkpoint, a step that
+# does not fit); 2 a configuration or command line that cannot work (argparse, gin, a mesh the devices cannot hold),
+# before any work; 130 interrupted (Ctrl-C). Anything else is a bug and prints its traceback.
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def expected_failures() -> tuple[type[BaseException], ...]:
-    """Run-time failures a user can cause and fix (bad data, missing or unwritable files, a full disk, a locked or
-    damaged run folder, a mismatched checkpoint): one message line, exit 1, no traceback (see `--verbose`)."""
+    """Run-time failures a user can cause and fix: one message line, exit 1, no traceback (see `--verbose`)."""
     import tensorflow as tf
+    from slam_jax.data.audio import AudioError
     from slam_jax.data.converter import DataError, StreamMismatchError
     from slam_jax.data.watchdog import StoppedWhileWaiting
     from slam_jax.trainer.run_folder import RunFolderLockedError
     from slam_jax.trainer.warm_start import WarmStartError
-    return (partitioning.MeshError, checkpointing.CheckpointMismatchError, checkpointing.CheckpointUnreadableError,
-            NonFiniteLossError, DataError, StreamMismatchError, RunFolderLockedError, StoppedWhileWaiting,
-            WarmStartError, OSError, tf.errors.OpError)
+    return (checkpointing.CheckpointMismatchError, checkpointing.CheckpointUnreadableError, NonFiniteLossError,
+            AudioError, DataError, StreamMismatchError, RunFolderLockedError, StoppedWhileWaiting, WarmStartError,
+            OSError, tf.errors.OpError)
 
 
 def describe_failure(error: BaseException) -> str:
@@ -67,18 +125,13 @@ def describe_failure(error: BaseException) -> str:
     return message.strip()
 
 
-def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--verbose", action="store_true",
-                        help="print the traceback of an expected failure (bad data, files, checkpoints) too")
-
-
 def run_guarded(prog: str, run: Callable[[], Any], *, verbose: bool = False,
                 errors: tuple[type[BaseException], ...] = ()) -> int:
-    """Runs `run()` and maps its failures to the exit-code table: ConfigError -> 2, an expected failure (and
-    `errors`) -> 1, each as `prog: message` on stderr; Ctrl-C -> 130. Anything else is a bug: its traceback."""
+    """Runs `run()` and maps its failures to the exit-code table above, each as one `prog: message` line on stderr:
+    ConfigError or MeshError -> 2, an expected failure (and `errors`) -> 1, Ctrl-C -> 130."""
     try:
         run()
-    except config.ConfigError as e:
+    except (config.ConfigError, partitioning.MeshError) as e:
         _report(prog, e, verbose)
         return EXIT_CONFIG
     except (*expected_failures(), *errors) as e:
@@ -97,38 +150,39 @@ def _report(prog: str, error: BaseException, verbose: bool) -> None:
     print(f"{prog}: {describe_failure(error)}", file=sys.stderr, flush=True)
 
 
-def cli_main(argv: Sequence[str] | None, *, prog: str, description: str, run: Callable[[str], Any],
-             example_gin_file: str, errors: tuple[type[Exception], ...] = ()) -> int:
-    """The command line shared by `slam-train` and `slam-finetune`: gin flags, --model_dir, --module_import,
-    multi-process flags, --verbose.
+def exit_after_blocked_workers(code: int) -> int:
+    """`code`, or an immediate exit with it when a tf.data worker is stuck (a normal shutdown would abort under it)."""
+    from slam_jax.data import watchdog
+    if watchdog.any_blocked():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
-    Parses the gin configuration, registers the seqio tasks and the `--module_import` modules (with the gin-bound
-    `DataConfig` paths, see `config.register_tasks`), then runs `run(model_dir)` under `run_guarded` (exit codes:
-    0 done, 1 a run-time failure, 2 a configuration that cannot work, 130 interrupted).
-    """
+
+def run_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The command line of `slam-train` and `slam-finetune`: gin flags, --model_dir, --module_import, the
+    multi-process flags, --verbose."""
+    parser = new_parser(prog, description, gin=True)
+    add_flags(parser, "model_dir", "module_import", *DISTRIBUTED_FLAGS, "verbose", required=("model_dir",))
+    return parser
+
+
+def run_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None, *, run: Callable[[str], Any],
+             example_gin_file: str, errors: tuple[type[Exception], ...] = ()) -> int:
+    """Parses `run_parser`'s command line and the gin configuration, registers the seqio tasks and the
+    `--module_import` modules (with the gin-bound `DataConfig` paths, see `config.register_tasks`), joins the JAX
+    cluster, then runs `run(model_dir)`; returns the exit code."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=config.GIN_FLAGS_HELP)
-    parser.add_argument("--model_dir", required=True, help="run directory (local or gs://)")
-    config.add_module_import_flag(parser)
-    add_distributed_flags(parser)
-    add_verbose_flag(parser)
-    args, files, bindings = config.parse_gin_command_line(parser, argv, example_gin_file)
+    args, files, bindings = parse_gin_args(parser, argv, example_gin_file=example_gin_file)
 
     def parse():
         config.parse(files, bindings)
         config.register_tasks(args.module_import)
 
-    code = run_guarded(prog, parse, verbose=args.verbose)
+    code = run_guarded(parser.prog, parse, verbose=args.verbose)
     if code:
         return code
     initialize_distributed(args)
-    code = run_guarded(prog, lambda: run(args.model_dir), verbose=args.verbose, errors=errors)
-    from slam_jax.data import watchdog
-    if watchdog.any_blocked():  # a worker is stuck inside tf.data: a normal shutdown would abort under it
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    code = run_guarded(parser.prog, lambda: run(args.model_dir), verbose=args.verbose, errors=errors)
+    return exit_after_blocked_workers(code)

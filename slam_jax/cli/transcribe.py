@@ -43,19 +43,21 @@ def _progress(done: int, total: int, failed: int) -> None:
               flush=True)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     from slam_jax.cli import common
-    parser = argparse.ArgumentParser(prog="slam-transcribe", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.new_parser("slam-transcribe", __doc__, gin=False)
     parser.add_argument("inputs", nargs="+", help="audio files, folders of audio files, or .txt lists of paths")
-    parser.add_argument("--model_dir", required=True, help="a slam-finetune ASR run (config.gin + checkpoints/)")
+    common.add_flags(parser, "model_dir", required=("model_dir",))
     parser.add_argument("--output", default=None, help="out.jsonl or out.tsv (default: TSV on stdout)")
     parser.add_argument("--beam_size", type=int, default=None, help="beam search width (default: the run's)")
     parser.add_argument("--lm", default=None, help="CTC only: ARPA / KenLM n-gram LM for shallow fusion")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-    parser.add_argument("--batch_size", type=int, default=None,
-                        help="utterances per batch (default: the run's StreamConfig.batch_size)")
-    common.add_verbose_flag(parser)
+    common.add_flags(parser, "step", "batch_size", "verbose")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from slam_jax.cli import common
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.output and not args.output.endswith((".jsonl", ".tsv")):
         parser.error(f"--output must end in .jsonl or .tsv, got {args.output!r}")

@@ -1,7 +1,8 @@
-"""`slam-prepare`: convert a LibriSpeech- or Libri-Light-layout folder into sharded TFRecords for fast reading.
+"""Converting a LibriSpeech- or Libri-Light-layout folder into sharded TFRecords for fast reading (the
+`slam-prepare` command: `slam_jax/cli/prepare.py`).
 
-  slam-prepare --input /data/LibriSpeech --output gs://bucket/libri_prepared \\
-      --layout librispeech --split train=train-960 --split validation=dev-clean --num_shards 64
+  slam-prepare --corpus_dir=/data/LibriSpeech --output_dir=gs://bucket/libri_prepared \\
+      --layout=librispeech --split_dir=train=train-960 --split_dir=validation=dev-clean --num_shards=64
 
 writes `<output>/<split>/<split>.tfrecord-00000-of-00064 ...` and `<output>/manifest.json`. Each record is a
 tf.train.Example {"id": source file (+ "@<second>" for chunks), "audio": little-endian int16 PCM at 16 kHz mono,
@@ -10,15 +11,14 @@ tf.train.Example {"id": source file (+ "@<second>" for chunks), "audio": little-
 
 Bad input (corrupt audio, wrong sample rate unless --resample, multi-channel, a transcript line without audio, an
 audio file without transcript, an empty transcript, a missing Libri-Light JSON) stops the run with the file and the
-problem, or with `--on_error skip` is left out and listed in the manifest ("skipped") and on the console.
+problem, or with `--on_error=skip` is left out and listed in the manifest ("skipped") and on the console.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import posixpath
 import sys
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -93,65 +93,19 @@ def prepare_split(directory: str, output: str, split: str, *, layout: str, num_s
             "seconds": samples / features.SAMPLE_RATE, "num_shards": num_shards, "skipped": skipped}
 
 
-def _parse_splits(values: Sequence[str]) -> dict[str, str]:
-    out = {}
-    for value in values:
-        name, sep, directory = value.partition("=")
-        if not sep or not name or not directory:
-            raise argparse.ArgumentTypeError(f"--split wants NAME=SUBDIR (e.g. train=train-clean-100), got {value!r}")
-        out[name] = directory
-    return out
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="slam-prepare", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", required=True, help="corpus root (local or gs://)")
-    parser.add_argument("--output", required=True, help="output root (local or gs://)")
-    parser.add_argument("--layout", choices=LAYOUTS, default="librispeech",
-                        help="librispeech: <spk>/<chap>/*.flac + *.trans.txt; librilight: *.flac + *.json; "
-                             "audio: any audio files")
-    parser.add_argument("--split", action="append", default=[], metavar="NAME=SUBDIR",
-                        help="split name and its sub-directory of --input (repeatable); default train=train, "
-                             "validation=dev")
-    parser.add_argument("--num_shards", type=int, default=16,
-                        help="TFRecord files per split (readers shard over them; default 16)")
-    parser.add_argument("--no_transcripts", action="store_true",
-                        help="librispeech layout: do not require a transcript for every audio file")
-    parser.add_argument("--chunk_seconds", type=float, default=None,
-                        help="cut recordings into chunks of at most this many seconds (default: 32 for librilight, "
-                             "none otherwise)")
-    parser.add_argument("--resample", action="store_true", help="resample other rates to 16 kHz instead of failing")
-    parser.add_argument("--on_error", choices=("raise", "skip"), default="raise",
-                        help="a bad audio file or transcript: stop naming it (raise, default) or count and skip it")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    if args.num_shards < 1:
-        parser.error("--num_shards must be at least 1")
-    try:
-        splits = _parse_splits(args.split) if args.split else {"train": "train", "validation": "dev"}
-    except argparse.ArgumentTypeError as e:
-        parser.error(str(e))
-    chunk = args.chunk_seconds if args.chunk_seconds is not None else (32.0 if args.layout == "librilight" else None)
-    manifest = {"input": args.input, "layout": args.layout, "sample_rate": features.SAMPLE_RATE,
+def prepare_corpus(corpus_dir: str, output_dir: str, splits: dict[str, str], *, layout: str = "librispeech",
+                   num_shards: int = 16, transcripts: bool = True, chunk_seconds: float | None = None,
+                   resample: bool = False, on_error: str = "raise", progress: bool = True) -> dict:
+    """Prepares every split (name -> sub-directory of `corpus_dir`) and writes `<output_dir>/manifest.json`;
+    returns the manifest."""
+    manifest = {"input": corpus_dir, "layout": layout, "sample_rate": features.SAMPLE_RATE,
                 "format": "tf.train.Example {id: bytes, audio: int16 little-endian PCM bytes, transcript: bytes}",
                 "splits": {}}
-    try:
-        for name, directory in splits.items():
-            manifest["splits"][name] = prepare_split(
-                posixpath.join(args.input, directory), args.output, name, layout=args.layout,
-                num_shards=args.num_shards, transcripts=not args.no_transcripts, chunk_seconds=chunk,
-                resample=args.resample, on_error=args.on_error, progress=not args.quiet)
-    except (PrepareError, FileNotFoundError) as e:
-        print(f"slam-prepare: error: {e}", file=sys.stderr)
-        return 1
-    with tf.io.gfile.GFile(posixpath.join(args.output, "manifest.json"), "w") as fh:
+    for name, directory in splits.items():
+        manifest["splits"][name] = prepare_split(
+            posixpath.join(corpus_dir, directory), output_dir, name, layout=layout, num_shards=num_shards,
+            transcripts=transcripts, chunk_seconds=chunk_seconds, resample=resample, on_error=on_error,
+            progress=progress)
+    with tf.io.gfile.GFile(posixpath.join(output_dir, "manifest.json"), "w") as fh:
         json.dump(manifest, fh, indent=1)
-    for name, entry in manifest["splits"].items():
-        print(f"{name}: {entry['examples']} examples, {entry['seconds'] / 3600:.3f} h in {entry['num_shards']} "
-              f"shards, {len(entry['skipped'])} skipped")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return manifest

@@ -1,7 +1,8 @@
 """`slam-data vocab`: train a SentencePiece model on transcripts, for an ASR head's word pieces.
 
-  slam-data vocab --input=/data/LibriSpeech/train-clean-100 --input=... --vocab_size=1024 --out=/data/spm/ls1024
-  slam-data vocab --input=slam_jax/assets/mini_corpus/train --vocab_size=128 --out=/tmp/mini128
+  slam-data vocab --text_file=/data/LibriSpeech/train-clean-100 --text_file=... --vocab_size=1024 \
+      --output_prefix=/data/spm/ls1024
+  slam-data vocab --text_file=slam_jax/assets/mini_corpus/train --vocab_size=128 --output_prefix=/tmp/mini128
 
 SLAM §4.1 fine-tunes its RNN-T ASR models with 1024 word pieces. An `--input` is a LibriSpeech-layout folder (every
 `*.trans.txt` below it: "<utterance id> <TRANSCRIPT>" lines), or a text file of one transcript per line; local or

@@ -1,52 +1,35 @@
-"""`slam-eval`: scores a run's latest checkpoint (or `--step`) and prints one JSON line.
+"""Scoring a run's checkpoint: a fine-tuning run on its task, a pre-training run with the alignment probes or the
+frozen-feature layer probes (the `slam-eval` command: `slam_jax/cli/eval.py`).
 
-    slam-eval --model_dir=/tmp/slam_ft [--split=validation]            # a fine-tuning run: its task's metric
-    slam-eval --model_dir=/tmp/slam_ft --gin.CtcDecodeConfig.beam_size=8 \
-        --gin.CtcDecodeConfig.lm_path="'/data/lm.arpa'"                 # CTC beam search + n-gram LM fusion
-    slam-eval --model_dir=/tmp/slam_smoke --probes [--mixture=mini_paired] [--split=validation]
-                                                                        # a pre-training run: alignment probes
-    slam-eval --model_dir=/tmp/slam_smoke --layer_probes --mixture=mini_paired [--random_init]
-                                                                        # frozen-feature probes of every layer
-
-Multi-process (a pod slice, several GPU hosts): the flags of `slam-train` (`--coordinator_address`,
-`--num_processes`, `--process_id`, or `--distributed` on Cloud TPU) plus `--eval_batches=N`, enough batches per
-process to cover its shard of the split (processes step in lockstep and pad with empty rows once their shard is
-done); scores are summed over processes and printed by every one.
-
-The run's own `config.gin` is parsed first, then any `--gin_file` / `--gin.NAME=VALUE` given here (decoding
-options, a different `StreamConfig.mixture`, ...). Scores and predictions are written under `model_dir/eval/`:
-`<split>_step<N>.json` / `.tsv` for a task, `probes_<split>_step<N>.json` for the probes,
+Scores and predictions are written under `model_dir/eval/`: `<split>_step<N>[_<decoding>].json` / `.tsv` for a
+task, `probes_<mixture>_<split>_step<N>.json` for the probes,
 `layer_probes_<mixture>_<split>_step<N>[_random_init].json` for the layer probes.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import logging
 import os
 import sys
-from typing import Sequence
 
 import jax
 
 from slam_jax import checkpointing, config, health
-from slam_jax.cli.common import add_distributed_flags, add_verbose_flag, initialize_distributed, run_guarded
 from slam_jax.trainer import TrainConfig, Trainer
 from slam_jax.data import converter
 from slam_jax.evaluation import layer_probes, probes
 from slam_jax.finetune import run as finetune_run
 
 
-def _run_config(model_dir: str) -> str:
+def run_config(model_dir: str) -> str:
     import tensorflow as tf
     path = os.path.join(model_dir, "config.gin")
     if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"{path} does not exist: --model_dir must be a slam-train or slam-finetune run")
+        raise config.ConfigError(f"{path} does not exist: --model_dir must be a slam-train or slam-finetune run")
     return path
 
 
-def _is_finetune_run(config_path: str) -> bool:
+def is_finetune_run(config_path: str) -> bool:
     import tensorflow as tf
     with tf.io.gfile.GFile(config_path) as f:
         return any(line.startswith("FinetuneConfig.task") for line in f)
@@ -156,78 +139,3 @@ def evaluate_layer_probes(model_dir: str, split: str | None, step: int | None, m
     with tf.io.gfile.GFile(out["file"], "w") as f:
         json.dump(out, f, indent=1)
     return out
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    prog = "slam-eval"
-    try:
-        files, bindings, rest = config.split_argv(argv)
-    except config.ConfigError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return 2
-    parser = argparse.ArgumentParser(prog=prog, description="Evaluate a slam-finetune run, or probe a slam-train "
-                                     "run's cross-modal alignment (--probes).")
-    parser.add_argument("--model_dir", required=True, help="the run directory (holds config.gin and checkpoints/)")
-    parser.add_argument("--split", default=None, help="split to score (default: TrainConfig.eval_split)")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-    parser.add_argument("--probes", action="store_true", help="alignment probes of a pre-training run")
-    parser.add_argument("--mixture", default=None,
-                        help="--probes / --layer_probes: the paired task or mixture to probe on")
-    parser.add_argument("--layer_probes", action="store_true",
-                        help="frozen-feature probes of every layer of a pre-training run: character CTC and speaker "
-                        "identification (slam_jax/evaluation/layer_probes.py)")
-    parser.add_argument("--random_init", action="store_true",
-                        help="--layer_probes: probe a freshly initialized encoder of the run's configuration")
-    parser.add_argument("--train_split", default="train", help="--layer_probes: split the CTC probe trains on")
-    parser.add_argument("--train_seconds", type=float, default=600.0,
-                        help="--layer_probes: seconds of --train_split audio for the CTC probe (default 10 min)")
-    parser.add_argument("--probe_steps", type=int, default=1000, help="--layer_probes: CTC probe training steps")
-    config.add_module_import_flag(parser)
-    parser.add_argument("--eval_batches", type=int, default=0,
-                        help="batches per process (default 0: the whole split; required with several processes)")
-    add_distributed_flags(parser)
-    add_verbose_flag(parser)
-    args = parser.parse_args(rest)
-    try:
-        run_config = _run_config(args.model_dir)
-        finetuned = _is_finetune_run(run_config)
-        if args.layer_probes and finetuned:
-            raise config.ConfigError(f"{args.model_dir} is a fine-tuning run: --layer_probes needs a pre-training run")
-        if not args.layer_probes and args.probes == finetuned:
-            raise config.ConfigError(
-                f"{args.model_dir} is a {'fine-tuning' if finetuned else 'pre-training'} run: "
-                + ("--probes needs a pre-training run (its STM head and both modalities)" if finetuned else
-                   "evaluate it with --probes (alignment probes), or fine-tune it with slam-finetune first"))
-        config.parse([run_config, *files], bindings)
-        config.register_tasks(args.module_import)
-    except (config.ConfigError, FileNotFoundError) as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        return 2
-    initialize_distributed(args)
-    results = []
-
-    def run():
-        if args.layer_probes:
-            results.append(evaluate_layer_probes(args.model_dir, args.split, args.step, args.mixture,
-                                                 train_split=args.train_split, train_seconds=args.train_seconds,
-                                                 probe_steps=args.probe_steps, random_init=args.random_init))
-        elif args.probes:
-            results.append(evaluate_probes(args.model_dir, args.split, args.step, args.mixture, args.eval_batches))
-        else:
-            results.append(evaluate_task(args.model_dir, args.split, args.step, args.eval_batches))
-
-    code = run_guarded(prog, run, verbose=args.verbose, errors=(ValueError,))
-    if code:
-        return code
-    result = results[0]
-    if args.layer_probes:  # the per-utterance CERs stay in the result file
-        result = {**result, "layers": {k: {m: v for m, v in layer.items() if m != "utterance_cer"}
-                                       for k, layer in result["layers"].items()}}
-    print(json.dumps(result), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,5 @@
-"""`slam-finetune`: gin-configured fine-tuning of the SLAM encoder on a downstream task (t5x conventions).
+"""Fine-tuning of the SLAM encoder on a downstream task, from the gin configuration (the `slam-finetune` command:
+`slam_jax/cli/finetune.py`; t5x conventions).
 
     slam-finetune --gin_file=finetune/mini_ctc.gin --model_dir=/tmp/ft \
         [--gin.FinetuneConfig.init_from="'/tmp/slam_smoke'"] [--gin.TRAIN_STEPS=200] [--gin.NAME=VALUE ...]
@@ -11,13 +12,11 @@ is scored on `TrainConfig.eval_split` (`eval/<metric>` in metrics.jsonl; predict
 """
 from __future__ import annotations
 
-import sys
 from typing import Any, Sequence
 
 import jax
 
 from slam_jax import checkpointing, config, partitioning, trainer as trainer_lib
-from slam_jax.cli.common import cli_main
 from slam_jax.trainer.warm_start import WarmStartError, warm_start
 from slam_jax.finetune import TASKS, base
 
@@ -87,12 +86,3 @@ def finetune(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> 
 
     return trainer_lib.run_loop(trainer, stream, model_dir, initial_params=initial_params, evaluate=evaluate,
                           meta={"finetune_task": task.name, "init_from": finetune_cfg.init_from or ""})
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return cli_main(argv, prog="slam-finetune", description="SLAM fine-tuning (gin-configured).",
-                          run=finetune, example_gin_file="finetune/mini_ctc.gin", errors=(FinetuneError,))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

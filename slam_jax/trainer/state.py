@@ -148,14 +148,6 @@ class Trainer:
         multihost.get_barrier_sync_fn()(key="slam_jax_train_compiled", timeout_ms=_BARRIER_TIMEOUT_S * 1000)
         return seconds
 
-    def loss_and_grads(self, params, local_batch: dict, step: int) -> tuple[Any, dict, Any]:
-        """(loss, metrics, gradients) of one batch without updating anything (used to check sharding numerics)."""
-        batch = partitioning.global_batch(local_batch, self.mesh)
-        step = jnp.asarray(step, jnp.int32)
-        with jax.set_mesh(self.mesh):
-            (loss, metrics), grads = self._grads(params, batch, step, jax.random.fold_in(self.base_key, step), True)
-        return loss, metrics, grads
-
     def eval_batches(self, stream: Iterator[dict], template: dict, *, partial_ok: bool = False) -> Iterator[dict]:
         """This process' host batches of a finite `stream`, in lockstep with the other processes.
 

@@ -1,21 +1,14 @@
-"""`slam-data inspect`: look at what the one stream feeds the model, and how fast. (`slam-data vocab` trains a
-SentencePiece model on transcripts: `slam_jax.data.vocab`.)
+"""What the one stream feeds the model, and how fast (the `slam-data inspect` command: `slam_jax/cli/data.py`).
 
-  slam-data inspect --mixture mini_slam --batches 20 --show 3
-  slam-data inspect --gin_file=runs/cpu_smoke.gin --batches 20     # exactly the stream of that run
-
-prints, over N batches: examples per task and kind against the configured rates, padding fraction per kind, tokens
-and seconds of audio per batch, skipped examples (with their messages), and examples/s and batches/s (timed after
-the first batch, which includes start-up). `--show K` decodes K rows per kind of the first batch.
+`inspect_stream` prints, over N batches: examples per task and kind against the configured rates, padding fraction
+per kind, tokens and seconds of audio per batch, skipped examples (with their messages), and examples/s and
+batches/s (timed after the first batch, which includes start-up). `show=K` decodes K rows per kind of the first
+batch.
 """
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import os
 import sys
 import time
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -121,89 +114,3 @@ def inspect_stream(config, batches: int, show: int = 0, out=sys.stdout, stall_s:
                    source_vocabulary=converter.vocabulary_for(config.mixture, "source_text"))
     stream.close()
     return stats
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    from slam_jax import config
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="slam-data", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("inspect", help="statistics and throughput of a mixture's one stream",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=config.GIN_FLAGS_HELP + """
-With --gin_file the stream is exactly the run's (its StreamConfig and DataConfig); the flags below override it.""")
-    p.add_argument("--mixture", default=None, help="registered top-level mixture (e.g. mini_slam) or task")
-    config.add_module_import_flag(p)
-    p.add_argument("--batches", type=int, default=10)
-    p.add_argument("--show", type=int, default=0, help="decode this many rows per kind of the first batch")
-    p.add_argument("--split", default=None, help="default: train")
-    p.add_argument("--batch_size", type=int, default=None, help="global rows (default 16)")
-    p.add_argument("--speech_frames", type=int, default=None, help="default 1024")
-    p.add_argument("--text_tokens", type=int, default=None, help="default 128")
-    p.add_argument("--paired_frames", type=int, default=None, help="default 1024")
-    p.add_argument("--paired_tokens", type=int, default=None, help="default 128")
-    p.add_argument("--paired_source_tokens", type=int, default=None,
-                   help="> 0: paired rows also carry the source transcript (speech translation); default 0")
-    p.add_argument("--seed", type=int, default=None, help="default 0")
-    p.add_argument("--on_error", choices=("raise", "skip"), default=None,
-                   help="a bad example: stop naming it (raise) or count and skip it; default skip here (an inspection "
-                   "reports every bad example), a run's StreamConfig.on_error with --gin_file")
-    p.add_argument("--stall_seconds", type=float, default=60.0,
-                   help="seconds without a batch before saying what the stream produced and dropped (default 60)")
-    from slam_jax.data import vocab
-    v = sub.add_parser("vocab", help="train a SentencePiece model on transcripts (an ASR head's word pieces)",
-                       description=vocab.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    v.add_argument("--input", action="append", required=True,
-                   help="LibriSpeech-layout folder (its *.trans.txt) or text file of transcripts; repeatable")
-    v.add_argument("--vocab_size", type=int, default=1024, help="pieces, PAD/EOS/UNK included (SLAM §4.1: 1024)")
-    v.add_argument("--out", required=True, help="output prefix: writes OUT.model and OUT.vocab (local or gs://)")
-    if argv[:1] == ["vocab"]:
-        args = parser.parse_args(argv)
-        try:
-            report = vocab.train_vocabulary(args.input, args.vocab_size, args.out)
-        except (ValueError, FileNotFoundError) as e:
-            print(f"slam-data: error: {e}", file=sys.stderr)
-            return 1
-        print(f"wrote {args.out}.model ({report['vocab_size']} pieces) from {report['transcripts']} transcripts: "
-              f"{report['pieces_per_transcript']:.1f} pieces per transcript, {report['pieces_per_word']:.2f} per word")
-        return 0
-    try:
-        files, bindings, rest = config.split_argv(argv)
-    except config.ConfigError as e:
-        parser.error(str(e))
-    args = parser.parse_args(rest)
-    if args.batches < 1:
-        parser.error("--batches must be at least 1")
-    if not files and not args.mixture:
-        parser.error("give --mixture or a run's --gin_file")
-    overrides = {k: getattr(args, k) for k in ("mixture", "split", "batch_size", "speech_frames", "text_tokens",
-                                               "paired_frames", "paired_tokens", "paired_source_tokens", "seed",
-                                               "on_error")
-                 if getattr(args, k) is not None}
-    from slam_jax.data.converter import DataError
-    try:
-        if files:
-            config.parse(files, bindings)
-            stream_cfg = dataclasses.replace(config.StreamConfig(), **overrides)
-        else:
-            config.parse([], bindings)
-            stream_cfg = config.StreamConfig(**{"batch_size": 16, "on_error": "skip", **overrides})
-        config.register_tasks(args.module_import)
-        inspect_stream(stream_cfg, args.batches, args.show, out=sys.stdout, stall_s=args.stall_seconds)
-        code = 0
-    except (config.ConfigError, DataError, ValueError, TypeError, FileNotFoundError) as e:
-        print(f"slam-data: error: {e}", file=sys.stderr)
-        code = 1
-    except KeyboardInterrupt:
-        print("slam-data: interrupted", file=sys.stderr)
-        code = 130
-    from slam_jax.data import watchdog
-    if watchdog.any_blocked():  # a worker is stuck inside tf.data: a normal shutdown would abort under it
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,6 +14,7 @@ import numpy as np
 from flax import nnx
 
 from slam_jax import config
+from slam_jax.cli import common
 from slam_jax.model import SlamModel, abstract_model
 
 
@@ -37,23 +38,22 @@ def format_table(counts: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = common.new_parser("slam-info", __doc__, gin=True)
+    parser.add_argument("--depth", type=int, default=2, help="module path depth of the table rows")
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        files, bindings, rest = config.split_argv(argv)
-        parser = argparse.ArgumentParser(prog="slam-info", description=__doc__.strip().splitlines()[0])
-        parser.add_argument("--depth", type=int, default=2, help="module path depth of the table rows")
-        args = parser.parse_args(rest)
-        if not files:
-            parser.error("give at least one --gin_file (e.g. --gin_file=models/slam_600m.gin)")
-        config.parse(files, bindings)
-        cfg = config.ModelConfig()
-    except config.ConfigError as e:
-        print(f"slam-info: {e}", file=sys.stderr)
-        return 2
+    parser = build_parser()
+    args, files, bindings = common.parse_gin_args(parser, argv, example_gin_file="models/slam_600m.gin")
+    cfgs = []
+    code = common.run_guarded(parser.prog, lambda: (config.parse(files, bindings), cfgs.append(config.ModelConfig())))
+    if code:
+        return code
     print(f"# {', '.join(files)}")
-    print(format_table(parameter_counts(abstract_model(cfg), args.depth)))
-    return 0
+    print(format_table(parameter_counts(abstract_model(cfgs[0]), args.depth)))
+    return common.EXIT_OK
 
 
 if __name__ == "__main__":
