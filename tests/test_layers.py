@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from helpers import TINY, speech_rows
+from helpers import TINY, build_model, speech_rows
 from slam_jax.layers.attention import SelfAttention
 from slam_jax.layers.conformer import depthwise_conv1d, segment_group_norm
-from slam_jax.model import build_model
 
 TOL = 1e-5
 
