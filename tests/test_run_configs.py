@@ -279,3 +279,53 @@ def test_stream_yields_a_batch_from_mocked_data(path, libri_light_folder):
     if "paired" in batch:
         assert batch["paired"]["features"].shape[1] == r.stream.paired_frames
         assert batch["paired"]["tokens"].shape[1] == r.stream.paired_tokens
+
+
+# ------------------------------------------------------------------------------------------ bindings vs defaults
+_LITERAL_BINDING = re.compile(r"^([A-Za-z_][\w.]*)\.(\w+)\s*=\s*(.+?)\s*(#.*)?$")
+
+
+def _effective_config(text: str, name: str) -> dict[tuple[str, str], str]:
+    """Every field of every dataclass configurable after parsing `text` (as gin file `name`): bound or default."""
+    import gin
+    registry = gin.config._REGISTRY
+    gin.clear_config()
+    gin.add_config_file_search_path(str(GIN_DIR))
+    gin.parse_config(text)
+    values = {}
+    for _, configurable in registry.items():
+        if dataclasses.is_dataclass(configurable.wrapped):
+            for field in dataclasses.fields(configurable.wrapped):
+                if field.default is not dataclasses.MISSING:
+                    values[(configurable.selector, field.name)] = repr(field.default)
+    for (_, selector), params in gin.config._CONFIG.items():
+        match = registry.get_match(selector)
+        for key, value in params.items():
+            values[(match.selector if match else selector, key)] = repr(value)
+    gin.clear_config()
+    return values
+
+
+@pytest.mark.parametrize("path", sorted(GIN_DIR.rglob("*.gin")), ids=lambda p: str(p.relative_to(GIN_DIR)))
+def test_no_binding_restates_what_is_already_in_effect(path):
+    """A binding equal to the dataclass default is kept only where it overrides an included file's value."""
+    import ast
+    import gin
+    lines = path.read_text().splitlines(keepends=True)
+    full = _effective_config("".join(lines), path.name)
+    for i, line in enumerate(lines):
+        m = _LITERAL_BINDING.match(line.rstrip("\n"))
+        if not m:
+            continue
+        try:
+            value = ast.literal_eval(m[3])
+        except (ValueError, SyntaxError):
+            continue
+        configurable = gin.config._REGISTRY.get_match(m[1])
+        if configurable is None or not dataclasses.is_dataclass(configurable.wrapped):
+            continue
+        default = {f.name: f.default for f in dataclasses.fields(configurable.wrapped)}.get(m[2], dataclasses.MISSING)
+        if default is dataclasses.MISSING or repr(default) != repr(value):
+            continue
+        without = _effective_config("".join(lines[:i] + lines[i + 1:]), path.name)
+        assert without != full, f"{path.relative_to(GIN_DIR)}:{i + 1}: `{line.strip()}` restates the default"
