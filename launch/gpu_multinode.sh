@@ -2,7 +2,7 @@
 # Run slam-train as one process per GPU host of a multi-node job (each process drives all GPUs of its host).
 #
 # Under SLURM (one task per node, see launch/slurm_example.sbatch) the coordinator and ranks come from SLURM_*:
-#   srun --ntasks-per-node=1 launch/gpu_multinode.sh --gin_file=runs/slam_600m_stage1_v4_64.gin --model_dir=/shared/run
+#   srun --ntasks-per-node=1 launch/gpu_multinode.sh --gin_file=runs/slam_600m_stage1.gin --gin_file=slices/v4_64.gin --model_dir=/shared/run
 # Anywhere else, start it on every host with the same coordinator and a distinct --process_id:
 #   launch/gpu_multinode.sh --coordinator=10.0.0.1:12345 --num_processes=4 --process_id=I \
 #       --gin_file=... --model_dir=/shared/run

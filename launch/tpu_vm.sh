@@ -2,7 +2,7 @@
 # Launch slam-train on a Cloud TPU VM slice (every host runs the identical command), with spot/queued auto-resume.
 #
 #   launch/tpu_vm.sh up --name=slam-v4 --type=v4-64 --zone=us-central2-b --project=my-proj --queued --spot \
-#       --gin_file=runs/slam_600m_stage1_v4_64.gin --model_dir=gs://my-bucket/slam_600m/stage1 \
+#       --gin_file=runs/slam_600m_stage1.gin --gin_file=slices/v4_64.gin --model_dir=gs://my-bucket/slam_600m/stage1 \
 #       --env=SLAM_SPM_MODEL=gs://my-bucket/spm/spm32k.model --env=TFDS_DATA_DIR=gs://my-bucket/tfds \
 #       --env=SLAM_LIBRILIGHT_DIR=gs://my-bucket/librilight
 #
@@ -43,7 +43,7 @@ Resource flags
 
 Training flags
   --model_dir=gs://...      run directory shared by all hosts (checkpoints, config.gin, metrics)  [run, up]
-  --gin_file=F              repeatable; a packaged name (runs/slam_600m_stage1_v4_64.gin) or a local file, which
+  --gin_file=F              repeatable; a packaged name (runs/slam_600m_stage1.gin) or a local file, which
                             is copied to every worker
   --gin.NAME=VALUE          repeatable gin binding passed to slam-train (quote string values: "'gs://b/x'")
   --env=NAME=VALUE          repeatable environment variable for slam-train (data locations: SLAM_SPM_MODEL,
@@ -143,7 +143,7 @@ if [[ "$COMMAND" == create || "$COMMAND" == up ]]; then
   fi
 fi
 if [[ "$COMMAND" == run || "$COMMAND" == up ]]; then
-  ((${#GIN_FILES[@]})) || die "give at least one --gin_file (e.g. --gin_file=runs/slam_600m_stage1_v4_64.gin)"
+  ((${#GIN_FILES[@]})) || die "give at least one --gin_file (e.g. --gin_file=runs/slam_600m_stage1.gin --gin_file=slices/v4_64.gin)"
   [[ "$MODEL_DIR" == gs://* ]] || die "--model_dir must be a gs:// path that every host can reach (got '${MODEL_DIR}')"
   if [[ -z "$CACHE_DIR" ]]; then
     bucket="${MODEL_DIR#gs://}"; bucket="${bucket%%/*}"

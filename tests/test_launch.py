@@ -69,7 +69,7 @@ def test_tpu_help_documents_commands_and_queued_states():
 
 
 QUEUED_ARGS = ("up", "--dry-run", "--name=slam-pod", "--type=v5p-64", "--zone=us-east5-a", "--project=proj",
-               "--queued", "--spot", "--gin_file=runs/slam_600m_stage2_tlm_stm_v5p_64.gin",
+               "--queued", "--spot", "--gin_file=runs/slam_600m_stage2_tlm_stm.gin", "--gin_file=slices/v5p_64.gin",
                "--gin.STAGE1_MODEL_DIR='gs://bkt/slam/stage1'", "--model_dir=gs://bkt/slam/stage2",
                "--env=SLAM_SPM_MODEL=gs://bkt/spm/spm32k.model", "--delete")
 
@@ -91,7 +91,7 @@ def test_tpu_up_dry_run_queued_spot():
     assert any("--worker=all" in c and "setsid nohup bash run.sh" in c for c in ssh)
     assert all("--worker=all" in c for c in scp)
     script = worker_script(out)
-    assert re.search(r"^slam-train --distributed --gin_file=runs/slam_600m_stage2_tlm_stm_v5p_64.gin "
+    assert re.search(r"^slam-train --distributed --gin_file=runs/slam_600m_stage2_tlm_stm.gin --gin_file=slices/v5p_64.gin "
                      r"'--gin.STAGE1_MODEL_DIR='\\''gs://bkt/slam/stage1'\\''' --model_dir=gs://bkt/slam/stage2$",
                      script, re.M), script
     assert "export JAX_COMPILATION_CACHE_DIR=gs://bkt/jax_cache" in script
@@ -116,7 +116,7 @@ def test_tpu_worker_script_quoting_round_trips(tmp_path):
     subprocess.run(["bash", str(home / "slam_run" / "run.sh")], env={"HOME": str(home), "PATH": "/usr/bin:/bin"},
                    check=True, timeout=30)
     assert (home / "args").read_text().splitlines() == [
-        "--distributed", "--gin_file=runs/slam_600m_stage2_tlm_stm_v5p_64.gin",
+        "--distributed", "--gin_file=runs/slam_600m_stage2_tlm_stm.gin", "--gin_file=slices/v5p_64.gin",
         "--gin.STAGE1_MODEL_DIR='gs://bkt/slam/stage1'", "--model_dir=gs://bkt/slam/stage2",
         "gs://bkt/spm/spm32k.model"]
     assert (home / "slam_run" / "rc").read_text().strip() == "0"
@@ -126,7 +126,7 @@ def test_tpu_vm_without_queue_reserved_v4_and_local_gin_file(tmp_path):
     extra = tmp_path / "my_overrides.gin"
     extra.write_text("TrainConfig.log_every = 7\n")
     res = run(TPU, "up", "--dry-run", "--name=tpu1", "--type", "v4-64", "--zone", "us-central2-b", "--reserved",
-              "--gin_file=runs/slam_600m_stage1_v4_64.gin", f"--gin_file={extra}",
+              "--gin_file=runs/slam_600m_stage1.gin", "--gin_file=slices/v4_64.gin", f"--gin_file={extra}",
               "--model_dir=gs://b2/runs/s1", "--compilation_cache=gs://cache/jax")
     assert res.returncode == 0, res.stderr
     (create,) = commands(res.stdout, "gcloud compute tpus tpu-vm create tpu1")
@@ -137,7 +137,7 @@ def test_tpu_vm_without_queue_reserved_v4_and_local_gin_file(tmp_path):
     assert any(str(extra) in c and "tpu1:slam_run/gin/" in c and "--worker=all" in c
                for c in commands(res.stdout, "gcloud compute tpus tpu-vm scp"))
     script = worker_script(res.stdout)
-    assert "--gin_file=runs/slam_600m_stage1_v4_64.gin --gin_file=gin/my_overrides.gin" in script
+    assert "--gin_file=runs/slam_600m_stage1.gin --gin_file=slices/v4_64.gin --gin_file=gin/my_overrides.gin" in script
     assert "export JAX_COMPILATION_CACHE_DIR=gs://cache/jax" in script
     assert not commands(res.stdout, "gcloud compute tpus tpu-vm delete")  # no --delete given
 
@@ -183,7 +183,7 @@ def exports(out: str) -> dict[str, str]:
 
 
 def test_gpu_dry_run_under_slurm_derives_the_process_layout():
-    res = run(GPU, "--dry-run", "--gin_file=runs/slam_600m_stage1_v4_64.gin", "--gin.TRAIN_STEPS=10",
+    res = run(GPU, "--dry-run", "--gin_file=runs/slam_600m_stage1.gin", "--gin_file=slices/v4_64.gin", "--gin.TRAIN_STEPS=10",
               "--model_dir=/shared/run", env={**SLURM, "PATH": "/usr/bin:/bin"})  # no scontrol on PATH
     assert res.returncode == 0, res.stderr
     env = exports(res.stdout)
@@ -191,7 +191,8 @@ def test_gpu_dry_run_under_slurm_derives_the_process_layout():
     assert env["JAX_NUM_PROCESSES"] == "5" and env["JAX_PROCESS_ID"] == "3"
     assert env["JAX_COMPILATION_CACHE_DIR"] == "/shared/run/jax_cache"
     (cmd,) = [line for line in res.stdout.splitlines() if line.startswith("+ ")]
-    assert cmd.endswith("--gin_file=runs/slam_600m_stage1_v4_64.gin --gin.TRAIN_STEPS=10 --model_dir=/shared/run")
+    assert cmd.endswith("--gin_file=runs/slam_600m_stage1.gin --gin_file=slices/v4_64.gin --gin.TRAIN_STEPS=10 "
+                        "--model_dir=/shared/run")
 
 
 def test_gpu_dry_run_with_explicit_flags_overrides_slurm():
@@ -228,10 +229,10 @@ def test_local_smoke_dry_run():
 
 
 def test_referenced_run_configs_exist():
-    """Every `runs/*.gin` named by a launch script, the scaling guide or a run's own header exists."""
+    """Every `runs/*.gin` or `slices/*.gin` named by a launch script, the scaling guide or a run's header exists."""
     texts = [p.read_text() for p in LAUNCH.iterdir()] + [(REPO / "docs" / "scaling.md").read_text()]
     texts += [p.read_text() for p in (GIN_DIR / "runs").glob("*.gin")]
-    names = {m for t in texts for m in re.findall(r"runs/[\w/]+\.gin", t)}
+    names = {m for t in texts for m in re.findall(r"(?:runs|slices)/[\w/]+\.gin", t)}
     assert names
     missing = sorted(n for n in names if not (GIN_DIR / n).is_file())
     assert not missing, missing

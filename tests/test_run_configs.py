@@ -1,14 +1,16 @@
-"""Every run config in gin/runs/ must resolve, build its model abstractly and fit its data to its slice.
+"""Every run config in gin/runs/, composed with each slice it names, must resolve, build its model abstractly and
+fit its data to its slice.
 
-A production config (`runs/slam_600m_*_v4_64.gin`, ...) is only exercised on a pod, so these checks are what stands
+A production run (`runs/slam_600m_stage1.gin` + `slices/v4_64.gin`, ...) is only exercised on a pod, so these checks are what stands
 between a typo and a failed pod launch: gin parses and every configurable resolves; the model builds abstractly
 (no weight allocated) with the paper's size and its parameters shard over the slice's mesh; the mixture exists,
 its tasks share one output-feature schema, every kind it yields is used by an active objective (and vice versa),
 and every kind's rows divide the mesh's data x fsdp axes and the slice's hosts; finally the stream yields a real
 batch (scaled down to a few rows) from mocked TFDS data and a tiny Libri-Light folder.
 
-The slice is read from the file name: `..._v4_64.gin` / `..._v5p_64.gin` (TensorCores: 2 per chip, 4 chips per
-host); `cpu_smoke.gin` runs on one device.
+A pod run's slices are the ones its header's `slam-aot` lines compose it with; the slice is read from the slice file's
+name: `slices/v4_64.gin` / `slices/v5p_64.gin` (TensorCores: 2 per chip, 4 chips per host); `cpu_smoke.gin` runs on one
+device.
 """
 from __future__ import annotations
 
@@ -30,7 +32,19 @@ from slam_jax.data import converter, schema, sources
 from slam_jax.trainer import TrainConfig
 
 GIN_DIR = Path(config.GIN_DIR)
-RUNS = sorted((GIN_DIR / "runs").glob("*.gin"))
+RUN_FILES = sorted((GIN_DIR / "runs").glob("*.gin"))
+SLICE_FILES = sorted((GIN_DIR / "slices").glob("*.gin"))
+
+
+def slices_named_by(run: Path) -> list[Path]:
+    """The slice files a pod run's header composes it with, in its `slam-aot` lines."""
+    found = re.findall(rf"slam-aot --gin_file=runs/{run.name} --gin_file=(slices/\w+\.gin)", run.read_text())
+    return [GIN_DIR / name for name in found]
+
+
+# A case: the run file alone (cpu_smoke) or a pod run and one of its slices.
+RUNS = [(run,) if run.stem == "cpu_smoke" else (run, sl) for run in RUN_FILES
+        for sl in ([None] if run.stem == "cpu_smoke" else slices_named_by(run))]
 MACROS = ("STAGE1_MODEL_DIR = 'gs://test-bucket/stage1'", "STAGE2_MODEL_DIR = 'gs://test-bucket/stage2'")
 MSLAM_ROWS = {"speech": 2048, "text": 8192, "paired": 256}  # mSLAM (arXiv 2202.01374): 2048 speech + 8192 text + 256 paired sequences per step
 HBM_GIB = {"v4": 32, "v5p": 95}
@@ -43,13 +57,13 @@ class Slice:
     hosts: int
 
 
-def slice_of(path: Path) -> Slice:
-    if path.stem == "cpu_smoke":
+def slice_of(case: tuple[Path, ...]) -> Slice:
+    if len(case) == 1:
         return Slice("cpu", 1, 1)
-    found = re.search(r"_(v4|v5p)_(\d+)$", path.stem)
+    found = re.fullmatch(r"(v4|v5p)_(\d+)", case[1].stem)
     if not found:
-        raise AssertionError(f"{path.name}: name the slice at the end of the file name (e.g. _v4_64, _v5p_64) so "
-                             "the test knows its chip count")
+        raise AssertionError(f"{case[1].name}: name a slice file after its TPU type (e.g. v4_64, v5p_64) so the test "
+                             "knows its chip count")
     chips = int(found.group(2)) // 2
     return Slice(found.group(1), chips, max(1, chips // 4))
 
@@ -66,39 +80,39 @@ class Resolved:
 
 
 @functools.lru_cache(maxsize=None)
-def resolve(path: Path) -> Resolved:
-    config.parse([str(path)], MACROS)
+def resolve(case: tuple[Path, ...]) -> Resolved:
+    config.parse([str(p) for p in case], MACROS)
     return Resolved(config.ModelConfig(), config.ObjectiveConfig(), config.StreamConfig(), config.OptimizerConfig(),
                     config.MeshConfig(), TrainConfig(), config.macro("TOPOLOGY"))
 
 
-def ids(paths):
-    return [p.stem for p in paths]
+def ids(cases):
+    return ["+".join(p.stem for p in case) for case in cases]
 
 
-POD_RUNS = [p for p in RUNS if p.stem != "cpu_smoke"]
+POD_RUNS = [case for case in RUNS if len(case) == 2]
 
 
-def test_slice_twins_share_their_bindings():
-    """A stage's v4-64 and v5p-64 files differ only in their header, the mesh include and the topology."""
-    for twin in (GIN_DIR / "runs").glob("slam_600m_*_v4_64.gin"):
-        lines = lambda p: [l for l in p.read_text().splitlines() if l and not l.startswith("#")]
-        a, b = lines(twin), lines(twin.with_name(twin.name.replace("_v4_64", "_v5p_64")))
-        assert [l for l in a if not l.startswith("TOPOLOGY")] == [l for l in b if not l.startswith("TOPOLOGY")]
-        assert len(a) == 3, a  # include the stage, include the mesh, TOPOLOGY
+def test_slice_files_hold_only_the_mesh_and_the_topology():
+    """A slice file is what differs between slices; everything else lives in the run file, once."""
+    assert [p.stem for p in SLICE_FILES] == ["v4_64", "v5p_64"]
+    for sl in SLICE_FILES:
+        lines = [l for l in sl.read_text().splitlines() if l and not l.startswith("#")]
+        assert lines[0] == "include 'runs/common/mesh_32_chips.gin'" and lines[1].startswith("TOPOLOGY = "), lines
+        assert len(lines) == 2, lines
 
 
-def test_the_paper_runs_exist():
-    names = {p.stem for p in RUNS}
-    for sl in ("v4_64", "v5p_64"):
-        for stage in ("stage1", "stage2_tlm", "stage2_tlm_stm", "stage3_w2v_bert"):
-            assert f"slam_600m_{stage}_{sl}" in names
-    assert any(n.startswith("mslam_2b_") for n in names)
+def test_the_paper_runs_exist_on_their_slices():
+    cases = set(ids(RUNS))
+    for stage in ("stage1", "stage2_tlm", "stage2_tlm_stm", "stage3_w2v_bert"):
+        for sl in ("v4_64", "v5p_64"):
+            assert f"slam_600m_{stage}+{sl}" in cases
+    assert "mslam_2b+v5p_64" in cases  # 58 GiB per chip (docs/scaling.md): v5p only
 
 
-@pytest.mark.parametrize("path", RUNS, ids=ids(RUNS))
-def test_run_resolves(path):
-    r = resolve(path)
+@pytest.mark.parametrize("case", RUNS, ids=ids(RUNS))
+def test_run_resolves(case):
+    r = resolve(case)
     assert r.train.train_steps > 0
     assert r.stream.speech_frames % schema.SPEECH_ALIGN == 0
     assert r.stream.paired_frames % schema.SPEECH_ALIGN == 0
@@ -106,19 +120,19 @@ def test_run_resolves(path):
         assert r.stream.paired_frames // 4 >= r.stream.paired_tokens
 
 
-@pytest.mark.parametrize("path", POD_RUNS, ids=ids(POD_RUNS))
-def test_pod_run_follows_the_paper(path):
+@pytest.mark.parametrize("case", POD_RUNS, ids=ids(POD_RUNS))
+def test_pod_run_follows_the_paper(case):
     """mSLAM / w2v-BERT optimizer: Adam b2 0.98, Transformer schedule (600M 6e-4 / 40k warm-up, 2B 3.6e-4); bf16 with remat."""
-    r = resolve(path)
+    r, path = resolve(case), case[0]
     assert r.model.dtype == "bfloat16" and r.model.remat != "none"
     assert (r.optimizer.b1, r.optimizer.b2) == (0.9, 0.98)
     assert r.optimizer.warmup_steps == 40_000
     expected_lr = {1024: 6e-4, 1408: 3.6e-4}[r.model.d_model]
     assert r.optimizer.peak_learning_rate == pytest.approx(expected_lr)
     text = path.read_text()
-    assert f"--gin_file=runs/{path.name}" in text, "the launch command in the header names another file"
-    assert f"slam-aot --gin_file=runs/{path.name}" in text
-    sl = slice_of(path)
+    assert re.search(rf"--gin_file=runs/{path.name} --gin_file=slices/\w+\.gin", text), \
+        "the launch command in the header names another file, or no slice"
+    sl = slice_of(case)
     assert r.topology == {"v4": "v4:2x4x4", "v5p": "v5p:2x4x4"}[sl.generation]  # 32 chips: v4-64 / v5p-64
     assert math.prod(int(n) for n in r.topology.split(":")[1].split("x")) == sl.chips
     if "stage2" in path.stem:
@@ -129,14 +143,14 @@ def test_pod_run_follows_the_paper(path):
         assert r.train.init_from is None
 
 
-STAGED = [p for p in RUNS if "--gin.STAGE" in p.read_text()]
+STAGED = [case for case in RUNS if "--gin.STAGE" in case[0].read_text()]
 
 
-@pytest.mark.parametrize("path", STAGED, ids=ids(STAGED))
-def test_later_stages_require_the_previous_run(path):
-    macro = re.search(r"--gin\.(STAGE\d_MODEL_DIR)", path.read_text()).group(1)
+@pytest.mark.parametrize("case", STAGED, ids=ids(STAGED))
+def test_later_stages_require_the_previous_run(case):
+    macro = re.search(r"--gin\.(STAGE\d_MODEL_DIR)", case[0].read_text()).group(1)
     with pytest.raises(config.ConfigError, match=macro):  # at parse time, before any work
-        config.parse([str(path)])
+        config.parse([str(p) for p in case])
 
 
 @functools.lru_cache(maxsize=None)
@@ -145,9 +159,9 @@ def abstract_state(cfg: model.ModelConfig):
     return nnx.split(model.abstract_model(cfg))[1]
 
 
-@pytest.mark.parametrize("path", RUNS, ids=ids(RUNS))
-def test_model_builds_abstractly_and_shards_over_the_slice(path):
-    r, sl = resolve(path), slice_of(path)
+@pytest.mark.parametrize("case", RUNS, ids=ids(RUNS))
+def test_model_builds_abstractly_and_shards_over_the_slice(case):
+    r, sl = resolve(case), slice_of(case)
     state = abstract_state(r.model)
     leaves = jax.tree.leaves(state)
     params = sum(math.prod(x.shape) for x in leaves)
@@ -175,9 +189,9 @@ def needed_kinds(objective) -> set[str]:
     return kinds
 
 
-@pytest.mark.parametrize("path", RUNS, ids=ids(RUNS))
-def test_mixture_fits_objectives_and_mesh(path):
-    r, sl = resolve(path), slice_of(path)
+@pytest.mark.parametrize("case", RUNS, ids=ids(RUNS))
+def test_mixture_fits_objectives_and_mesh(case):
+    r, sl, path = resolve(case), slice_of(case), case[0]
     mixture = r.stream.mixture
     children = converter.kind_children(mixture)  # raises when the mixture is not registered
     converter.all_tasks(mixture)  # raises unless every task shares one output-feature schema
@@ -240,25 +254,25 @@ def _distinct_streams():
     """One pod run per distinct (mixture, row lengths): the stream check needs no more. A run that does not resolve
     is kept (its test then fails with the gin error) rather than breaking collection."""
     seen, out = set(), []
-    for path in POD_RUNS:
+    for case in POD_RUNS:
         try:
-            s = resolve(path).stream
+            s = resolve(case).stream
             key = (s.mixture, s.speech_frames, s.text_tokens, s.paired_frames, s.paired_tokens)
         except Exception:  # noqa: BLE001  (reported by the test itself)
-            key = path
+            key = case
         if key not in seen:
             seen.add(key)
-            out.append(path)
+            out.append(case)
     return out
 
 
 STREAM_RUNS = _distinct_streams()
 
 
-@pytest.mark.parametrize("path", STREAM_RUNS, ids=ids(STREAM_RUNS))
-def test_stream_yields_a_batch_from_mocked_data(path, libri_light_folder):
+@pytest.mark.parametrize("case", STREAM_RUNS, ids=ids(STREAM_RUNS))
+def test_stream_yields_a_batch_from_mocked_data(case, libri_light_folder):
     import tensorflow_datasets as tfds
-    r = resolve(path)
+    r = resolve(case)
     full = converter.kind_batch_sizes(r.stream.mixture, r.stream.batch_size)
     scale = math.gcd(*full.values())
     # The mocked sentences are lowercase, the test vocabulary (the mini corpus') uppercase: UNK pieces are expected.

@@ -1,9 +1,9 @@
 """`slam-aot`: compiles a run's train step ahead of time for a TPU topology, on any machine (no TPU needed).
 
-    slam-aot --gin_file=runs/slam_600m_stage1_v5p_64.gin [--topology=v5p:2x4x4] [--gin.NAME=VALUE ...] [--json]
+    slam-aot --gin_file=runs/slam_600m_stage1.gin --gin_file=slices/v5p_64.gin [--topology=v5p:2x4x4] [--gin.NAME=VALUE ...] [--json]
 
 Prints per-chip memory against HBM, FLOPs and compile time (`slam_jax/aot.py`); exits 1 when the step does not fit
-in HBM. The topology defaults to the gin `TOPOLOGY` macro of the run file.
+in HBM. The topology defaults to the gin `TOPOLOGY` macro of the slice file (gin/slices/).
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _human(r: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args, files, bindings = common.parse_gin_args(parser, argv, example_gin_file="runs/slam_600m_stage1_v5p_64.gin")
+    args, files, bindings = common.parse_gin_args(parser, argv, example_gin_file="runs/slam_600m_stage1.gin --gin_file=slices/v5p_64.gin")
     from slam_jax import aot
     reports: list[dict[str, Any]] = []
 
