@@ -116,7 +116,7 @@ def compile_run(topology: str) -> dict[str, Any]:
     """Compiles the gin-configured run's train step for `topology`; returns the report (see module docstring).
     A fine-tuning config (one binding `FinetuneConfig.task`) compiles slam-finetune's step: the task's model and
     loss over `StreamConfig.batch_size` paired rows; its model FLOPs are not modelled (None)."""
-    from slam_jax.data import converter
+    from slam_jax.data import mixtures
     devices = topology_devices(topology)
     model_cfg, objective_cfg = config.ModelConfig(), config.ObjectiveConfig()
     stream_cfg, mesh_cfg = config.StreamConfig(), config.MeshConfig()
@@ -127,7 +127,7 @@ def compile_run(topology: str) -> dict[str, Any]:
         trainer = Trainer.for_pretraining(model_cfg=model_cfg, objective_cfg=objective_cfg,
                                           optimizer_cfg=config.OptimizerConfig(), mesh_cfg=mesh_cfg,
                                           train_cfg=TrainConfig(), devices=devices)
-        rows = converter.kind_batch_sizes(stream_cfg.mixture, stream_cfg.batch_size, hosts)
+        rows = mixtures.kind_batch_sizes(stream_cfg.mixture, stream_cfg.batch_size, hosts)
     else:
         from slam_jax.finetune import run as finetune_run
         trainer = finetune_run.make_trainer(task, config.OptimizerConfig(), mesh_cfg, TrainConfig(), devices)

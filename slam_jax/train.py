@@ -59,8 +59,8 @@ def check_vocabulary(mixture: str, vocab_size: int) -> str:
     """The SentencePiece model file of `mixture`'s text feature; raises ConfigError unless its size is exactly
     `ModelConfig.vocab_size` (a smaller model leaves embedding rows that never train, a larger one yields ids
     past the embedding table)."""
-    from slam_jax.data import converter
-    vocabulary = converter.vocabulary_for(mixture)
+    from slam_jax.data import mixtures
+    vocabulary = mixtures.vocabulary_for(mixture)
     path = getattr(vocabulary, "sentencepiece_model_file", type(vocabulary).__name__)
     try:
         size = vocabulary.vocab_size

@@ -7,7 +7,7 @@ import pytest
 
 import seqio
 import tasks  # noqa: F401
-from slam_jax.data import converter, schema
+from slam_jax.data import converter, mixtures, schema
 
 SMALL = converter.StreamConfig("mini_slam", batch_size=8, speech_frames=256, text_tokens=64, paired_frames=256,
                                paired_tokens=32, seed=1)
@@ -65,13 +65,13 @@ def test_batches_follow_the_schema_contract(small):
 
 
 def test_kind_batch_sizes_from_rates():
-    assert converter.kind_batch_sizes("mini_slam", 16) == {"speech": 8, "text": 4, "paired": 4}
-    assert converter.kind_batch_sizes("mini_slam", 7) == {"speech": 3, "text": 2, "paired": 2}  # largest remainder
-    assert converter.kind_batch_sizes("slam_libri", 10496) == {"speech": 2048, "text": 8192, "paired": 256}
+    assert mixtures.kind_batch_sizes("mini_slam", 16) == {"speech": 8, "text": 4, "paired": 4}
+    assert mixtures.kind_batch_sizes("mini_slam", 7) == {"speech": 3, "text": 2, "paired": 2}  # largest remainder
+    assert mixtures.kind_batch_sizes("slam_libri", 10496) == {"speech": 2048, "text": 8192, "paired": 256}
     with pytest.raises(ValueError, match="no row"):
-        converter.kind_batch_sizes("mini_slam", 2)
+        mixtures.kind_batch_sizes("mini_slam", 2)
     with pytest.raises(ValueError, match="do not split over 2 hosts"):
-        converter.kind_batch_sizes("mini_slam", 7, num_shards=2)
+        mixtures.kind_batch_sizes("mini_slam", 7, num_shards=2)
 
 
 def test_task_rates_within_a_kind_match_the_mixture():
@@ -128,7 +128,7 @@ def test_state_of_another_stream_is_refused(small):
 
 
 def test_vocabulary_and_unknown_mixture():
-    assert converter.vocabulary_for("mini_slam").vocab_size == 512
+    assert mixtures.vocabulary_for("mini_slam").vocab_size == 512
     with pytest.raises(ValueError, match="no seqio mixture or task named 'nope'"):
         converter.make_stream(converter.StreamConfig("nope"))
 

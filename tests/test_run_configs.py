@@ -28,7 +28,7 @@ import pytest
 
 import tasks  # noqa: F401  (registers the seqio tasks and mixtures)
 from slam_jax import config, model, partitioning
-from slam_jax.data import converter, schema, sources
+from slam_jax.data import converter, mixtures, schema, sources
 from slam_jax.trainer import TrainConfig
 
 GIN_DIR = Path(config.GIN_DIR)
@@ -193,12 +193,12 @@ def needed_kinds(objective) -> set[str]:
 def test_mixture_fits_objectives_and_mesh(case):
     r, sl, path = resolve(case), slice_of(case), case[0]
     mixture = r.stream.mixture
-    children = converter.kind_children(mixture)  # raises when the mixture is not registered
-    converter.all_tasks(mixture)  # raises unless every task shares one output-feature schema
+    children = mixtures.kind_children(mixture)  # raises when the mixture is not registered
+    mixtures.all_tasks(mixture)  # raises unless every task shares one output-feature schema
     assert set(children) == needed_kinds(r.objective), (
         f"{path.name}: mixture {mixture!r} yields {sorted(children)} but the objectives use "
         f"{sorted(needed_kinds(r.objective))}")
-    rows = converter.kind_batch_sizes(mixture, r.stream.batch_size, num_shards=sl.hosts)
+    rows = mixtures.kind_batch_sizes(mixture, r.stream.batch_size, num_shards=sl.hosts)
     data, fsdp, _ = r.mesh.shape(sl.chips)
     assert all(n % (data * fsdp) == 0 for n in rows.values()), (rows, data, fsdp)
     if path.stem != "cpu_smoke":
@@ -273,7 +273,7 @@ STREAM_RUNS = _distinct_streams()
 def test_stream_yields_a_batch_from_mocked_data(case, libri_light_folder):
     import tensorflow_datasets as tfds
     r = resolve(case)
-    full = converter.kind_batch_sizes(r.stream.mixture, r.stream.batch_size)
+    full = mixtures.kind_batch_sizes(r.stream.mixture, r.stream.batch_size)
     scale = math.gcd(*full.values())
     # The mocked sentences are lowercase, the test vocabulary (the mini corpus') uppercase: UNK pieces are expected.
     small = dataclasses.replace(r.stream, batch_size=r.stream.batch_size // scale, on_error="raise", pack_bins=2,

@@ -27,9 +27,9 @@ def _examples(name, split="train", shard=None, shuffle=False, seed=0, lengths=LE
 
 
 def test_registration_touches_no_data(tmp_path):
-    code = ("import tasks; from slam_jax.data import converter, sources; "
+    code = ("import tasks; from slam_jax.data import mixtures, sources; "
             "print([sources.kind_of(n) for n in ('librispeech_paired', 'librilight_large', 'c4_en')]); "
-            "print(converter.kind_batch_sizes('slam_libri', 42))")
+            "print(mixtures.kind_batch_sizes('slam_libri', 42))")
     env = {"SLAM_LIBRILIGHT_DIR": str(tmp_path / "does_not_exist"), "TFDS_DATA_DIR": str(tmp_path / "no_tfds"),
            "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)

@@ -8,15 +8,7 @@ How it works (all of it one tf.data pipeline, so the iterator state is a tf.data
    kind, seqio's sampling honours the tasks' rates. All tasks must share one output-feature schema (checked at start).
 2. Each host reads its shard of every task (`seqio.ShardInfo(shard_index, num_shards)`) and yields its share of
    rows, `kind_batch_sizes[kind] // num_shards`.
-3. Rows per kind:
-   - text: greedy first-fit packing of several sentences per row into `pack_bins` open rows, with segment ids
-     (1, 2, ...) and positions; sentences longer than the row are truncated (seqio's trim).
-   - speech: the same packing for log-mel utterances (random-cropped to `speech_frames` by the task), each cut to
-     a multiple of `schema.SPEECH_ALIGN` frames (<= 30 ms dropped) so every segment starts at a multiple of it and
-     padding sits only at the end of the row.
-   - paired: one (utterance, transcript) per row, padded; a pair longer than `paired_frames` / `paired_tokens` is
-     not cut (that would break the alignment) but skipped and counted as `too_long`. With `paired_source_tokens`
-     the rows also carry the pair's source transcript (speech translation), under the same rule.
+3. Rows per kind (packing.py): packed speech and text rows with segment ids, one pair per paired row.
 4. Bad examples arrive with `error` set (see sources). `on_error="raise"` raises `DataError` naming the file and
    the problem; `"skip"` drops them and counts them per task (`stats()["skipped"]`, with the first messages).
 
@@ -42,7 +34,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from slam_jax.data import schema, sources
+from slam_jax.data import mixtures, packing, schema, sources
 
 MAX_MESSAGES = 20
 _LIVE_STREAMS: "weakref.WeakSet[OneStream]" = weakref.WeakSet()
@@ -108,67 +100,6 @@ class StreamConfig:
     max_unk_fraction: float = 0.05
 
 
-# ------------------------------------------------------------------------------------------ mixture structure
-def kind_children(mixture: str) -> dict[str, list[tuple[str, float]]]:
-    """{kind: [(task or kind-mixture name, rate)]} of a registered top-level mixture (or a single task)."""
-    if mixture in seqio.TaskRegistry.names():
-        return {sources.kind_of(mixture): [(mixture, 1.0)]}
-    if mixture not in seqio.MixtureRegistry.names():
-        raise ValueError(f"no seqio mixture or task named {mixture!r}; did you `import tasks`? "
-                         f"registered mixtures: {sorted(seqio.MixtureRegistry.names())}")
-    out: dict[str, list[tuple[str, float]]] = {}
-    for name, rate in seqio.get_mixture_or_task(mixture).rate_per_task_name.items():
-        if callable(rate):
-            raise ValueError(f"mixture {mixture!r}: the rate of {name!r} must be a number, got a function")
-        if float(rate) > 0:
-            out.setdefault(sources.kind_of(name), []).append((name, float(rate)))
-    return out
-
-
-def kind_tasks(children: Sequence[tuple[str, float]]) -> list[seqio.Task]:
-    """Every task under the given children, sorted by name."""
-    tasks: set[seqio.Task] = set()
-    for name, _ in children:
-        provider = seqio.get_mixture_or_task(name)
-        tasks.update(provider.tasks if isinstance(provider, seqio.Mixture) else [provider])
-    return sorted(tasks, key=lambda t: t.name)
-
-
-def all_tasks(mixture: str) -> list[seqio.Task]:
-    """Every task of the mixture, validated to share one output-feature schema (`sources.check_compatible`)."""
-    tasks = sorted({t for children in kind_children(mixture).values() for t in kind_tasks(children)},
-                   key=lambda t: t.name)
-    sources.check_compatible(tasks)
-    return tasks
-
-
-def vocabulary_for(mixture: str, feature: str = "text") -> seqio.Vocabulary:
-    """The vocabulary of `feature` ("text", or "source_text": a translation pair's transcript) that every task of
-    `mixture` shares (size: `.vocab_size`)."""
-    return all_tasks(mixture)[0].output_features[feature].vocabulary
-
-
-def kind_batch_sizes(mixture: str, batch_size: int, num_shards: int = 1) -> dict[str, int]:
-    """Global rows per kind: the top-level rates times `batch_size`, rounded by largest remainder.
-
-    Raises ValueError when a kind with a positive rate gets no row, or a kind's rows do not split over the hosts.
-    """
-    rates = {k: sum(r for _, r in c) for k, c in kind_children(mixture).items()}
-    total = sum(rates.values())
-    exact = {k: batch_size * r / total for k, r in rates.items()}
-    rows = {k: int(np.floor(v)) for k, v in exact.items()}
-    for k in sorted(exact, key=lambda k: (rows[k] - exact[k], k))[:batch_size - sum(rows.values())]:
-        rows[k] += 1
-    for k, n in rows.items():
-        if n == 0:
-            raise ValueError(f"mixture {mixture!r}: kind {k!r} has rate {rates[k]:g} of {total:g} but batch_size "
-                             f"{batch_size} gives it no row; raise batch_size")
-        if n % num_shards:
-            raise ValueError(f"mixture {mixture!r}: kind {k!r} gets {n} of {batch_size} global rows, which do not "
-                             f"split over {num_shards} hosts; choose batch_size so every kind's rows divide")
-    return {k: rows[k] for k in schema.KINDS if k in rows}
-
-
 # --------------------------------------------------------------------------------------------- example streams
 def _kind_examples(kind: str, children: Sequence[tuple[str, float]], config: StreamConfig,
                    shard: Optional[seqio.ShardInfo], finite: bool, seed: int) -> tf.data.Dataset:
@@ -180,7 +111,7 @@ def _kind_examples(kind: str, children: Sequence[tuple[str, float]], config: Str
                 shard_info=shard, trim_output_features=kind != "paired", try_in_mem_cache=False)
     keys = list(sources.output_features(seqio.PassThroughVocabulary(0)))
     if finite:
-        tasks = [t for t in kind_tasks(children) if config.split in t.splits]
+        tasks = [t for t in mixtures.kind_tasks(children) if config.split in t.splits]
         datasets = [t.get_dataset(num_epochs=1, **args) for t in tasks]
         ds = datasets[0]
         for other in datasets[1:]:
@@ -200,33 +131,6 @@ def _kind_examples(kind: str, children: Sequence[tuple[str, float]], config: Str
     if len(datasets) == 1:
         return datasets[0]
     return tf.data.Dataset.sample_from_datasets(datasets, rates, seed=seed, stop_on_empty_dataset=True)
-
-
-class LiveCounts:
-    """Bad and too-long examples of one kind per task, counted the moment the pipeline drops them (the `_skipped` /
-    `_too_long` batch fields only arrive with the next emitted row, which never comes when every example is dropped):
-    what `OneStream.stall_report` shows when no batch arrives."""
-
-    def __init__(self, task_names: Sequence[str]):
-        self.task_names = list(task_names)
-        self.skipped = np.zeros(len(task_names), np.int64)
-        self.too_long = np.zeros(len(task_names), np.int64)
-        self.longest = np.zeros((len(task_names), 2), np.int64)  # the longest too-long example: frames, tokens
-
-    def count_if(self, field: str, condition: tf.Tensor, task: tf.Tensor,
-                 size: tf.Tensor | None = None) -> tf.Tensor:
-        """A tensor to depend on that, when `condition` holds, adds one to `field` of `task` in Python (and records
-        `size` = [frames, tokens] of a too-long example in `longest`)."""
-        counts = getattr(self, field)
-
-        def bump(task, size) -> np.bool_:
-            counts[int(task)] += 1
-            self.longest[int(task)] = np.maximum(self.longest[int(task)], size)
-            return np.bool_(True)
-
-        size = tf.zeros([2], tf.int32) if size is None else tf.cast(size, tf.int32)
-        return tf.cond(condition, lambda: tf.numpy_function(bump, [task, size], tf.bool, stateful=True),
-                       lambda: tf.constant(True))
 
 
 def _flag_unk(unk_id: int | None, max_fraction: float):
@@ -264,153 +168,13 @@ def _check_or_pass(on_error: str):
     return fn
 
 
-def _pack(ds: tf.data.Dataset, *, length: int, tail: Sequence[int], dtype: tf.DType, align: int, bins: int,
-          num_tasks: int, flush: bool) -> tf.data.Dataset:
-    """Greedy first-fit packing of variable-length values into rows, as one `tf.data.Dataset.scan`.
-
-    Input elements: {"value": dtype [n, *tail], "task": int32 [], "error": string [], "id": string [],
-    "flush": bool []}. A value is cut to a multiple of `align` (speech: at most 3 trailing frames, 30 ms), so every
-    segment starts at a multiple of `align` and padding sits only at the end of the row. `bins` rows stay open; a
-    value goes into the first open row with room; when none has room, the fullest row is emitted and replaced. Flush elements (appended to
-    finite streams) emit the fullest non-empty row. Errors are not packed: they are counted per task and reported
-    with the next emitted row.
-    Output rows: {"value": [length, *tail], "segment_ids": int32 [length], "positions": int32 [length],
-    "_task_counts": int32 [num_tasks], "_skipped": int32 [num_tasks], "_message": string []}.
-    """
-    tail = list(tail)
-    zero_bin = {"value": tf.zeros([length] + tail, dtype), "segment_ids": tf.zeros([length], tf.int32),
-                "positions": tf.zeros([length], tf.int32), "_task_counts": tf.zeros([num_tasks], tf.int32)}
-    state0 = {
-        "bins": {k: tf.zeros([bins] + v.shape.as_list(), v.dtype) for k, v in zero_bin.items()},
-        "fill": tf.zeros([bins], tf.int32), "nseg": tf.zeros([bins], tf.int32),
-        "skipped": tf.zeros([num_tasks], tf.int32), "message": tf.constant(""),
-    }
-
-    def step(state, el):
-        n = tf.minimum(tf.shape(el["value"])[0], length) // align * align
-        value = el["value"][:n]
-        is_error = tf.strings.length(el["error"]) > 0
-        empty = tf.logical_and(tf.logical_not(is_error), tf.logical_and(tf.logical_not(el["flush"]), n == 0))
-        skip = tf.logical_or(is_error, empty)
-        message = tf.where(is_error, el["error"], tf.strings.join([el["id"], f": fewer than {align} frames/tokens"]))
-        skipped = state["skipped"] + tf.one_hot(el["task"], num_tasks, dtype=tf.int32) * tf.cast(skip, tf.int32)
-        last_message = tf.where(skip, message, state["message"])
-        good = tf.logical_not(tf.logical_or(skip, el["flush"]))
-        fill, nseg = state["fill"], state["nseg"]
-        fits = fill + n <= length
-        any_fit = tf.reduce_any(fits)
-        fullest = tf.cast(tf.argmax(fill), tf.int32)
-        emit = tf.logical_or(
-            tf.logical_and(good, tf.logical_not(any_fit)),
-            tf.logical_and(el["flush"], tf.logical_or(tf.reduce_any(fill > 0), tf.reduce_sum(skipped) > 0)))
-        row = {k: v[fullest] for k, v in state["bins"].items()}
-        row["_skipped"] = skipped
-        row["_message"] = last_message
-        row["valid"] = emit
-
-        def clear():
-            new = {k: tf.tensor_scatter_nd_update(v, [[fullest]], zero_bin[k][None]) for k, v in state["bins"].items()}
-            return (new, tf.tensor_scatter_nd_update(fill, [[fullest]], [0]),
-                    tf.tensor_scatter_nd_update(nseg, [[fullest]], [0]))
-
-        b, fill, nseg = tf.cond(emit, clear, lambda: (state["bins"], fill, nseg))
-        target = tf.where(any_fit, tf.cast(tf.argmax(tf.cast(fits, tf.int32)), tf.int32), fullest)
-
-        def insert():
-            start = fill[target]
-            idx = tf.stack([tf.fill([n], target), start + tf.range(n)], axis=1)
-            new = {
-                "value": tf.tensor_scatter_nd_update(b["value"], idx, value),
-                "segment_ids": tf.tensor_scatter_nd_update(b["segment_ids"], idx, tf.fill([n], nseg[target] + 1)),
-                "positions": tf.tensor_scatter_nd_update(b["positions"], idx, tf.range(n)),
-                "_task_counts": tf.tensor_scatter_nd_add(b["_task_counts"], [[target, el["task"]]], [1]),
-            }
-            end = start + n
-            return (new, tf.tensor_scatter_nd_update(fill, [[target]], [end]),
-                    tf.tensor_scatter_nd_add(nseg, [[target]], [1]))
-
-        b, fill, nseg = tf.cond(good, insert, lambda: (b, fill, nseg))
-        keep = tf.logical_not(emit)
-        new_state = {"bins": b, "fill": fill, "nseg": nseg,
-                     "skipped": skipped * tf.cast(keep, tf.int32), "message": tf.where(emit, "", last_message)}
-        return new_state, row
-
-    if flush:
-        flusher = tf.data.Dataset.from_tensors({
-            "value": tf.zeros([0] + tail, dtype), "task": tf.constant(0), "error": tf.constant(""),
-            "id": tf.constant(""), "flush": tf.constant(True)}).repeat(bins + 1)
-        ds = ds.concatenate(flusher)
-    rows = ds.scan(state0, step).filter(lambda r: r["valid"])
-    return rows.map(lambda r: {k: v for k, v in r.items() if k != "valid"})
-
-
-def _pair_rows(ds: tf.data.Dataset, *, frames: int, tokens: int, source_tokens: int, num_tasks: int,
-               flush: bool, live: LiveCounts | None = None) -> tf.data.Dataset:
-    """One (utterance, transcript) per row, zero-padded; errors and too-long pairs are counted, not emitted.
-
-    With `flush` (finite streams) a last all-padding row carries the counts of trailing skipped pairs.
-
-    Output rows: {"features": float32 [frames, 80], "segment_ids": int32 [frames], "tokens": int32 [tokens],
-    "token_segment_ids": int32 [tokens], "_task_counts", "_skipped", "_too_long": int32 [num_tasks], "_message"}, and
-    with `source_tokens` > 0 "source_tokens" / "source_token_segment_ids": int32 [source_tokens].
-    """
-    state0 = {"skipped": tf.zeros([num_tasks], tf.int32), "too_long": tf.zeros([num_tasks], tf.int32),
-              "message": tf.constant("")}
-
-    def padded(values: tf.Tensor, length: int) -> tuple[tf.Tensor, tf.Tensor]:
-        n = tf.minimum(tf.shape(values)[0], length)
-        return (tf.ensure_shape(tf.pad(values[:length], [[0, length - n]]), [length]),
-                tf.ensure_shape(tf.pad(tf.ones([n], tf.int32), [[0, length - n]]), [length]))
-
-    def step(state, ex):
-        speech, text = ex["speech"], ex["text"]
-        n, m = tf.shape(speech)[0], tf.shape(text)[0]
-        is_flush = ex["flush"]
-        onehot = tf.one_hot(ex["task"], num_tasks, dtype=tf.int32) * (1 - tf.cast(is_flush, tf.int32))
-        is_error = tf.strings.length(ex["error"]) > 0
-        longer = tf.logical_or(n > frames, m > tokens)
-        if source_tokens:
-            longer = tf.logical_or(longer, tf.shape(ex["source_text"])[0] > source_tokens)
-        too_long = tf.logical_and(tf.logical_not(is_error), longer)
-        if live is not None:
-            with tf.control_dependencies([live.count_if("too_long", too_long, ex["task"], tf.stack([n, m]))]):
-                too_long = tf.identity(too_long)
-        skipped = state["skipped"] + onehot * tf.cast(is_error, tf.int32)
-        long_count = state["too_long"] + onehot * tf.cast(too_long, tf.int32)
-        message = tf.where(is_error, ex["error"], state["message"])
-        pending = tf.reduce_sum(skipped) + tf.reduce_sum(long_count) > 0
-        emit = tf.where(is_flush, pending, tf.logical_not(tf.logical_or(is_error, too_long)))
-        speech, n = speech[:frames], tf.minimum(n, frames)
-        row = {  # static shapes, so padded batches (eval_stream) can be built from the element spec
-            "features": tf.ensure_shape(tf.pad(speech, [[0, frames - n], [0, 0]]), [frames, schema.NUM_MEL_BINS]),
-            "segment_ids": tf.ensure_shape(tf.pad(tf.ones([n], tf.int32), [[0, frames - n]]), [frames]),
-            "_task_counts": onehot, "_skipped": skipped, "_too_long": long_count, "_message": message,
-            "_id": ex["id"], "valid": emit,
-        }
-        row["tokens"], row["token_segment_ids"] = padded(text, tokens)
-        if source_tokens:
-            row["source_tokens"], row["source_token_segment_ids"] = padded(ex["source_text"], source_tokens)
-        keep = 1 - tf.cast(emit, tf.int32)
-        return {"skipped": skipped * keep, "too_long": long_count * keep,
-                "message": tf.where(emit, "", message)}, row
-
-    ds = ds.map(lambda ex: {**ex, "flush": tf.constant(False)})
-    if flush:
-        ds = ds.concatenate(tf.data.Dataset.from_tensors({
-            "speech": tf.zeros([0, schema.NUM_MEL_BINS]), "text": tf.zeros([0], tf.int32),
-            "source_text": tf.zeros([0], tf.int32), "task": tf.constant(0), "id": tf.constant(""),
-            "error": tf.constant(""), "flush": tf.constant(True)}))
-    rows = ds.scan(state0, step).filter(lambda r: r["valid"])
-    return rows.map(lambda r: {k: v for k, v in r.items() if k != "valid"})
-
-
 def _kind_rows(kind: str, examples: tf.data.Dataset, task_names: Sequence[str], config: StreamConfig,
-               finite: bool, live: LiveCounts) -> tf.data.Dataset:
+               finite: bool, live: packing.LiveCounts) -> tf.data.Dataset:
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(tf.constant(list(task_names)), tf.range(len(task_names))), -1)
     examples = examples.map(lambda ex: {**ex, "task": tf.cast(table.lookup(ex["task"]), tf.int32)})
     if kind in ("text", "paired"):
-        examples = examples.map(_flag_unk(vocabulary_for(config.mixture).unk_id, config.max_unk_fraction))
+        examples = examples.map(_flag_unk(mixtures.vocabulary_for(config.mixture).unk_id, config.max_unk_fraction))
     examples = examples.map(_check_or_pass(config.on_error))
 
     def count_bad(ex):
@@ -419,17 +183,17 @@ def _kind_rows(kind: str, examples: tf.data.Dataset, task_names: Sequence[str], 
 
     examples = examples.map(count_bad)
     if kind == "paired":
-        return _pair_rows(examples, frames=config.paired_frames, tokens=config.paired_tokens,
+        return packing.pair_rows(examples, frames=config.paired_frames, tokens=config.paired_tokens,
                           source_tokens=config.paired_source_tokens, num_tasks=len(task_names), flush=finite,
                           live=live)
     value_key = "speech" if kind == "speech" else "text"
     examples = examples.map(lambda ex: {"value": ex[value_key], "task": ex["task"], "error": ex["error"],
                                         "id": ex["id"], "flush": tf.constant(False)})
     if kind == "speech":
-        rows = _pack(examples, length=config.speech_frames, tail=[schema.NUM_MEL_BINS], dtype=tf.float32,
+        rows = packing.pack(examples, length=config.speech_frames, tail=[schema.NUM_MEL_BINS], dtype=tf.float32,
                      align=schema.SPEECH_ALIGN, bins=config.pack_bins, num_tasks=len(task_names), flush=finite)
         return rows.map(lambda r: {"features": r.pop("value"), **{k: v for k, v in r.items() if k != "positions"}})
-    rows = _pack(examples, length=config.text_tokens, tail=[], dtype=tf.int32, align=1, bins=config.pack_bins,
+    rows = packing.pack(examples, length=config.text_tokens, tail=[], dtype=tf.int32, align=1, bins=config.pack_bins,
                  num_tasks=len(task_names), flush=finite)
     return rows.map(lambda r: {"tokens": r.pop("value"), **r})
 
@@ -443,7 +207,7 @@ class OneStream:
 
     def __init__(self, dataset: tf.data.Dataset, *, config: StreamConfig, kind_batch_sizes: Mapping[str, int],
                  host_batch_sizes: Mapping[str, int], task_names: Mapping[str, Sequence[str]], fingerprint: str,
-                 rates: Mapping[str, Mapping[str, float]], live: Mapping[str, LiveCounts]):
+                 rates: Mapping[str, Mapping[str, float]], live: Mapping[str, packing.LiveCounts]):
         self.config = config
         self.kind_batch_sizes = dict(kind_batch_sizes)
         self.host_batch_sizes = dict(host_batch_sizes)
@@ -598,7 +362,7 @@ class OneStream:
 def _unk_id_of(mixture: str) -> int | None:
     """The UNK id of the mixture's text vocabulary; None when it has none (or no text feature)."""
     try:
-        return vocabulary_for(mixture).unk_id
+        return mixtures.vocabulary_for(mixture).unk_id
     except Exception:  # noqa: BLE001 - a mixture without a SentencePiece text feature: nothing to count
         return None
 
@@ -610,13 +374,13 @@ def _build(config: StreamConfig, shard_index: int, num_shards: int, finite: bool
         raise ValueError(f"speech_frames={config.speech_frames} must be a multiple of {schema.SPEECH_ALIGN}")
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"shard_index {shard_index} not in [0, {num_shards})")
-    all_tasks(config.mixture)  # validates the shared schema up front
-    children = kind_children(config.mixture)
-    global_rows = kind_batch_sizes(config.mixture, config.batch_size, num_shards)
+    mixtures.all_tasks(config.mixture)  # validates the shared schema up front
+    children = mixtures.kind_children(config.mixture)
+    global_rows = mixtures.kind_batch_sizes(config.mixture, config.batch_size, num_shards)
     shard = seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None
     per_kind, host_rows, task_names, rates, live = {}, {}, {}, {}, {}
     for i, kind in enumerate(global_rows):
-        tasks = kind_tasks(children[kind])
+        tasks = mixtures.kind_tasks(children[kind])
         if finite:
             tasks = [t for t in tasks if config.split in t.splits]
             if not tasks:
@@ -626,7 +390,7 @@ def _build(config: StreamConfig, shard_index: int, num_shards: int, finite: bool
         rates[kind] = {t.name: sum(r / total * _rate_within(name, t) for name, r in children[kind])
                        for t in tasks}
         examples = _kind_examples(kind, children[kind], config, shard, finite, seed=config.seed * 7919 + i)
-        live[kind] = LiveCounts(task_names[kind])
+        live[kind] = packing.LiveCounts(task_names[kind])
         rows = _kind_rows(kind, examples, task_names[kind], config, finite, live[kind])
         host_rows[kind] = global_rows[kind] // num_shards
         per_kind[kind] = rows.batch(host_rows[kind], drop_remainder=not finite)

@@ -20,7 +20,7 @@ from typing import Mapping, Optional
 import seqio
 import tensorflow as tf
 
-from slam_jax.data import converter
+from slam_jax.data import converter, packing
 
 TFDS_VERSION = "2.0.0"
 AUTOTUNE = tf.data.AUTOTUNE
@@ -177,7 +177,7 @@ def make_stream(config: converter.StreamConfig, *, shard_index: int = 0, num_sha
                               "finite": finite, "glue": name}, sort_keys=True)
     return GlueStream(ds, config=config, kind_batch_sizes={"text": config.batch_size},
                       host_batch_sizes={"text": rows}, task_names={"text": [name]}, fingerprint=fingerprint,
-                      rates={"text": {name: 1.0}}, live={"text": converter.LiveCounts([name])})
+                      rates={"text": {name: 1.0}}, live={"text": packing.LiveCounts([name])})
 
 
 class GlueStream(converter.OneStream):

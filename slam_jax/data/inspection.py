@@ -65,7 +65,7 @@ def inspect_stream(config, batches: int, show: int = 0, out=sys.stdout, stall_s:
     stream's stats. The mixture must be registered (`slam_jax.config.register_tasks`). A stream that yields no
     batch for `stall_s` seconds says what it produced and dropped (`data.watchdog`): an error under
     `on_error='raise'`, a line every `stall_s` seconds under 'skip' (Ctrl-C ends it)."""
-    from slam_jax.data import converter, watchdog
+    from slam_jax.data import converter, mixtures, watchdog
 
     start = time.perf_counter()
     stream = watchdog.WatchedStream(converter.make_stream(config), stall_s=stall_s,
@@ -110,7 +110,7 @@ def inspect_stream(config, batches: int, show: int = 0, out=sys.stdout, stall_s:
         print(f"throughput: {timed / (end - ready):.2f} batches/s, {examples / (end - ready):.1f} examples/s "
               f"(over {timed} batches after the first)", file=out)
     if show:
-        show_batch(first, converter.vocabulary_for(config.mixture), show, out=out,
-                   source_vocabulary=converter.vocabulary_for(config.mixture, "source_text"))
+        show_batch(first, mixtures.vocabulary_for(config.mixture), show, out=out,
+                   source_vocabulary=mixtures.vocabulary_for(config.mixture, "source_text"))
     stream.close()
     return stats

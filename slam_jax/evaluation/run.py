@@ -16,7 +16,7 @@ import jax
 
 from slam_jax import checkpointing, config, health
 from slam_jax.trainer import TrainConfig, Trainer
-from slam_jax.data import converter
+from slam_jax.data import converter, mixtures
 from slam_jax.evaluation import layer_probes, probes
 from slam_jax.finetune import run as finetune_run
 
@@ -64,7 +64,7 @@ def evaluate_probes(model_dir: str, split: str | None, step: int | None, mixture
     stream_cfg = config.StreamConfig()
     split = split or train_cfg.eval_split
     cfg = dataclasses.replace(stream_cfg, mixture=mixture or stream_cfg.mixture, split=split, shuffle=False)
-    if "paired" not in converter.kind_children(cfg.mixture):
+    if "paired" not in mixtures.kind_children(cfg.mixture):
         raise ValueError(f"mixture {cfg.mixture!r} has no paired data to probe; pass --mixture=<a paired task>")
     stream = converter.eval_stream(cfg, shard_index=jax.process_index(), num_shards=jax.process_count())
     result = probes.alignment_probes(trainer, params, stream)
@@ -100,10 +100,10 @@ def evaluate_layer_probes(model_dir: str, split: str | None, step: int | None, m
     stream_cfg = config.StreamConfig()
     split = split or train_cfg.eval_split
     mixture = mixture or stream_cfg.mixture
-    if "paired" not in converter.kind_children(mixture):
+    if "paired" not in mixtures.kind_children(mixture):
         raise ValueError(f"mixture {mixture!r} has no paired data to probe; pass --mixture=<a paired task>")
     names = layer_probes.layer_names(model_cfg.speech_layers, model_cfg.shared_layers)
-    vocabulary = converter.vocabulary_for(mixture)
+    vocabulary = mixtures.vocabulary_for(mixture)
 
     def features(split_name, seconds):
         cfg = dataclasses.replace(stream_cfg, mixture=mixture, split=split_name, shuffle=False)

@@ -170,12 +170,12 @@ def dropped_examples(stream, split: str, *, strict: bool) -> dict[str, float]:
 def paired_vocabulary(mixture: str, what: str):
     """The text vocabulary of a paired task or mixture (`StreamConfig.mixture`) for the speech task `what`;
     raises ValueError naming the mixture when it holds other kinds."""
-    from slam_jax.data import converter
-    kinds = converter.kind_children(mixture)
+    from slam_jax.data import mixtures
+    kinds = mixtures.kind_children(mixture)
     if set(kinds) != {"paired"}:
         raise ValueError(f"{what} needs a paired task or mixture; StreamConfig.mixture = {mixture!r} has kinds "
                          f"{sorted(kinds)}")
-    return converter.vocabulary_for(mixture)
+    return mixtures.vocabulary_for(mixture)
 
 
 class FinetuneTask(abc.ABC):

@@ -34,7 +34,7 @@ import numpy as np
 import seqio
 from flax import nnx
 
-from slam_jax.data import converter
+from slam_jax.data import converter, mixtures
 from slam_jax.decoding.beam_search import beam_search
 from slam_jax.evaluation import bleu
 from slam_jax.finetune.asr_ctc import BLANK_ID, CtcStream, ctc_labels
@@ -145,7 +145,7 @@ class TranslateTask(FinetuneTask):
             if stream_cfg.paired_source_tokens <= 0:
                 raise ValueError(f"TranslationConfig.ctc_weight = {self.decode_cfg.ctc_weight} needs the source "
                                  "transcripts in the batch: set StreamConfig.paired_source_tokens (their row length)")
-            self.source_vocabulary = converter.vocabulary_for(stream_cfg.mixture, "source_text")
+            self.source_vocabulary = mixtures.vocabulary_for(stream_cfg.mixture, "source_text")
             self.loss_names += ("st/ctc_loss",)
 
     def build_model(self, rngs: nnx.Rngs) -> TranslationModel:
