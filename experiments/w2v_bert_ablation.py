@@ -67,6 +67,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "codebook_normal": ("codebook entries N(0, 1) instead of U[0, 1) (code vectors start apart)",
                         ["ModelConfig.quantizer_codebook_init='normal'"]),
     "speech_layers_4": ("4 speech (contrastive-module) layers instead of 2", ["ModelConfig.speech_layers=4"]),
+    "speech_layers_4+batch_16": ("a deeper contrastive module and twice the speech per step",
+                                 ["ModelConfig.speech_layers=4", "StreamConfig.batch_size=16"]),
     "d_model_256": ("width 256 (FFN 1024) instead of 128", ["ModelConfig.d_model=256", "ModelConfig.ffn_dim=1024"]),
 }
 GATE = {"eval/speech/contrastive_accuracy": 0.4, "eval/speech/mlm_accuracy": 0.2, "eval/speech/top_rank": 10.0}

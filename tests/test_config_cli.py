@@ -17,7 +17,7 @@ import tasks  # noqa: F401
 from slam_jax import config, train
 from slam_jax.cli import common, data as data_cli
 from slam_jax.data import sources
-from train_utils import env, slam_train
+from train_utils import env, in_process, slam_train
 
 MINI_SPM = os.path.join(sources.MINI_CORPUS, "spm.model")
 
@@ -110,8 +110,7 @@ def test_every_command_documents_every_flag_and_the_gin_flags_where_it_takes_the
         assert ("--gin_file=FILE" in text and "--gin.NAME=VALUE" in text) == (name in GIN_COMMANDS), name
         for action in parser._actions:
             assert action.help, f"{name} {action.option_strings or action.dest} has no help text"
-    out = subprocess.run([sys.executable, "-m", "slam_jax.cli.eval", "--help"], env=env(), capture_output=True,
-                         text=True, timeout=120)
+    out = in_process("slam_jax.cli.eval", ["--help"])
     assert out.returncode == 0 and "--gin.NAME=VALUE" in out.stdout, out.stderr
 
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from train_utils import env, slam_finetune
+from train_utils import env, in_process, slam_finetune
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +56,7 @@ def test_slam_transcribe_skips_bad_files_names_them_and_fails(ctc_run, tmp_path)
     (folder / "corrupt.flac").write_bytes(b"this is not audio")
     (folder / "empty.wav").write_bytes(b"")
     out = tmp_path / "out.jsonl"
-    result = subprocess.run([sys.executable, "-m", "slam_jax.cli.transcribe", f"--model_dir={ctc_run}", str(folder),
-                             f"--output={out}"], env=env(1), capture_output=True, text=True, timeout=600)
+    result = in_process("slam_jax.cli.transcribe", [f"--model_dir={ctc_run}", str(folder), f"--output={out}"])
     assert result.returncode == 1, result.stderr
     assert "corrupt.flac" in result.stderr and "empty.wav" in result.stderr and "Traceback" not in result.stderr
     lines = [json.loads(line) for line in out.read_text().splitlines()]
@@ -65,8 +64,7 @@ def test_slam_transcribe_skips_bad_files_names_them_and_fails(ctc_run, tmp_path)
     want = {os.path.basename(r[0]): (r[2] if len(r) > 2 else "") for r in rows[:3]}
     assert all(x["text"] == want[os.path.basename(x["path"])] for x in lines)
 
-    missing = subprocess.run([sys.executable, "-m", "slam_jax.cli.transcribe", f"--model_dir={tmp_path}",
-                              str(folder)], env=env(1), capture_output=True, text=True, timeout=600)
+    missing = in_process("slam_jax.cli.transcribe", [f"--model_dir={tmp_path}", str(folder)])
     assert missing.returncode == 2 and "config.gin does not exist" in missing.stderr
     assert "Traceback" not in missing.stderr
 
@@ -74,8 +72,7 @@ def test_slam_transcribe_skips_bad_files_names_them_and_fails(ctc_run, tmp_path)
 def test_export_loads_without_orbax_or_gin_and_transcribes_the_same(ctc_run, tmp_path):
     rows = _eval_rows(ctc_run)[:6]
     out = tmp_path / "export"
-    result = subprocess.run([sys.executable, "-m", "slam_jax.cli.export", f"--model_dir={ctc_run}", f"--output_dir={out}"],
-                            env=env(1), capture_output=True, text=True, timeout=600)
+    result = in_process("slam_jax.cli.export", [f"--model_dir={ctc_run}", f"--output_dir={out}"])
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "params.safetensors", "vocabulary.model"]
     script = (

@@ -172,7 +172,10 @@ TOO_LONG = ["--gin.StreamConfig.paired_frames=64", "--gin.TrainConfig.data_stall
 
 def test_an_all_too_long_stream_fails_clearly_under_raise(tmp_path):
     started = time.time()
-    result = slam_train(tmp_path / "run", "--gin.TRAIN_STEPS=3", *TOO_LONG, check=False, timeout=300)
+    # A process of its own: the stalled tf.data worker makes the command end with os._exit (see
+    # cli.common.exit_after_blocked_workers), which would end this test process too.
+    result = slam_train(tmp_path / "run", "--gin.TRAIN_STEPS=3", *TOO_LONG, check=False, timeout=300,
+                        subprocess_=True)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "kind 'paired' has produced no example" in result.stderr and "too long for" in result.stderr
     assert "StreamConfig.paired_frames=64" in result.stderr and "Traceback" not in result.stderr

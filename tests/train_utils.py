@@ -1,7 +1,18 @@
-"""Helpers to run `slam-train` in a subprocess with small, fast settings on the bundled mini corpus."""
+"""Helpers to run the slam-* commands with small, fast settings on the bundled mini corpus.
+
+A command runs in this test process (its `main(argv)`: same argument parsing, exit code, stdout and stderr lines) unless
+it needs a process of its own: a signal, several fake devices, a concurrent second run, or output that only a fresh
+process shows (TensorFlow's C++ start-up lines, absl's logs). A subprocess pays ~15 s of imports (TensorFlow, seqio,
+orbax) and its own traces before any work; a test file of ten short runs pays it ten times.
+"""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import importlib
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -50,16 +61,73 @@ def env(devices: int = 1) -> dict[str, str]:
     return e
 
 
-def slam_train(model_dir, *args: str, devices: int = 1, check: bool = True, timeout: int = 900,
-               popen: bool = False):
-    """Runs slam-train to completion (or, with popen=True, returns the running process)."""
-    cmd = [sys.executable, "-m", "slam_jax.cli.train", f"--model_dir={model_dir}", *SMALL, *args]
-    if popen:
-        return subprocess.Popen(cmd, env=env(devices), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    result = subprocess.run(cmd, env=env(devices), capture_output=True, text=True, timeout=timeout)
+# The persistent compilation cache of the subprocesses above, for the commands run in this process too (read when JAX
+# is first imported, which conftest.py's import of this module precedes).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", env()["JAX_COMPILATION_CACHE_DIR"])
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+
+@dataclasses.dataclass
+class Completed:
+    """What a command left: its exit code and output (the fields tests read of `subprocess.CompletedProcess`)."""
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def in_process(module: str, args: list[str]) -> Completed:
+    """Runs `python -m module *args` as `module.main(args)` in this process.
+
+    stdout and stderr are captured, Python logging at WARNING goes to the captured stderr in the commands' own format
+    (what `logging.basicConfig` gives a fresh process), and what a run leaves behind in the process is undone: the
+    parsed gin configuration and the environment variables it set.
+    """
+    main = importlib.import_module(module).main
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    saved_env, saved_level = dict(os.environ), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as e:  # argparse: --help exits 0, a bad flag 2
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        import gin
+        gin.clear_config()
+        root.removeHandler(handler)
+        root.setLevel(saved_level)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return Completed([module, *args], code, out.getvalue(), err.getvalue())
+
+
+def _run(module: str, args: list[str], check: bool, timeout: int, devices: int = 1, subprocess_: bool = False):
+    """Runs a slam-* command: in this process (see the module docstring) unless `devices` > 1 or `subprocess_`."""
+    if devices == 1 and not subprocess_:
+        result = in_process(module, args)
+    else:
+        result = subprocess.run([sys.executable, "-m", module, *args], env=env(devices), capture_output=True,
+                                text=True, timeout=timeout)
     if check and result.returncode != 0:
-        raise AssertionError(f"slam-train failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        raise AssertionError(f"{module} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def slam_train(model_dir, *args: str, devices: int = 1, check: bool = True, timeout: int = 900,
+               popen: bool = False, subprocess_: bool = False):
+    """Runs slam-train to completion (or, with popen=True, returns the running process)."""
+    argv = [f"--model_dir={model_dir}", *SMALL, *args]
+    if popen:
+        return subprocess.Popen([sys.executable, "-m", "slam_jax.cli.train", *argv], env=env(devices),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return _run("slam_jax.cli.train", argv, check, timeout, devices, subprocess_)
 
 
 def read_metrics(model_dir) -> list[dict]:
@@ -79,14 +147,6 @@ FINETUNE_SMALL = [
     "--gin.TrainConfig.eval_every=0",
     "--gin.TrainConfig.async_checkpointing=False",
 ]
-
-
-def _run(module: str, args: list[str], check: bool, timeout: int, devices: int = 1):
-    result = subprocess.run([sys.executable, "-m", module, *args], env=env(devices), capture_output=True, text=True,
-                            timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{module} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
 
 
 def slam_finetune(model_dir, *args: str, check: bool = True, timeout: int = 900):

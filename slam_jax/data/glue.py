@@ -141,6 +141,7 @@ def _dataset(task: seqio.Task, split: str, seed: int, shard: Optional[seqio.Shar
             f"time ({e})") from None
 
 
+@converter.without_autograph
 def make_stream(config: converter.StreamConfig, *, shard_index: int = 0, num_shards: int = 1,
                 finite: bool = False) -> converter.OneStream:
     """Batches of one GLUE seqio task (`config.mixture`) as the converter's "text" kind plus "labels":
