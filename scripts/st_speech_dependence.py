@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config.parse([os.path.join(args.model_dir, "config.gin")], [])
     config.register_tasks()
-    task = finetune_run.make_task(config.ModelConfig(), config.FinetuneConfig(), config.StreamConfig())
+    task = finetune_run.make_task(config.ModelConfig(), finetune_run.FinetuneConfig(), config.StreamConfig())
     if task.name != "translate":
         raise SystemExit(f"{args.model_dir} is a {task.name!r} run, not a speech-translation run")
     trainer = finetune_run.make_trainer(task, config.OptimizerConfig(), config.MeshConfig(), TrainConfig())

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from slam_jax import config, flops, partitioning
+from slam_jax.finetune import run as finetune_run  # registers the fine-tuning configurables
 from slam_jax.trainer import TrainConfig, Trainer
 from slam_jax.data import schema
 
@@ -108,8 +109,7 @@ def _finetune_task():
         gin.query_parameter("FinetuneConfig.task")
     except ValueError:
         return None
-    from slam_jax.finetune import run as finetune_run
-    return finetune_run.make_task(config.ModelConfig(), config.FinetuneConfig(), config.StreamConfig())
+    return finetune_run.make_task(config.ModelConfig(), finetune_run.FinetuneConfig(), config.StreamConfig())
 
 
 def compile_run(topology: str) -> dict[str, Any]:
@@ -129,7 +129,6 @@ def compile_run(topology: str) -> dict[str, Any]:
                                           train_cfg=TrainConfig(), devices=devices)
         rows = mixtures.kind_batch_sizes(stream_cfg.mixture, stream_cfg.batch_size, hosts)
     else:
-        from slam_jax.finetune import run as finetune_run
         trainer = finetune_run.make_trainer(task, config.OptimizerConfig(), mesh_cfg, TrainConfig(), devices)
         rows = {"paired": stream_cfg.batch_size}
     partitioning.check_batch_sizes({k: v for k, v in rows.items() if v}, trainer.mesh)

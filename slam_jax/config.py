@@ -14,7 +14,7 @@ from typing import Sequence
 
 import gin
 
-from slam_jax import finetune, model, optim, partitioning, pretraining
+from slam_jax import model, optim, partitioning, pretraining
 from slam_jax.data import converter
 
 GIN_DIR = Path(__file__).resolve().parent / "gin"
@@ -24,10 +24,8 @@ ObjectiveConfig = gin.external_configurable(pretraining.ObjectiveConfig, name="O
 OptimizerConfig = gin.external_configurable(optim.OptimizerConfig, name="OptimizerConfig")
 MeshConfig = gin.external_configurable(partitioning.MeshConfig, name="MeshConfig")
 StreamConfig = gin.external_configurable(converter.StreamConfig, name="StreamConfig")
-FinetuneConfig = gin.external_configurable(finetune.FinetuneConfig, name="FinetuneConfig")
-# Each fine-tuning task's decoding options, bound under their class names (e.g. `CtcDecodeConfig.beam_size`).
-DECODE_CONFIGS = {name: gin.external_configurable(task.decode_config_class, name=task.decode_config_class.__name__)
-                  for name, task in finetune.TASKS.items() if task.decode_config_class is not None}
+# `TrainConfig` (slam_jax.trainer) and the fine-tuning configs (slam_jax.finetune) are registered where they are
+# defined; an entry point imports what it runs before parsing.
 
 
 class ConfigError(ValueError):

@@ -180,7 +180,7 @@ def load(model_dir: str, *, step: int | None = None, batch_size: int | None = No
     config.parse([path], [])
     config.register_tasks()
     stream_cfg = config.StreamConfig()
-    task = finetune_run.make_task(config.ModelConfig(), config.FinetuneConfig(), stream_cfg)
+    task = finetune_run.make_task(config.ModelConfig(), finetune_run.FinetuneConfig(), stream_cfg)
     trainer = finetune_run.make_trainer(task, config.OptimizerConfig(), config.MeshConfig(), TrainConfig())
     params, step = checkpointing.restore_params(model_dir, trainer.abstract_params, step)
     rows = batch_size or stream_cfg.batch_size

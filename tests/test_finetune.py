@@ -286,7 +286,7 @@ def test_every_asr_finetune_config_resolves_to_a_task_and_sharded_state(name):
     from slam_jax.trainer import TrainConfig
     from slam_jax.finetune import run
     config.parse([f"finetune/{name}"], ["PRETRAINED_MODEL_DIR = '/nowhere'"] if "librispeech" in name else [])
-    task = run.make_task(config.ModelConfig(), config.FinetuneConfig(), config.StreamConfig())
+    task = run.make_task(config.ModelConfig(), run.FinetuneConfig(), config.StreamConfig())
     trainer = run.make_trainer(task, config.OptimizerConfig(), config.MeshConfig(), TrainConfig())
     names = checkpointing._paths_and_shapes(trainer.abstract_params)
     assert HEADS[task.name] in names and sum(k.startswith("encoder/") for k in names) > 50

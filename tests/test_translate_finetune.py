@@ -74,7 +74,7 @@ def test_translate_task_trains_and_scores(tmp_path, capsys):
 
     import tasks  # noqa: F401
     config.parse(["finetune/mini_st_de.gin"], _bindings() + ["TrainConfig.eval_batches = 1"])
-    task = finetune_run.make_task(config.ModelConfig(), config.FinetuneConfig(), config.StreamConfig())
+    task = finetune_run.make_task(config.ModelConfig(), finetune_run.FinetuneConfig(), config.StreamConfig())
     trainer = finetune_run.make_trainer(task, config.OptimizerConfig(), config.MeshConfig(), TrainConfig())
     params = trainer.init_params()
     opt_state = trainer.init_opt_state(params)
@@ -103,8 +103,8 @@ def test_auxiliary_source_ctc(tmp_path):
 
     import tasks  # noqa: F401
     config.parse(["finetune/mini_st_de.gin"], _bindings())  # the config trains the auxiliary CTC
-    assert config.DECODE_CONFIGS["translate"]().ctc_weight == 0.3 and config.StreamConfig().paired_source_tokens
-    task = finetune_run.make_task(config.ModelConfig(), config.FinetuneConfig(), config.StreamConfig())
+    assert finetune_run.DECODE_CONFIGS["translate"]().ctc_weight == 0.3 and config.StreamConfig().paired_source_tokens
+    task = finetune_run.make_task(config.ModelConfig(), finetune_run.FinetuneConfig(), config.StreamConfig())
     assert task.loss_names == ("st/xent_loss", "st/ctc_loss") and task.source_vocabulary.vocab_size == 512
     trainer = finetune_run.make_trainer(task, config.OptimizerConfig(), config.MeshConfig(), TrainConfig())
     params = trainer.init_params()
@@ -150,12 +150,12 @@ def test_auxiliary_source_ctc_needs_source_transcripts():
     config.parse(["finetune/mini_st_de.gin"], _bindings() + [
         "TranslationConfig.ctc_weight = 0.3", "StreamConfig.paired_source_tokens = 0"])
     with pytest.raises(ValueError, match="set StreamConfig.paired_source_tokens"):
-        finetune_run.make_task(config.ModelConfig(), config.FinetuneConfig(), config.StreamConfig())
+        finetune_run.make_task(config.ModelConfig(), finetune_run.FinetuneConfig(), config.StreamConfig())
 
     config.parse(["finetune/mini_st_de.gin"], _bindings() + [
         "TranslationConfig.ctc_weight = 0.3", "StreamConfig.paired_source_tokens = 24",
         "StreamConfig.mixture = 'mini_paired'"])  # ASR pairs: English targets, no source transcript
-    task = finetune_run.make_task(config.ModelConfig(), config.FinetuneConfig(), config.StreamConfig())
+    task = finetune_run.make_task(config.ModelConfig(), finetune_run.FinetuneConfig(), config.StreamConfig())
     with pytest.raises(converter.DataError, match=r"\.flac: no source transcript: TranslationConfig.ctc_weight"):
         next(task.train_stream(0, 1))
 
@@ -225,12 +225,12 @@ def test_pod_and_glue_configs_resolve():
 
     for lang in ("de", "ca", "ar", "tr"):
         config.parse([f"finetune/covost2_en_{lang}.gin"], [])
-        t = config.DECODE_CONFIGS["translate"]()
+        t = finetune_run.DECODE_CONFIGS["translate"]()
         assert (t.decoder_layers, t.decoder_dim, t.decoder_heads, t.decoder_ffn_dim) == (4, 384, 4, 1536)
         assert config.StreamConfig().mixture == f"covost2_en_{lang}" and config.ModelConfig().d_model == 1024
-        assert config.FinetuneConfig().task == "translate"
+        assert finetune_run.FinetuneConfig().task == "translate"
     for key in glue.GLUE_TASKS:
         config.parse(["models/tiny.gin", f"finetune/glue_{key}.gin"], [])
-        task = finetune_run.make_task(config.ModelConfig(), config.FinetuneConfig(), config.StreamConfig())
+        task = finetune_run.make_task(config.ModelConfig(), finetune_run.FinetuneConfig(), config.StreamConfig())
         assert task.name == "glue" and task.glue_key == key
     gin.clear_config()

@@ -46,6 +46,10 @@ SMALL = [
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
+XDG_CACHE_HOME = os.path.join(tempfile.gettempdir(), "slam_jax_tests_xdg")
+SUBPROCESS_CACHE = os.path.join(XDG_CACHE_HOME, "slam_jax", "jax")
+
+
 def env(devices: int = 1) -> dict[str, str]:
     e = dict(os.environ)
     # Fake CPU devices are threads sharing 2 cores with a second test worker: give a slow device more than XLA's
@@ -53,17 +57,20 @@ def env(devices: int = 1) -> dict[str, str]:
     e["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
                       f"--xla_cpu_collective_call_terminate_timeout_seconds=300 {TEST_XLA_FLAGS}")
     e["JAX_PLATFORMS"] = "cpu"
-    # The test runs of slam-train compile the same few programs again and again: share JAX's persistent cache.
-    e["JAX_COMPILATION_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), "slam_jax_tests_jax_cache")
+    # The test runs of slam-train compile the same few programs again and again: they share the persistent
+    # compilation cache the commands turn on by default (cli.common.use_compilation_cache), in SUBPROCESS_CACHE.
+    e.pop("JAX_COMPILATION_CACHE_DIR", None)
+    e["XDG_CACHE_HOME"] = XDG_CACHE_HOME
     e["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     e["TF_CPP_MIN_LOG_LEVEL"] = "3"
     e["PYTHONUNBUFFERED"] = "1"
     return e
 
 
-# The persistent compilation cache of the subprocesses above, for the commands run in this process too (read when JAX
-# is first imported, which conftest.py's import of this module precedes).
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", env()["JAX_COMPILATION_CACHE_DIR"])
+# The commands run in this process cache their compiled programs too, in a folder of their own, so that only the
+# subprocesses write SUBPROCESS_CACHE (a test checks the commands' default cache there). Read when JAX is first
+# imported, which conftest.py's import of this module precedes.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "slam_jax_tests_jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 

@@ -68,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if code:
         return code
     common.initialize_distributed(args)
+    common.use_compilation_cache()
     results = []
 
     def run():

@@ -61,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.output and not args.output.endswith((".jsonl", ".tsv")):
         parser.error(f"--output must end in .jsonl or .tsv, got {args.output!r}")
+    common.use_compilation_cache()
     from slam_jax import inference
     from slam_jax.data.audio import AudioError
     decoding = {}

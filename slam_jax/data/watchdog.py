@@ -95,31 +95,34 @@ class WatchedStream:
         start = time.time()
         next_report = start + self.stall_s
         stop_seen = None
-        while True:
-            try:
-                ok, value = self._results.get(timeout=_SLICE_S)
-            except KeyboardInterrupt:
-                self._give_up()
-                raise
-            except queue.Empty:
-                now = time.time()
-                if self.stop_requested():
-                    stop_seen = stop_seen or now
-                    if now - stop_seen >= STOP_GRACE_S:
-                        self._give_up()
-                        raise StoppedWhileWaiting(
-                            f"stopped while waiting for data ({self._describe(now - start)})") from None
-                if now >= next_report:
-                    message = self._describe(now - start)
-                    if self.fail_on_stall:
-                        self._give_up()
-                        raise StreamStalledError(
-                            f"{message}. Nothing is lost: the last checkpoint stands. Fix or remove the data the "
-                            "stream drops (raise StreamConfig.paired_frames / paired_tokens for too-long pairs), "
-                            "or set StreamConfig.on_error='skip' to wait instead of failing") from None
-                    self.report(f"waiting: {message}")
-                    next_report = now + self.stall_s
-                continue
-            if ok:
-                return value
-            raise value
+        # Ctrl-C can land anywhere in this loop (in a report, between two waits), not only in the wait: wherever it
+        # lands, the worker stays blocked in tf.data and the process must end with os._exit.
+        try:
+            while True:
+                try:
+                    ok, value = self._results.get(timeout=_SLICE_S)
+                except queue.Empty:
+                    now = time.time()
+                    if self.stop_requested():
+                        stop_seen = stop_seen or now
+                        if now - stop_seen >= STOP_GRACE_S:
+                            self._give_up()
+                            raise StoppedWhileWaiting(
+                                f"stopped while waiting for data ({self._describe(now - start)})") from None
+                    if now >= next_report:
+                        message = self._describe(now - start)
+                        if self.fail_on_stall:
+                            self._give_up()
+                            raise StreamStalledError(
+                                f"{message}. Nothing is lost: the last checkpoint stands. Fix or remove the data the "
+                                "stream drops (raise StreamConfig.paired_frames / paired_tokens for too-long pairs), "
+                                "or set StreamConfig.on_error='skip' to wait instead of failing") from None
+                        self.report(f"waiting: {message}")
+                        next_report = now + self.stall_s
+                    continue
+                if ok:
+                    return value
+                raise value
+        except KeyboardInterrupt:
+            self._give_up()
+            raise

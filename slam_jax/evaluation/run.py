@@ -44,7 +44,7 @@ def evaluate_task(model_dir: str, split: str | None, step: int | None, eval_batc
     """The fine-tuning task's scores on `split` (default `TrainConfig.eval_split`), over every example of it: an
     utterance the run's rows cannot hold fails the evaluation, naming the binding to raise."""
     train_cfg = _eval_train_config(eval_batches)
-    task = finetune_run.make_task(config.ModelConfig(), config.FinetuneConfig(), config.StreamConfig())
+    task = finetune_run.make_task(config.ModelConfig(), finetune_run.FinetuneConfig(), config.StreamConfig())
     trainer = finetune_run.make_trainer(task, config.OptimizerConfig(), config.MeshConfig(), train_cfg)
     params, step = checkpointing.restore_params(model_dir, trainer.abstract_params, step)
     split = split or train_cfg.eval_split

@@ -18,7 +18,7 @@ import jax
 
 from slam_jax import checkpointing, config, partitioning, trainer as trainer_lib
 from slam_jax.trainer.warm_start import WarmStartError, warm_start
-from slam_jax.finetune import TASKS, base
+from slam_jax.finetune import DECODE_CONFIGS, TASKS, FinetuneConfig, base
 
 
 class FinetuneError(ValueError):
@@ -30,7 +30,7 @@ def make_task(model_cfg, finetune_cfg: base.FinetuneConfig, stream_cfg) -> base.
     if finetune_cfg.task not in TASKS:
         raise config.ConfigError(f"FinetuneConfig.task = {finetune_cfg.task!r} is not a fine-tuning task; "
                                  f"known: {sorted(TASKS)}")
-    decode = config.DECODE_CONFIGS.get(finetune_cfg.task)
+    decode = DECODE_CONFIGS.get(finetune_cfg.task)
     return TASKS[finetune_cfg.task](model_cfg, finetune_cfg, stream_cfg, decode() if decode else None)
 
 
@@ -63,7 +63,7 @@ def _head_prefixes(trainer: trainer_lib.Trainer) -> list[str]:
 
 def finetune(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> trainer_lib.TrainResult:
     """Runs (or resumes) the gin-configured fine-tuning; returns the final step, parameters and last metrics."""
-    model_cfg, finetune_cfg, stream_cfg = config.ModelConfig(), config.FinetuneConfig(), config.StreamConfig()
+    model_cfg, finetune_cfg, stream_cfg = config.ModelConfig(), FinetuneConfig(), config.StreamConfig()
     train_cfg = trainer_lib.TrainConfig()
     if train_cfg.init_from:
         raise config.ConfigError("TrainConfig.init_from is for pre-training stages; fine-tuning starts from "
