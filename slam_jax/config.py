@@ -24,8 +24,8 @@ ObjectiveConfig = gin.external_configurable(pretraining.ObjectiveConfig, name="O
 OptimizerConfig = gin.external_configurable(optim.OptimizerConfig, name="OptimizerConfig")
 MeshConfig = gin.external_configurable(partitioning.MeshConfig, name="MeshConfig")
 StreamConfig = gin.external_configurable(converter.StreamConfig, name="StreamConfig")
-# `TrainConfig` (slam_jax.trainer) and the fine-tuning configs (slam_jax.finetune) are registered where they are
-# defined; an entry point imports what it runs before parsing.
+# `TrainConfig` (slam_jax.trainer) and the fine-tuning configs (slam_jax.finetune.run) are registered by their own
+# modules; an entry point imports what it runs before parsing.
 
 
 class ConfigError(ValueError):
@@ -39,7 +39,7 @@ GIN_FLAGS_HELP = """gin flags (t5x conventions):
                           --gin.StreamConfig.mixture="'mini_slam'"); unknown names fail before any work"""
 
 
-# Environment variables read by the `tasks` package at import (their default values); `DataConfig` sets them.
+# The environment variables that give `DataConfig`'s fields their defaults (a gin binding wins).
 DATA_ENV = {"spm_model": "SLAM_SPM_MODEL", "tfds_data_dir": "TFDS_DATA_DIR",
             "librispeech_dir": "SLAM_LIBRISPEECH_DIR", "librispeech_prepared": "SLAM_LIBRISPEECH_PREPARED",
             "librilight_dir": "SLAM_LIBRILIGHT_DIR", "librilight_prepared": "SLAM_LIBRILIGHT_PREPARED",
@@ -80,12 +80,12 @@ DataConfig = gin.external_configurable(DataConfig, name="DataConfig")
 
 
 def register_tasks(modules: Sequence[str] = ()) -> None:
-    """Applies the gin-bound `DataConfig` to the environment the task modules read, then imports `tasks` and the
-    user's `modules` (`--module_import`) so their seqio registrations see those paths. Call after `parse`."""
-    for name, value in dataclasses.asdict(DataConfig()).items():
-        if value:
-            os.environ[DATA_ENV[name]] = value
-    import_modules(["tasks", *modules])
+    """Registers our seqio tasks for the gin-bound `DataConfig` (`tasks.register`), then imports the user's `modules`
+    (`--module_import`): their tasks get `DataConfig.spm_model` as default vocabulary (`sources.default_vocabulary`)
+    and may read the other paths from `DataConfig()`. Call after `parse`."""
+    import tasks
+    tasks.register(DataConfig())
+    import_modules(modules)
 
 
 def import_modules(modules: Sequence[str]) -> None:

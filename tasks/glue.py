@@ -4,12 +4,16 @@
                      (mnli: validation = matched, plus the split validation_mismatched)
   glue_<task>_libri  the same text in the LibriSpeech convention (upper case, no punctuation), for encoders whose
                      vocabulary was trained on LibriSpeech-style text (the bundled mini corpus, LibriLM)
-Vocabulary: `sources.default_vocabulary()` ($SLAM_SPM_MODEL, else the mini corpus model) -- the encoder's. TFDS data
-is read from $TFDS_DATA_DIR (or ~/tensorflow_datasets) after `tfds build glue/<task>`; nothing is downloaded.
+Vocabulary: `sources.default_vocabulary()` (`DataConfig.spm_model`, else the mini corpus model) -- the encoder's.
+TFDS data is read from `DataConfig.tfds_data_dir` (else $TFDS_DATA_DIR or ~/tensorflow_datasets) after
+`tfds build glue/<task>`; nothing is downloaded.
 """
 from slam_jax.data import glue, sources
 
-_VOCAB = sources.default_vocabulary()
-for _key in glue.GLUE_TASKS:
-    glue.add_glue_task(f"glue_{_key}", _key, vocabulary=_VOCAB)
-    glue.add_glue_task(f"glue_{_key}_libri", _key, vocabulary=_VOCAB, normalize=True)
+
+def register(data) -> None:
+    vocabulary = sources.default_vocabulary()
+    for key in glue.GLUE_TASKS:
+        glue.add_glue_task(f"glue_{key}", key, vocabulary=vocabulary, tfds_data_dir=data.tfds_data_dir)
+        glue.add_glue_task(f"glue_{key}_libri", key, vocabulary=vocabulary, normalize=True,
+                           tfds_data_dir=data.tfds_data_dir)

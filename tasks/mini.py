@@ -16,6 +16,12 @@ from slam_jax.data import sources
 
 ROOT = sources.MINI_CORPUS
 SPLITS = {"train": "train", "validation": "dev"}
+MIXTURES = {
+    "mini_speech_mix": [("mini_speech", 1.0)],
+    "mini_text_mix": [("mini_text", 0.7), ("mini_transcripts", 0.3)],
+    "mini_paired_mix": [("mini_paired", 1.0)],
+    "mini_slam": [("mini_speech_mix", 0.5), ("mini_text_mix", 0.25), ("mini_paired_mix", 0.25)],
+}
 
 
 def vocabulary() -> seqio.SentencePieceVocabulary:
@@ -23,17 +29,12 @@ def vocabulary() -> seqio.SentencePieceVocabulary:
     return seqio.SentencePieceVocabulary(os.path.join(ROOT, "spm.model"))
 
 
-_VOCAB = vocabulary()
-sources.add_librispeech_folder_task("mini_speech", ROOT, kind="speech", splits=SPLITS, vocabulary=_VOCAB)
-sources.add_librispeech_folder_task("mini_paired", ROOT, kind="paired", splits=SPLITS, vocabulary=_VOCAB)
-sources.add_librispeech_folder_task("mini_transcripts", ROOT, kind="text", splits=SPLITS, vocabulary=_VOCAB)
-sources.add_text_files_task("mini_text", {"train": os.path.join(ROOT, "text.txt")}, vocabulary=_VOCAB)
-
-for _name, _tasks in {
-    "mini_speech_mix": [("mini_speech", 1.0)],
-    "mini_text_mix": [("mini_text", 0.7), ("mini_transcripts", 0.3)],
-    "mini_paired_mix": [("mini_paired", 1.0)],
-    "mini_slam": [("mini_speech_mix", 0.5), ("mini_text_mix", 0.25), ("mini_paired_mix", 0.25)],
-}.items():
-    seqio.MixtureRegistry.remove(_name)
-    seqio.MixtureRegistry.add(_name, _tasks)
+def register() -> None:
+    vocab = vocabulary()
+    sources.add_librispeech_folder_task("mini_speech", ROOT, kind="speech", splits=SPLITS, vocabulary=vocab)
+    sources.add_librispeech_folder_task("mini_paired", ROOT, kind="paired", splits=SPLITS, vocabulary=vocab)
+    sources.add_librispeech_folder_task("mini_transcripts", ROOT, kind="text", splits=SPLITS, vocabulary=vocab)
+    sources.add_text_files_task("mini_text", {"train": os.path.join(ROOT, "text.txt")}, vocabulary=vocab)
+    for name, tasks in MIXTURES.items():
+        seqio.MixtureRegistry.remove(name)
+        seqio.MixtureRegistry.add(name, tasks)

@@ -9,8 +9,6 @@ Change a mix by registering another mixture; a kind mixture may list several tas
 """
 import seqio
 
-from tasks import librilight, librispeech, text  # noqa: F401  (tasks must exist first)
-
 MSLAM_RATES = {"speech": 2048, "text": 8192, "paired": 256}
 
 _MIXTURES = {
@@ -25,6 +23,9 @@ _MIXTURES = {
     "w2v_bert_libri": [("libri_speech_mix", 1.0)],
 }
 
-for _name, _tasks in _MIXTURES.items():
-    seqio.MixtureRegistry.remove(_name)
-    seqio.MixtureRegistry.add(_name, _tasks)
+
+def register() -> None:
+    """(Re-)registers the mixtures; after the tasks they name (a seqio Mixture holds the task objects)."""
+    for name, tasks in _MIXTURES.items():
+        seqio.MixtureRegistry.remove(name)
+        seqio.MixtureRegistry.add(name, tasks)

@@ -17,6 +17,9 @@ _MIXTURES = {
                                ("c4_text_mix", mixtures.MSLAM_RATES["text"])],
 }
 
-for _name, _tasks in _MIXTURES.items():
-    seqio.MixtureRegistry.remove(_name)
-    seqio.MixtureRegistry.add(_name, _tasks)
+
+def register() -> None:
+    """(Re-)registers the mixtures; after the tasks they name (a seqio Mixture holds the task objects)."""
+    for name, tasks in _MIXTURES.items():
+        seqio.MixtureRegistry.remove(name)
+        seqio.MixtureRegistry.add(name, tasks)

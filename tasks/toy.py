@@ -1,5 +1,6 @@
 """The toy-scale reproduction corpus (`scripts/make_toy_corpus.py`), registered from the folder named by
-$SLAM_TOY_CORPUS; with the variable unset nothing is registered (the corpus is generated, never bundled).
+`DataConfig.toy_corpus` (default $SLAM_TOY_CORPUS); without it nothing is registered (the corpus is generated,
+never bundled).
 
 Tasks (splits "train", "validation" -> dev/, "test" -> test/):
   toy_speech        speech  all of train/ (labelled and unlabelled utterances), dev/, test/ (transcripts ignored)
@@ -54,6 +55,3 @@ def register(root: str) -> None:
         seqio.MixtureRegistry.remove(name)
         seqio.MixtureRegistry.add(name, tasks)
 
-
-if os.environ.get(ENV):
-    register(os.environ[ENV])

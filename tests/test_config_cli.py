@@ -41,8 +41,8 @@ def test_slam_train_refuses_a_larger_model_vocabulary_before_training(tmp_path):
 
 def test_module_import_registers_a_user_corpus_that_sees_the_gin_data_paths(tmp_path, monkeypatch, capsys):
     (tmp_path / "sentences.txt").write_text("THE CAT SAT ON THE MAT\nHE SAID THAT IT WAS GOOD\n" * 20)
-    # The module builds its vocabulary from DataConfig.spm_model (through $SLAM_SPM_MODEL, which slam_jax sets
-    # from the gin binding before importing it).
+    # The module's task takes the default vocabulary: DataConfig.spm_model, which the command sets from the gin
+    # binding (tasks.register) before it imports the module; the environment variable names a missing file.
     (tmp_path / "my_corpus_h13.py").write_text(
         "from slam_jax.data import sources\n"
         f"sources.add_text_files_task('my_sentences', {{'train': {str(tmp_path / 'sentences.txt')!r}}},\n"

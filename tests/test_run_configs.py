@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import json
 import math
 import re
@@ -26,9 +25,10 @@ import jax
 import numpy as np
 import pytest
 
-import tasks  # noqa: F401  (registers the seqio tasks and mixtures)
+import tasks  # registers the seqio tasks and mixtures
 from slam_jax import config, model, partitioning
-from slam_jax.data import converter, mixtures, schema, sources
+import slam_jax.finetune.run  # noqa: F401  (registers FinetuneConfig)
+from slam_jax.data import converter, mixtures, schema
 from slam_jax.trainer import TrainConfig
 
 GIN_DIR = Path(config.GIN_DIR)
@@ -240,14 +240,9 @@ def libri_light_folder(tmp_path):
     for i in range(2):
         soundfile.write(book / f"clip{i}.flac", (rng.normal(size=16000 * 3) * 0.1).astype(np.float32), 16000)
         (book / f"clip{i}.json").write_text(json.dumps({"speaker": "100"}))
-    def register(root: str) -> None:
-        sources.add_librilight_task("librilight_large", root, splits={"train": "large"})
-        for module in (tasks.mixtures, tasks.scaled):  # seqio mixtures hold their Task objects: re-register them
-            importlib.reload(module)
-
-    register(str(tmp_path))
+    tasks.register(config.DataConfig(librilight_dir=str(tmp_path)))
     yield
-    register(tasks.librilight.ROOT)
+    tasks.register(config.DataConfig())
 
 
 def _distinct_streams():

@@ -17,6 +17,7 @@ import sys
 from typing import Sequence
 
 from slam_jax import config
+import slam_jax.finetune.run  # noqa: F401  (registers FinetuneConfig: --gin_file may be a fine-tuning run's)
 from slam_jax.cli import common
 
 STREAM_FLAGS = ("mixture", "split", "batch_size", "speech_frames", "text_tokens", "paired_frames", "paired_tokens",

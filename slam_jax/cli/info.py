@@ -14,7 +14,7 @@ import numpy as np
 from flax import nnx
 
 from slam_jax import config
-from slam_jax import finetune  # noqa: F401  (registers FinetuneConfig: slam-info reads fine-tuning gin files too)
+import slam_jax.finetune.run  # noqa: F401  (registers FinetuneConfig: slam-info reads fine-tuning files too)
 from slam_jax.cli import common
 from slam_jax.model import SlamModel, abstract_model
 

@@ -96,7 +96,7 @@ def add_covost_task(name: str, *, covost_dir: str, clips_dir: str, target_lang: 
       target: "translation" (speech translation) or "transcript" (the English transcript: ASR on CoVoST audio).
       vocabulary: the target-side SentencePiece vocabulary (SLAM §4: 8192 multilingual subwords).
       source_vocabulary: the vocabulary of "source_text" (translation targets only); default: the pre-training text
-        vocabulary (`sources.default_vocabulary()`, i.e. $SLAM_SPM_MODEL), which the encoder already knows.
+        vocabulary (`sources.default_vocabulary()`, i.e. `DataConfig.spm_model`), which the encoder already knows.
     """
     if target not in TARGETS:
         raise ValueError(f"target must be one of {sorted(TARGETS)}, got {target!r}")

@@ -37,7 +37,6 @@ SPEECH, TEXT, SOURCE_TEXT, TASK, ID, ERROR = "speech", "text", "source_text", "t
 AUDIO_EXTENSIONS = (".flac", ".wav", ".ogg")
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
 MINI_CORPUS = os.path.join(ASSETS, "mini_corpus")
-SPM_ENV = "SLAM_SPM_MODEL"
 
 # Shuffle buffers after preprocessing hold decoded features (1024 x 80 floats = 320 kB per utterance) and are part of
 # the saved iterator state, so audio tasks keep them small; folder sources already shuffle the whole file list.
@@ -71,12 +70,23 @@ def kind_of(name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ features
+_default_spm_model: Optional[str] = None
+
+
+def set_default_vocabulary(spm_model: Optional[str]) -> None:
+    """Makes `spm_model` (None: the bundled mini-corpus model) the vocabulary of the tasks registered without one from
+    now on. `tasks.register(data)` sets it to `DataConfig.spm_model` before it registers the tasks, and the commands
+    call that before they import the `--module_import` modules, so a user's tasks mix with ours."""
+    global _default_spm_model
+    _default_spm_model = spm_model
+
+
 def default_vocabulary() -> seqio.SentencePieceVocabulary:
-    """The SentencePiece model named by $SLAM_SPM_MODEL, else the bundled mini-corpus model (vocab 512).
+    """The run's text vocabulary (`set_default_vocabulary`), else the bundled mini-corpus model (vocab 512).
 
     Loaded lazily by seqio, so building it touches no file. PAD=0, EOS=1, UNK=2 (seqio's convention).
     """
-    return seqio.SentencePieceVocabulary(os.environ.get(SPM_ENV) or os.path.join(MINI_CORPUS, "spm.model"))
+    return seqio.SentencePieceVocabulary(_default_spm_model or os.path.join(MINI_CORPUS, "spm.model"))
 
 
 def output_features(vocabulary: Optional[seqio.Vocabulary] = None,

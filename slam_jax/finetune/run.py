@@ -14,11 +14,20 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import gin
 import jax
 
 from slam_jax import checkpointing, config, partitioning, trainer as trainer_lib
 from slam_jax.trainer.warm_start import WarmStartError, warm_start
-from slam_jax.finetune import DECODE_CONFIGS, TASKS, FinetuneConfig, base
+from slam_jax.finetune import TASKS, base
+
+# The gin edge of fine-tuning (the package itself stays gin-free: an export loads without gin): `FinetuneConfig`
+# and each task's decoding options under their class names (e.g. `CtcDecodeConfig.beam_size`). `FinetuneConfig()`
+# and `DECODE_CONFIGS[task]()` return the gin-bound values; a command that parses fine-tuning gin files imports
+# this module first.
+FinetuneConfig = gin.external_configurable(base.FinetuneConfig, name="FinetuneConfig")
+DECODE_CONFIGS = {name: gin.external_configurable(task.decode_config_class, name=task.decode_config_class.__name__)
+                  for name, task in TASKS.items() if task.decode_config_class is not None}
 
 
 class FinetuneError(ValueError):
