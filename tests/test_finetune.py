@@ -226,6 +226,7 @@ def bad_task(tmp_path):
 
 def test_bad_transcripts_are_skipped_with_reasons_or_raise(bad_task):
     from slam_jax.data import converter
+    from slam_jax.data import stream as stream_lib
     from slam_jax.finetune.asr_ctc import AsrCtcTask
     # max_unk_fraction=1: the out-of-vocabulary transcript must reach CTC's own check (the stream's UNK threshold
     # has its own test in test_data_errors.py).
@@ -249,7 +250,7 @@ def test_bad_transcripts_are_skipped_with_reasons_or_raise(bad_task):
     strict = AsrCtcTask(ModelConfig(vocab_size=512), base.FinetuneConfig(),
                         converter.StreamConfig(mixture=bad_task, batch_size=4, paired_frames=256, paired_tokens=64,
                                                shuffle=False))
-    with pytest.raises(converter.DataError, match=r"7-1.trans.txt:2: empty transcript"):
+    with pytest.raises(stream_lib.DataError, match=r"7-1.trans.txt:2: empty transcript"):
         next(strict.train_stream(0, 1))
 
 

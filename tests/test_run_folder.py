@@ -135,6 +135,7 @@ def test_kill_9_during_the_combined_save_leaves_a_restorable_previous_step(tmp_p
 def test_on_error_may_change_on_resume_and_the_good_examples_keep_their_order():
     import tasks  # noqa: F401
     from slam_jax.data import converter
+    from slam_jax.data import stream as stream_lib
     cfg = converter.StreamConfig(mixture="mini_slam", batch_size=8, speech_frames=256, text_tokens=32,
                                  paired_frames=640, paired_tokens=48)
     straight = converter.make_stream(cfg)
@@ -149,7 +150,7 @@ def test_on_error_may_change_on_resume_and_the_good_examples_keep_their_order():
         for key in expected[kind]:
             assert (expected[kind][key] == got[kind][key]).all(), (kind, key)
     other = converter.make_stream(converter.StreamConfig(**{**cfg.__dict__, "seed": 1}))
-    with pytest.raises(converter.StreamMismatchError, match="differs in: seed"):
+    with pytest.raises(stream_lib.StreamMismatchError, match="differs in: seed"):
         other.set_state(state)
 
 
@@ -263,7 +264,7 @@ stream = watchdog.WatchedStream(converter.make_stream(cfg), stall_s=2, fail_on_s
 try:
     next(stream)
     outcome = "batch"
-except (watchdog.StoppedWhileWaiting, converter.DataError) as e:
+except (watchdog.StoppedWhileWaiting, stream_lib.DataError) as e:
     outcome = f"{type(e).__name__}: {e}"
 print(json.dumps({"outcome": outcome, "reports": reports}), flush=True)
 os._exit(0)

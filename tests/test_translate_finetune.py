@@ -143,6 +143,7 @@ def test_auxiliary_source_ctc_needs_source_transcripts():
     fails on its first pair, naming it; a transcript CTC cannot align loses only its labels, counted."""
     from slam_jax import config
     from slam_jax.data import converter
+    from slam_jax.data import stream as stream_lib
     from slam_jax.finetune import asr_ctc
     from slam_jax.finetune import run as finetune_run
 
@@ -156,7 +157,7 @@ def test_auxiliary_source_ctc_needs_source_transcripts():
         "TranslationConfig.ctc_weight = 0.3", "StreamConfig.paired_source_tokens = 24",
         "StreamConfig.mixture = 'mini_paired'"])  # ASR pairs: English targets, no source transcript
     task = finetune_run.make_task(config.ModelConfig(), finetune_run.FinetuneConfig(), config.StreamConfig())
-    with pytest.raises(converter.DataError, match=r"\.flac: no source transcript: TranslationConfig.ctc_weight"):
+    with pytest.raises(stream_lib.DataError, match=r"\.flac: no source transcript: TranslationConfig.ctc_weight"):
         next(task.train_stream(0, 1))
 
     cfg = converter.StreamConfig(mixture="mini_st_de", batch_size=4, paired_frames=256, paired_tokens=40,

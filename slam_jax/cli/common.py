@@ -119,7 +119,7 @@ def expected_failures() -> tuple[type[BaseException], ...]:
     """Run-time failures a user can cause and fix: one message line, exit 1, no traceback (see `--verbose`)."""
     import tensorflow as tf
     from slam_jax.data.audio import AudioError
-    from slam_jax.data.converter import DataError, StreamMismatchError
+    from slam_jax.data.stream import DataError, StreamMismatchError
     from slam_jax.data.watchdog import StoppedWhileWaiting
     from slam_jax.trainer.run_folder import RunFolderLockedError
     from slam_jax.trainer.warm_start import WarmStartError

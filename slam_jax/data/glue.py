@@ -22,6 +22,8 @@ import tensorflow as tf
 
 from slam_jax.data import converter, packing
 
+from slam_jax.data import stream as stream_lib
+
 TFDS_VERSION = "2.0.0"
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -143,7 +145,7 @@ def _dataset(task: seqio.Task, split: str, seed: int, shard: Optional[seqio.Shar
 
 @converter.without_autograph
 def make_stream(config: converter.StreamConfig, *, shard_index: int = 0, num_shards: int = 1,
-                finite: bool = False) -> converter.OneStream:
+                finite: bool = False) -> stream_lib.OneStream:
     """Batches of one GLUE seqio task (`config.mixture`) as the converter's "text" kind plus "labels":
 
     {"text": {"tokens", "segment_ids", "positions": int32 [B, text_tokens], "labels": float32 [B]}} with
@@ -181,7 +183,7 @@ def make_stream(config: converter.StreamConfig, *, shard_index: int = 0, num_sha
                       rates={"text": {name: 1.0}}, live={"text": packing.LiveCounts([name])})
 
 
-class GlueStream(converter.OneStream):
+class GlueStream(stream_lib.OneStream):
     """The converter's checkpointable stream, counting the examples cut at `text_tokens` ("truncated")."""
 
     def _empty_stats(self):

@@ -35,10 +35,12 @@ import seqio
 from flax import nnx
 
 from slam_jax.data import converter, mixtures
+
+from slam_jax.data import stream as stream_lib
 from slam_jax.decoding.beam_search import beam_search
 from slam_jax.evaluation import bleu
 from slam_jax.finetune.asr_ctc import BLANK_ID, CtcStream, ctc_labels
-from slam_jax.data.converter import DataError
+from slam_jax.data.stream import DataError
 from slam_jax.finetune.base import (FinetuneTask, SpecAugment, decode_tag, dropped_examples, encode_speech,
                                     paired_vocabulary,
                                     write_predictions)
@@ -171,7 +173,7 @@ class TranslateTask(FinetuneTask):
             metrics.update({"st/ctc_loss": ctc_loss, "st/ctc_utterances": c["count"]})
         return loss, {"loss": loss, **metrics}
 
-    def train_stream(self, shard_index: int, num_shards: int) -> converter.OneStream | CtcStream:
+    def train_stream(self, shard_index: int, num_shards: int) -> stream_lib.OneStream | CtcStream:
         stream = converter.make_stream(self.stream_cfg, shard_index=shard_index, num_shards=num_shards)
         if self.source_vocabulary is None:
             return stream
