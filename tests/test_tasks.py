@@ -12,7 +12,8 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-import tasks  # noqa: F401
+import tasks
+from slam_jax import config
 from slam_jax.data import sources
 from data_helpers import MINI_SPM, WORDS, librispeech_folder, write_utterance
 
@@ -37,6 +38,28 @@ def test_registration_touches_no_data(tmp_path):
     assert "['paired', 'speech', 'text']" in out.stdout
     assert "{'speech': 8, 'text': 33, 'paired': 1}" in out.stdout
     assert not (tmp_path / "no_tfds").exists()
+
+
+def test_register_takes_the_data_paths_from_its_data_config_and_leaves_the_environment_alone(tmp_path):
+    import os
+    import shutil
+    before = dict(os.environ)
+    st_de_spm = os.path.join(sources.MINI_CORPUS, "st_de", "spm.model")  # any model but the default one
+    shutil.copy(MINI_SPM, tmp_path / "spm.model")
+    try:
+        tasks.register(config.DataConfig(spm_model=st_de_spm, toy_corpus=str(tmp_path),
+                                         librispeech_prepared=str(tmp_path / "prepared")))
+        assert dict(os.environ) == before
+        assert sources.kind_of("toy_paired") == "paired"
+        assert seqio.get_mixture_or_task("toy_slam").tasks  # mixtures registered after their tasks
+        assert seqio.get_mixture_or_task("librispeech_prepared_paired").source  # folder tasks of the config
+        for name in ("librispeech_lm", "glue_sst2"):  # text tasks: the config's vocabulary
+            vocab = seqio.get_mixture_or_task(name).output_features["text"].vocabulary
+            assert vocab.sentencepiece_model_file == st_de_spm, name
+    finally:
+        tasks.register(config.DataConfig())
+    vocab = seqio.get_mixture_or_task("librispeech_lm").output_features["text"].vocabulary
+    assert vocab.sentencepiece_model_file != st_de_spm
 
 
 def test_kinds_of_mini_tasks_and_mixtures():
