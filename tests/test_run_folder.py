@@ -253,6 +253,7 @@ sys.path.insert(0, sys.argv[2])
 from data_helpers import MINI_SPM, librispeech_folder
 import seqio
 from slam_jax.data import converter, sources, watchdog
+from slam_jax.data import stream as stream_lib
 root = pathlib.Path(sys.argv[1])
 chapter = librispeech_folder(root, utterances=4)
 for f in chapter.glob("*.flac"):
