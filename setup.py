@@ -56,6 +56,7 @@ setuptools.setup(
             "slam-data=slam_jax.cli.data:main",
             "slam-prepare=slam_jax.cli.prepare:main",
             "slam-transcribe=slam_jax.cli.transcribe:main",
+            "slam-translate=slam_jax.cli.translate:main",
             "slam-export=slam_jax.cli.export:main",
         ]
     },

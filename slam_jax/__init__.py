@@ -32,7 +32,10 @@ def _import_tensorflow_quietly() -> None:
     verbose = os.environ.get("TF_CPP_MIN_LOG_LEVEL") in ("0", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with contextlib.nullcontext() if verbose else _native_stderr_silenced():
-        import tensorflow as tf
+        try:
+            import tensorflow as tf
+        except ImportError:  # the model, slam-bench and slam-aot run without the input pipeline's runtime
+            return
         try:
             tf.config.set_visible_devices([], "GPU")
         except RuntimeError:  # TF already initialized its devices (imported before slam_jax): nothing to do

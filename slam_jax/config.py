@@ -15,7 +15,7 @@ from typing import Sequence
 import gin
 
 from slam_jax import model, optim, partitioning, pretraining
-from slam_jax.data import converter
+from slam_jax.data import schema
 
 GIN_DIR = Path(__file__).resolve().parent / "gin"
 
@@ -23,7 +23,7 @@ ModelConfig = gin.external_configurable(model.ModelConfig, name="ModelConfig")
 ObjectiveConfig = gin.external_configurable(pretraining.ObjectiveConfig, name="ObjectiveConfig")
 OptimizerConfig = gin.external_configurable(optim.OptimizerConfig, name="OptimizerConfig")
 MeshConfig = gin.external_configurable(partitioning.MeshConfig, name="MeshConfig")
-StreamConfig = gin.external_configurable(converter.StreamConfig, name="StreamConfig")
+StreamConfig = gin.external_configurable(schema.StreamConfig, name="StreamConfig")
 # `TrainConfig` (slam_jax.trainer) and the fine-tuning configs (slam_jax.finetune.run) are registered by their own
 # modules; an entry point imports what it runs before parsing.
 

@@ -1,4 +1,5 @@
-"""A fine-tuned ASR model as plain files: parameters in safetensors, configuration in JSON, the SentencePiece model.
+"""A fine-tuned ASR or speech-translation model as plain files: parameters in safetensors, configuration in JSON, the
+SentencePiece model(s).
 
     slam-export --model_dir=/tmp/slam_ft --output_dir=/tmp/slam_ft_export [--step=N]      # slam_jax/cli/export.py
 
@@ -6,6 +7,7 @@
 <out>/params.safetensors   every parameter, named by its path in the model ("encoder/speech_stack/.../kernel")
 <out>/config.json          {"format", "task", "step", "model", "finetune", "decoding", "batch_size", "vocabulary"}
 <out>/vocabulary.model     the targets' SentencePiece model
+<out>/source_vocabulary.model   speech translation with an auxiliary source CTC head only: the transcripts' model
 ```
 `inference.load(<out>)` reads it back without orbax, gin or a registered seqio task (the run's data need not exist
 where the export is used). Parameters are stored in float32 as trained.
@@ -21,6 +23,8 @@ import numpy as np
 
 FORMAT = "slam_jax.export/1"
 PARAMS, CONFIG, VOCABULARY = "params.safetensors", "config.json", "vocabulary.model"
+SOURCE_VOCABULARY = "source_vocabulary.model"
+EXPORTABLE_TASKS = ("asr_ctc", "asr_rnnt", "translate")   # what an export can hold (every task with a speech decoder)
 
 
 def flatten(params: Any) -> dict[str, np.ndarray]:
@@ -58,8 +62,9 @@ def export(model, out_dir: str) -> str:
     import tensorflow as tf
     from safetensors.numpy import save_file
     task = model.task
-    if not hasattr(task, "vocabulary") or not hasattr(task, "decoder"):
-        raise ValueError(f"{model.model_dir} is a {task.name!r} run: slam-export writes ASR models (asr_ctc, asr_rnnt)")
+    if task.name not in EXPORTABLE_TASKS:
+        raise ValueError(f"{model.model_dir} is a {task.name!r} run: slam-export writes "
+                         f"{', '.join(EXPORTABLE_TASKS)} models")
     tf.io.gfile.makedirs(out_dir)
     local = out_dir if "://" not in out_dir else None
     flat = flatten(model.params)
@@ -71,10 +76,17 @@ def export(model, out_dir: str) -> str:
             save_file(flat, os.path.join(tmp, PARAMS))
             tf.io.gfile.copy(os.path.join(tmp, PARAMS), os.path.join(out_dir, PARAMS), overwrite=True)
     tf.io.gfile.copy(task.vocabulary.sentencepiece_model_file, os.path.join(out_dir, VOCABULARY), overwrite=True)
+    decoding = task.decode_cfg
+    if task.name == "translate":   # the run's default length comes from its stream config, which is not exported
+        decoding = dataclasses.replace(decoding, max_decode_length=task.max_length)
     config = {"format": FORMAT, "task": task.name, "step": model.step, "source": model.model_dir,
               "model": dataclasses.asdict(task.model_cfg), "finetune": dataclasses.asdict(task.cfg),
-              "decoding": dataclasses.asdict(task.decode_cfg), "batch_size": model.batch_size,
+              "decoding": dataclasses.asdict(decoding), "batch_size": model.batch_size,
               "vocabulary": VOCABULARY}
+    if getattr(task, "source_vocabulary", None) is not None:
+        tf.io.gfile.copy(task.source_vocabulary.sentencepiece_model_file, os.path.join(out_dir, SOURCE_VOCABULARY),
+                         overwrite=True)
+        config["source_vocabulary"] = SOURCE_VOCABULARY
     path = os.path.join(out_dir, CONFIG)
     with tf.io.gfile.GFile(path, "w") as f:
         json.dump(config, f, indent=1)
@@ -105,9 +117,12 @@ def load_export(directory: str, batch_size: int | None = None):
     task_class = TASKS.get(config["task"])
     if task_class is None or task_class.decode_config_class is None:
         raise inference.InferenceError(f"{directory}: unknown task {config['task']!r}")
-    vocabulary = seqio.SentencePieceVocabulary(os.path.join(directory, config["vocabulary"]))
+    vocabularies = {"vocabulary": seqio.SentencePieceVocabulary(os.path.join(directory, config["vocabulary"]))}
+    if config.get("source_vocabulary"):
+        vocabularies["source_vocabulary"] = seqio.SentencePieceVocabulary(
+            os.path.join(directory, config["source_vocabulary"]))
     task = task_class(ModelConfig(**config["model"]), FinetuneConfig(**config["finetune"]), None,
-                      task_class.decode_config_class(**config["decoding"]), vocabulary=vocabulary)
+                      task_class.decode_config_class(**config["decoding"]), **vocabularies)
     with nnx.use_eager_sharding(False):
         abstract = nnx.eval_shape(lambda: task.build_model(nnx.Rngs(0)))
     graphdef, abstract_params = nnx.split(abstract)

@@ -5,10 +5,11 @@ read per-layer encoder features.
 from slam_jax import inference
 model = inference.load("/tmp/slam_ft")                 # a slam-finetune run, or a slam-export folder
 texts = model.transcribe(["a.flac", "b.wav"])          # or float waveforms; beam_size=4 for beam search
+german = inference.load("/tmp/slam_st").translate(["a.flac"])   # a speech-translation run
 layers = model.encode(["a.flac"], layers=["shared_2"])   # [{"shared_2": float32 [frames, d]}]
 ```
 
-The run's own `config.gin` fixes the model, the task (CTC or RNN-T ASR) and its decoding options; keyword arguments
+The run's own `config.gin` fixes the model, the task (CTC or RNN-T ASR, speech translation) and its decoding options; keyword arguments
 override the decoding. Audio goes through the training pipeline's front end (`audio.load_audio`, resampled to
 16 kHz when needed, then `features.log_mel`), so a file transcribes as slam-eval transcribes it from a split.
 Utterances are batched by length into padded buckets of `BUCKET_FRAMES` log-mel frames: one compile per bucket length
@@ -30,13 +31,18 @@ BUCKET_FRAMES = 256          # bucket lengths are multiples of this (2.56 s); ou
 Audio = str | os.PathLike | np.ndarray
 
 
+# What each decoding method runs on (`FinetuneConfig.task`).
+TASKS_OF = {"transcribe": ("asr_ctc", "asr_rnnt"), "translate": ("translate",)}
+
+
 class InferenceError(ValueError):
     """A model directory or input that cannot be used; the message names it."""
 
 
 @dataclasses.dataclass
 class Model:
-    """A loaded fine-tuned model: `transcribe` for ASR tasks, `encode` for every task with a speech encoder."""
+    """A loaded fine-tuned model: `transcribe` for ASR runs, `translate` for speech-translation runs, `encode` for
+    every run with a speech encoder."""
 
     model_dir: str
     step: int
@@ -88,35 +94,51 @@ class Model:
     # ------------------------------------------------------------------------------------------ tasks
     def transcribe(self, inputs: Sequence[Audio], *, sample_rate: int = features_lib.SAMPLE_RATE,
                    **decoding: Any) -> list[str]:
-        """Texts of `inputs` (paths or waveforms), in order. `decoding` overrides the run's decoding options by
-        name (CTC: `beam_size`, `lm` (an ARPA / KenLM file), `lm_alpha`, `lm_beta`, `prune_top_k`; RNN-T:
-        `beam_size`, `max_symbols_per_frame`). A bad input raises `audio.AudioError` naming it."""
-        task = self.decoding_task(**decoding)   # bad options fail before any audio is read
-        return self._transcribe(task, [self.features(x, sample_rate) for x in inputs], decoding)
+        """Texts of `inputs` (paths or waveforms), in order, from an ASR run. `decoding` overrides the run's decoding
+        options by name (CTC: `beam_size`, `lm` (an ARPA / KenLM file), `lm_alpha`, `lm_beta`, `prune_top_k`;
+        RNN-T: `beam_size`, `max_symbols_per_frame`). A bad input raises `audio.AudioError` naming it."""
+        task = self.decoding_task("transcribe", **decoding)   # bad options fail before any audio is read
+        return self._decode(task, [self.features(x, sample_rate) for x in inputs], decoding)
 
-    def transcribe_features(self, feats: Sequence[np.ndarray], **decoding: Any) -> list[str]:
-        """`transcribe` for log-mel features already made by `features` (slam-transcribe checks every file first)."""
-        return self._transcribe(self.decoding_task(**decoding), list(feats), decoding)
+    def translate(self, inputs: Sequence[Audio], *, sample_rate: int = features_lib.SAMPLE_RATE,
+                  **decoding: Any) -> list[str]:
+        """Target-language texts of `inputs` (paths or waveforms), in order, from a speech-translation run.
+        `decoding` overrides `beam_size`, `length_penalty` or `max_decode_length` (tokens, EOS included)."""
+        task = self.decoding_task("translate", **decoding)
+        return self._decode(task, [self.features(x, sample_rate) for x in inputs], decoding)
 
-    def decoding_task(self, **decoding: Any):
-        """The task with `decoding` applied to its decoding options; InferenceError names a bad option."""
-        if not hasattr(self.task, "decoder"):
-            raise InferenceError(f"{self.model_dir} is a {self.task.name!r} run: transcribe needs an ASR run")
+    def decode_features(self, method: str, feats: Sequence[np.ndarray], **decoding: Any) -> list[str]:
+        """`transcribe` or `translate` (`method`) of log-mel features made by `features` (the CLIs check every file
+        first)."""
+        return self._decode(self.decoding_task(method, **decoding), list(feats), decoding)
+
+    def decoding_task(self, method: str, **decoding: Any):
+        """The task with `decoding` applied to its decoding options; InferenceError names a task that cannot do
+        `method` or an option that is not a decoding option of this task."""
+        if self.task.name not in TASKS_OF[method]:
+            raise InferenceError(f"{self.model_dir} is a {self.task.name!r} run: {method} needs a run of "
+                                 f"{' or '.join(repr(t) for t in TASKS_OF[method])}")
         if "lm" in decoding:
             decoding["lm_path"] = decoding.pop("lm")
         if not decoding:
             return self.task
+        cfg = self.task.decode_cfg
+        options = getattr(type(cfg), "DECODING_FIELDS", None) or [f.name for f in dataclasses.fields(cfg)]
+        unknown = sorted(set(decoding) - set(options))
+        if unknown:
+            raise InferenceError(f"{unknown} not decoding option(s) of a {self.task.name} run; it has "
+                                 f"{', '.join(options)}")
         import copy
         task = copy.copy(self.task)
         try:
-            task.decode_cfg = dataclasses.replace(self.task.decode_cfg, **decoding)
+            task.decode_cfg = dataclasses.replace(cfg, **decoding)
         except (TypeError, ValueError) as e:
             raise InferenceError(f"decoding options {decoding} for {self.task.name}: {e}") from None
         return task
 
-    def _transcribe(self, task, feats: list[np.ndarray], decoding: dict) -> list[str]:
+    def _decode(self, task, feats: list[np.ndarray], decoding: dict) -> list[str]:
         predict, to_text = task.decoder()
-        run = self._run(("transcribe", tuple(sorted((k, str(v)) for k, v in decoding.items()))), lambda: predict)
+        run = self._run(("decode", tuple(sorted((k, str(v)) for k, v in decoding.items()))), lambda: predict)
         out = [""] * len(feats)
         for idx, batch in self._batches(feats):
             texts = to_text(run(self.params, batch))
@@ -157,7 +179,7 @@ class Model:
 
 
 def load(model_dir: str, *, step: int | None = None, batch_size: int | None = None) -> Model:
-    """A fine-tuned ASR model: a slam-finetune run (its `config.gin` and checkpoint `step`, default the latest) or
+    """A fine-tuned ASR or speech-translation model: a slam-finetune run (its `config.gin` and checkpoint `step`, default the latest) or
     a `slam-export` folder (safetensors + JSON: no orbax, gin or registered seqio task needed).
 
     batch_size: utterances per batch (default: the run's `StreamConfig.batch_size`). Raises InferenceError for a

@@ -147,3 +147,28 @@ def test_benchmark_scripts_cannot_shadow_a_dependency():
     for name in names:
         spec = importlib.util.find_spec(name)
         assert spec is None or pathlib.Path(spec.origin).parent == folder, (name, spec.origin)
+
+
+def test_bench_and_the_model_need_neither_tensorflow_nor_seqio():
+    """slam-bench runs on accelerator images that have JAX but not the input pipeline (as the H200 run of
+    docs/PERFORMANCE.md): importing it, the model and the objectives, and classifying a failure, load none of
+    TensorFlow, seqio or soundfile."""
+    import subprocess
+    import sys
+    script = """
+import sys
+BLOCKED = {"tensorflow", "seqio", "tensorflow_text", "tensorflow_datasets", "soundfile"}
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError("blocked " + name)
+sys.meta_path.insert(0, Block())
+from slam_jax import flops, model, pretraining
+from slam_jax.cli import bench, common
+assert bench.build_parser().parse_args(["--steps", "3"]).steps == 3
+errors = common.expected_failures()
+assert OSError in errors and not any(e.__module__.startswith("tensorflow") for e in errors), errors
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]

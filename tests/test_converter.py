@@ -9,7 +9,7 @@ import seqio
 import tasks  # noqa: F401
 from slam_jax.data import converter, mixtures, schema
 
-SMALL = converter.StreamConfig("mini_slam", batch_size=8, speech_frames=256, text_tokens=64, paired_frames=256,
+SMALL = schema.StreamConfig("mini_slam", batch_size=8, speech_frames=256, text_tokens=64, paired_frames=256,
                                paired_tokens=32, seed=1)
 
 
@@ -75,7 +75,7 @@ def test_kind_batch_sizes_from_rates():
 
 
 def test_task_rates_within_a_kind_match_the_mixture():
-    config = converter.StreamConfig("mini_text_mix", batch_size=32, text_tokens=128, seed=5)
+    config = schema.StreamConfig("mini_text_mix", batch_size=32, text_tokens=128, seed=5)
     stream = converter.make_stream(config)
     while sum(stream.stats()["text"]["examples"].values()) < 5000:
         next(stream)
@@ -90,7 +90,7 @@ def test_same_seed_same_stream_other_seed_other_stream(small):
     for kind in ba:
         for key in ba[kind]:
             np.testing.assert_array_equal(ba[kind][key], bb[kind][key])
-    text = converter.StreamConfig("mini_text_mix", batch_size=4, text_tokens=32)
+    text = schema.StreamConfig("mini_text_mix", batch_size=4, text_tokens=32)
     one, other = (next(converter.make_stream(dataclasses.replace(text, seed=s)))["text"]["tokens"] for s in (1, 2))
     assert not np.array_equal(one, other)
 
@@ -130,7 +130,7 @@ def test_state_of_another_stream_is_refused(small):
 def test_vocabulary_and_unknown_mixture():
     assert mixtures.vocabulary_for("mini_slam").vocab_size == 512
     with pytest.raises(ValueError, match="no seqio mixture or task named 'nope'"):
-        converter.make_stream(converter.StreamConfig("nope"))
+        converter.make_stream(schema.StreamConfig("nope"))
 
 
 def test_slam_data_inspect_prints_rates_padding_and_throughput(capsys):
@@ -151,7 +151,7 @@ def test_single_kind_mixture_leaves_out_tasks_without_the_split():
     # mini_text has no "validation" split: like seqio's own mixtures, the stream reads the tasks that have it.
     seqio.MixtureRegistry.remove("test_text_only")
     seqio.MixtureRegistry.add("test_text_only", [("mini_text", 1.0), ("mini_transcripts", 1.0)])
-    stream = converter.make_stream(converter.StreamConfig(mixture="test_text_only", split="validation",
+    stream = converter.make_stream(schema.StreamConfig(mixture="test_text_only", split="validation",
                                                           batch_size=4, text_tokens=32))
     next(stream)
     assert stream.stats()["text"]["examples"]["mini_text"] == 0

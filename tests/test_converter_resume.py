@@ -8,16 +8,16 @@ import sys
 import numpy as np
 
 import tasks  # noqa: F401
-from slam_jax.data import converter
+from slam_jax.data import converter, schema
 
-SMALL = converter.StreamConfig("mini_slam", batch_size=8, speech_frames=256, text_tokens=64, paired_frames=256,
+SMALL = schema.StreamConfig("mini_slam", batch_size=8, speech_frames=256, text_tokens=64, paired_frames=256,
                                paired_tokens=32, seed=1)
 
 RESUME = """
 import sys, numpy as np
 import tasks
-from slam_jax.data import converter
-config = converter.StreamConfig("mini_slam", batch_size=8, speech_frames=256, text_tokens=64, paired_frames=256,
+from slam_jax.data import converter, schema
+config = schema.StreamConfig("mini_slam", batch_size=8, speech_frames=256, text_tokens=64, paired_frames=256,
                                 paired_tokens=32, seed=1)
 stream = converter.make_stream(config)
 stream.set_state(open(sys.argv[1], "rb").read())

@@ -7,8 +7,7 @@ import seqio
 import soundfile as sf
 
 import tasks  # noqa: F401  (registers mini_st_de)
-from slam_jax.data import converter, covost, sources
-from slam_jax.data import stream as stream_lib
+from slam_jax.data import converter, covost, schema, sources
 
 ST_DE = os.path.join(sources.MINI_CORPUS, "st_de")
 DE_VOCAB = seqio.SentencePieceVocabulary(os.path.join(ST_DE, "spm.model"))
@@ -71,7 +70,7 @@ def _register(covost_dir, name="test_covost_en_de", target="translation", vocabu
 def _rows(name, on_error):
     # max_unk_fraction=1: the fixture's sentences hold characters outside the mini English vocabulary; the rows are
     # what these tests read (the UNK threshold has its own test in test_data_errors.py).
-    cfg = converter.StreamConfig(mixture=name, split="train", batch_size=2, paired_frames=128, paired_tokens=24,
+    cfg = schema.StreamConfig(mixture=name, split="train", batch_size=2, paired_frames=128, paired_tokens=24,
                                  on_error=on_error, max_unk_fraction=1.0)
     stream = converter.eval_stream(cfg)
     rows = []
@@ -95,7 +94,7 @@ def test_task_decodes_mp3_resamples_and_counts_skips(covost_dir):
 
 def test_bad_input_raises_naming_the_file(covost_dir):
     name = _register(covost_dir)
-    with pytest.raises(stream_lib.DataError, match="clip_missing.mp3: audio file not found"):
+    with pytest.raises(schema.DataError, match="clip_missing.mp3: audio file not found"):
         _rows(name, "raise")
     folder, _ = covost_dir
     tsv = covost.tsv_path(folder, "en", "de", "train")
@@ -103,7 +102,7 @@ def test_bad_input_raises_naming_the_file(covost_dir):
         lines = fh.read().splitlines()
     with open(tsv, "w", encoding="utf-8") as fh:  # the bad row first
         fh.write("\n".join([lines[0], lines[4], lines[1]]) + "\n")
-    with pytest.raises(stream_lib.DataError, match=r"covost_v2.en_de.train.tsv:2: expected 4 tab-separated fields"):
+    with pytest.raises(schema.DataError, match=r"covost_v2.en_de.train.tsv:2: expected 4 tab-separated fields"):
         _rows(name, "raise")
 
 

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import seqio
 
-from slam_jax.data import converter, sources
+from slam_jax.data import converter, schema, sources
 
-from slam_jax.data import stream as stream_lib
 from data_helpers import MINI_SPM, librispeech_folder, write_utterance
 
 VOCAB = seqio.SentencePieceVocabulary(MINI_SPM)
@@ -64,8 +63,8 @@ CASES = {"corrupt_flac": _corrupt, "empty_transcript": _empty_transcript, "8khz"
          "audio_without_line": _audio_without_line}
 
 
-def _config(name: str, on_error: str) -> converter.StreamConfig:
-    return converter.StreamConfig(name, split="train", batch_size=2, speech_frames=256, paired_frames=128,
+def _config(name: str, on_error: str) -> schema.StreamConfig:
+    return schema.StreamConfig(name, split="train", batch_size=2, speech_frames=256, paired_frames=128,
                                   paired_tokens=32, text_tokens=32, on_error=on_error)
 
 
@@ -76,7 +75,7 @@ def test_bad_paired_input_raises_or_is_skipped_and_counted(tmp_path, case):
     name = f"t_bad_{case}"
     sources.add_librispeech_folder_task(name, str(tmp_path), kind="paired", splits={"train": "train"},
                                         vocabulary=VOCAB)
-    with pytest.raises(stream_lib.DataError) as info:
+    with pytest.raises(schema.DataError) as info:
         list(converter.eval_stream(_config(name, "raise")))
     assert str(info.value).startswith(where) and problem in str(info.value)
 
@@ -105,7 +104,7 @@ def test_skipped_speech_is_counted_by_the_packer(tmp_path):
     assert abs(stats["examples"]["t_bad_speech"] - stats["skipped"]["t_bad_speech"]) <= 4 * 2 + 2
     assert batch["speech"]["features"].shape == (2, 256, 80)
     assert any(str(stereo_path) in m for m in stream.stats()["messages"])
-    with pytest.raises(stream_lib.DataError, match="cannot decode audio|2 channels"):
+    with pytest.raises(schema.DataError, match="cannot decode audio|2 channels"):
         stream = converter.make_stream(_config("t_bad_speech", "raise"))
         for _ in range(3):
             next(stream)
@@ -119,7 +118,7 @@ def test_blank_text_line_is_counted(tmp_path):
     assert stream.stats()["text"]["skipped"] == {"t_blank": 1}
     assert stream.stats()["messages"] == [f"{tmp_path / 'a.txt'}:2: empty line"]
     assert sum(int(b["text"]["segment_ids"].max(initial=0)) for b in batches) == 2
-    with pytest.raises(stream_lib.DataError, match=r"a\.txt:2: empty line"):
+    with pytest.raises(schema.DataError, match=r"a\.txt:2: empty line"):
         list(converter.eval_stream(_config("t_blank", "raise")))
 
 
@@ -150,7 +149,7 @@ def test_unk_pieces_are_counted_and_a_transcript_over_the_threshold_is_bad(tmp_p
     trans.write_text("\n".join(lines) + "\n")
     sources.add_librispeech_folder_task("t_unk", str(tmp_path), kind="paired", splits={"train": "train"},
                                         vocabulary=VOCAB)
-    with pytest.raises(stream_lib.DataError, match=r"100-1-0001.*pieces are UNK .*max_unk_fraction = 0.05"):
+    with pytest.raises(schema.DataError, match=r"100-1-0001.*pieces are UNK .*max_unk_fraction = 0.05"):
         list(converter.eval_stream(_config("t_unk", "raise")))
     import dataclasses
     stream = converter.eval_stream(dataclasses.replace(_config("t_unk", "skip"), max_unk_fraction=0.35))

@@ -225,12 +225,11 @@ def bad_task(tmp_path):
 
 
 def test_bad_transcripts_are_skipped_with_reasons_or_raise(bad_task):
-    from slam_jax.data import converter
-    from slam_jax.data import stream as stream_lib
+    from slam_jax.data import schema
     from slam_jax.finetune.asr_ctc import AsrCtcTask
     # max_unk_fraction=1: the out-of-vocabulary transcript must reach CTC's own check (the stream's UNK threshold
     # has its own test in test_data_errors.py).
-    cfg = converter.StreamConfig(mixture=bad_task, batch_size=4, paired_frames=256, paired_tokens=64,
+    cfg = schema.StreamConfig(mixture=bad_task, batch_size=4, paired_frames=256, paired_tokens=64,
                                  on_error="skip", shuffle=False, max_unk_fraction=1.0)
     task = AsrCtcTask(ModelConfig(vocab_size=512), base.FinetuneConfig(), cfg)
     stream = task.train_stream(0, 1)
@@ -248,16 +247,16 @@ def test_bad_transcripts_are_skipped_with_reasons_or_raise(bad_task):
     assert restored.stats()["ctc_skipped"] == stats["ctc_skipped"]
 
     strict = AsrCtcTask(ModelConfig(vocab_size=512), base.FinetuneConfig(),
-                        converter.StreamConfig(mixture=bad_task, batch_size=4, paired_frames=256, paired_tokens=64,
+                        schema.StreamConfig(mixture=bad_task, batch_size=4, paired_frames=256, paired_tokens=64,
                                                shuffle=False))
-    with pytest.raises(stream_lib.DataError, match=r"7-1.trans.txt:2: empty transcript"):
+    with pytest.raises(schema.DataError, match=r"7-1.trans.txt:2: empty transcript"):
         next(strict.train_stream(0, 1))
 
 
 def test_rnnt_rows_it_cannot_learn_from_are_skipped_with_reasons(bad_task):
-    from slam_jax.data import converter
+    from slam_jax.data import schema
     from slam_jax.finetune.asr_rnnt import AsrRnntTask, TransducerConfig
-    cfg = converter.StreamConfig(mixture=bad_task, batch_size=4, paired_frames=256, paired_tokens=64,
+    cfg = schema.StreamConfig(mixture=bad_task, batch_size=4, paired_frames=256, paired_tokens=64,
                                  on_error="skip", shuffle=False, max_unk_fraction=1.0)
     task = AsrRnntTask(ModelConfig(vocab_size=512), base.FinetuneConfig(), cfg, TransducerConfig())
     stream = task.train_stream(0, 1)

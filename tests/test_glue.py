@@ -12,7 +12,7 @@ from scipy import stats
 from sklearn import metrics as skm
 
 import tasks  # noqa: F401  (registers glue_*)
-from slam_jax.data import converter, glue, sources
+from slam_jax.data import glue, schema, sources
 from slam_jax.evaluation import glue_metrics
 
 RNG = np.random.default_rng(0)
@@ -76,7 +76,7 @@ def test_pair_tasks_on_mock_data():
     vocab = sources.default_vocabulary()
     with tfds.testing.mock_data(num_examples=4):
         raw = seqio.get_mixture_or_task("glue_rte_libri").source.get_dataset("validation", shuffle=False)
-        cfg = converter.StreamConfig(mixture="glue_rte_libri", batch_size=4, text_tokens=256, split="validation")
+        cfg = schema.StreamConfig(mixture="glue_rte_libri", batch_size=4, text_tokens=256, split="validation")
         batch = next(glue.make_stream(cfg, finite=True))["text"]
         examples = list(raw.as_numpy_iterator())
     for row, ex in zip(range(4), examples):
@@ -97,7 +97,7 @@ def test_librispeech_style_normalization():
 def test_unprepared_tfds_data_is_a_clear_error(tmp_path):
     glue.add_glue_task("test_glue_cola_missing", "cola", vocabulary=sources.default_vocabulary(),
                        tfds_data_dir=str(tmp_path))
-    cfg = converter.StreamConfig(mixture="test_glue_cola_missing", batch_size=2, text_tokens=16)
+    cfg = schema.StreamConfig(mixture="test_glue_cola_missing", batch_size=2, text_tokens=16)
     with pytest.raises(FileNotFoundError, match=r"glue/cola:2.0.0.*not prepared in .*tfds build glue/cola"):
         glue.make_stream(cfg)
 

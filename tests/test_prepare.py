@@ -8,7 +8,7 @@ import seqio
 import tensorflow as tf
 
 from slam_jax.cli import prepare as prepare_cli
-from slam_jax.data import audio, converter, sources
+from slam_jax.data import audio, converter, schema, sources
 from data_helpers import MINI_SPM, librispeech_folder, write_utterance
 
 VOCAB = seqio.SentencePieceVocabulary(MINI_SPM)
@@ -48,7 +48,7 @@ def test_prepare_librispeech_round_trip(tmp_path, capsys):
         shard_info=seqio.ShardInfo(i, 2)).as_numpy_iterator()]
     assert sorted(two_hosts) == sorted(ex["id"] for ex in examples)
 
-    stream = converter.eval_stream(converter.StreamConfig("t_prepared_paired", batch_size=2, paired_frames=128,
+    stream = converter.eval_stream(schema.StreamConfig("t_prepared_paired", batch_size=2, paired_frames=128,
                                                           paired_tokens=32))
     assert sum(int(b["paired"]["segment_ids"].any(1).sum()) for b in stream) == 5
 

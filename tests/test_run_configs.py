@@ -72,7 +72,7 @@ def slice_of(case: tuple[Path, ...]) -> Slice:
 class Resolved:
     model: model.ModelConfig
     objective: object
-    stream: converter.StreamConfig
+    stream: schema.StreamConfig
     optimizer: object
     mesh: partitioning.MeshConfig
     train: object

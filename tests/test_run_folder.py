@@ -134,23 +134,22 @@ def test_kill_9_during_the_combined_save_leaves_a_restorable_previous_step(tmp_p
 
 def test_on_error_may_change_on_resume_and_the_good_examples_keep_their_order():
     import tasks  # noqa: F401
-    from slam_jax.data import converter
-    from slam_jax.data import stream as stream_lib
-    cfg = converter.StreamConfig(mixture="mini_slam", batch_size=8, speech_frames=256, text_tokens=32,
+    from slam_jax.data import converter, schema
+    cfg = schema.StreamConfig(mixture="mini_slam", batch_size=8, speech_frames=256, text_tokens=32,
                                  paired_frames=640, paired_tokens=48)
     straight = converter.make_stream(cfg)
     for _ in range(2):
         next(straight)
     state = straight.get_state()
     expected = next(straight)
-    resumed = converter.make_stream(converter.StreamConfig(**{**cfg.__dict__, "on_error": "skip"}))
+    resumed = converter.make_stream(schema.StreamConfig(**{**cfg.__dict__, "on_error": "skip"}))
     resumed.set_state(state)
     got = next(resumed)
     for kind in expected:
         for key in expected[kind]:
             assert (expected[kind][key] == got[kind][key]).all(), (kind, key)
-    other = converter.make_stream(converter.StreamConfig(**{**cfg.__dict__, "seed": 1}))
-    with pytest.raises(stream_lib.StreamMismatchError, match="differs in: seed"):
+    other = converter.make_stream(schema.StreamConfig(**{**cfg.__dict__, "seed": 1}))
+    with pytest.raises(schema.StreamMismatchError, match="differs in: seed"):
         other.set_state(state)
 
 
@@ -252,7 +251,7 @@ import json, os, pathlib, sys
 sys.path.insert(0, sys.argv[2])
 from data_helpers import MINI_SPM, librispeech_folder
 import seqio
-from slam_jax.data import converter, sources, watchdog
+from slam_jax.data import converter, schema, sources, watchdog
 from slam_jax.data import stream as stream_lib
 root = pathlib.Path(sys.argv[1])
 chapter = librispeech_folder(root, utterances=4)
@@ -260,7 +259,7 @@ for f in chapter.glob("*.flac"):
     f.write_bytes(b"fLaC" + bytes(range(256)) * 4)
 sources.add_librispeech_folder_task("t_all_bad", str(root), kind="paired", splits={"train": "train"},
                                     vocabulary=seqio.SentencePieceVocabulary(MINI_SPM))
-cfg = converter.StreamConfig("t_all_bad", batch_size=2, speech_frames=256, paired_frames=256, paired_tokens=32,
+cfg = schema.StreamConfig("t_all_bad", batch_size=2, speech_frames=256, paired_frames=256, paired_tokens=32,
                              text_tokens=32, on_error=sys.argv[3])
 reports = []
 stream = watchdog.WatchedStream(converter.make_stream(cfg), stall_s=2, fail_on_stall=False,
@@ -268,7 +267,7 @@ stream = watchdog.WatchedStream(converter.make_stream(cfg), stall_s=2, fail_on_s
 try:
     next(stream)
     outcome = "batch"
-except (watchdog.StoppedWhileWaiting, stream_lib.DataError) as e:
+except (watchdog.StoppedWhileWaiting, schema.DataError) as e:
     outcome = f"{type(e).__name__}: {e}"
 print(json.dumps({"outcome": outcome, "reports": reports}), flush=True)
 os._exit(0)

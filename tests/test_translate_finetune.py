@@ -91,6 +91,25 @@ def test_translate_task_trains_and_scores(tmp_path, capsys):
     rows = next((tmp_path / "eval").glob("*_validation_step3*.tsv")).read_text().splitlines()
     assert len(rows) == 5 and all(len(r.split("\t")) == 3 for r in rows)
 
+    # The inference API translates the audio files to what evaluate wrote (other batches, other padding).
+    from slam_jax import inference
+    model = inference.Model(model_dir=str(tmp_path), step=3, task=task, predict_fn=trainer.predict_fn, params=params,
+                            batch_size=4)
+    paths, hyps = zip(*[(r.split("\t")[0], r.split("\t")[2]) for r in rows[1:]])
+    assert sum(bool(h) for h in hyps) >= 2     # the model emits text: the comparison is not trivial
+    assert model.translate(list(paths)) == list(hyps)
+    assert len(model.translate(list(paths[:1]), beam_size=1, max_decode_length=3)[0].split()) <= 3
+    with pytest.raises(inference.InferenceError, match="'translate' run: transcribe needs a run of 'asr_ctc'"):
+        model.transcribe(list(paths[:1]))
+    with pytest.raises(inference.InferenceError, match=r"\['decoder_layers'\] not decoding option"):
+        model.translate(list(paths[:1]), decoder_layers=2)
+    # ... and so does its export (both vocabularies, the resolved decoding length), without the run's stream config.
+    from slam_jax import export
+    export.export(model, str(tmp_path / "export"))
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == [
+        "config.json", "params.safetensors", "source_vocabulary.model", "vocabulary.model"]
+    assert inference.load(str(tmp_path / "export")).translate(list(paths)) == list(hyps)
+
 
 def test_auxiliary_source_ctc(tmp_path):
     """TranslationConfig.ctc_weight: the loss is (1 - w) x translation + w x CTC of the head's logits against the
@@ -142,8 +161,7 @@ def test_auxiliary_source_ctc_needs_source_transcripts():
     """ctc_weight without StreamConfig.paired_source_tokens is a config error; a task without source transcripts
     fails on its first pair, naming it; a transcript CTC cannot align loses only its labels, counted."""
     from slam_jax import config
-    from slam_jax.data import converter
-    from slam_jax.data import stream as stream_lib
+    from slam_jax.data import converter, schema
     from slam_jax.finetune import asr_ctc
     from slam_jax.finetune import run as finetune_run
 
@@ -157,10 +175,10 @@ def test_auxiliary_source_ctc_needs_source_transcripts():
         "TranslationConfig.ctc_weight = 0.3", "StreamConfig.paired_source_tokens = 24",
         "StreamConfig.mixture = 'mini_paired'"])  # ASR pairs: English targets, no source transcript
     task = finetune_run.make_task(config.ModelConfig(), finetune_run.FinetuneConfig(), config.StreamConfig())
-    with pytest.raises(stream_lib.DataError, match=r"\.flac: no source transcript: TranslationConfig.ctc_weight"):
+    with pytest.raises(schema.DataError, match=r"\.flac: no source transcript: TranslationConfig.ctc_weight"):
         next(task.train_stream(0, 1))
 
-    cfg = converter.StreamConfig(mixture="mini_st_de", batch_size=4, paired_frames=256, paired_tokens=40,
+    cfg = schema.StreamConfig(mixture="mini_st_de", batch_size=4, paired_frames=256, paired_tokens=40,
                                  paired_source_tokens=24)
     real = converter.make_stream(cfg)
     stream = asr_ctc.CtcStream(real, eos_id=1, unk_id=2, labels="source_tokens", whole_row=False)
@@ -212,6 +230,15 @@ def test_translate_finetune_and_eval(tmp_path, capsys):
     assert saved["bleu_signature"].startswith("nrefs:1") and saved["bleu"] == scores["bleu"]
     tsv = next(Path(model_dir, "eval").glob("*_validation_new_voices_step4*.tsv")).read_text().splitlines()
     assert tsv[0] == "id\treference\thypothesis" and len(tsv) == 9 and tsv[1].split("\t")[0].endswith(".flac")
+
+    # slam-translate on the run folder writes slam-eval's hypotheses, one JSON line per file, in input order.
+    from train_utils import in_process
+    paths, hyps = zip(*[(r.split("\t")[0], r.split("\t")[2]) for r in tsv[1:]])
+    out = Path(model_dir, "translated.jsonl")
+    result = in_process("slam_jax.cli.translate", [f"--model_dir={model_dir}", *paths, f"--output={out}"])
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line) for line in out.read_text().splitlines()] == [
+        {"path": p, "text": h} for p, h in zip(paths, hyps)]
 
 
 def test_pod_and_glue_configs_resolve():

@@ -1,4 +1,5 @@
-"""`slam-export`: write a fine-tuned ASR run as safetensors + JSON + SentencePiece model (`slam_jax.export`)."""
+"""`slam-export`: write a fine-tuned ASR or speech-translation run as safetensors + JSON + SentencePiece model(s)
+(`slam_jax.export`)."""
 from __future__ import annotations
 
 import argparse

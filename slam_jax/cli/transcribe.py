@@ -43,21 +43,26 @@ def _progress(done: int, total: int, failed: int) -> None:
               flush=True)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "slam-transcribe", doc: str | None = __doc__) -> argparse.ArgumentParser:
     from slam_jax.cli import common
-    parser = common.new_parser("slam-transcribe", __doc__, gin=False)
+    parser = common.new_parser(prog, doc, gin=False)
     parser.add_argument("inputs", nargs="+", help="audio files, folders of audio files, or .txt lists of paths")
     common.add_flags(parser, "model_dir", required=("model_dir",))
-    parser.add_argument("--output", default=None, help="out.jsonl or out.tsv (default: TSV on stdout)")
-    parser.add_argument("--beam_size", type=int, default=None, help="beam search width (default: the run's)")
-    parser.add_argument("--lm", default=None, help="CTC only: ARPA / KenLM n-gram LM for shallow fusion")
+    common.add_flags(parser, "output", "beam_size")
+    if prog == "slam-transcribe":
+        parser.add_argument("--lm", default=None, help="CTC only: ARPA / KenLM n-gram LM for shallow fusion")
     common.add_flags(parser, "step", "batch_size", "verbose")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    return decode_files("slam-transcribe", "transcribe", build_parser(), argv)
+
+
+def decode_files(prog: str, method: str, parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """The body of slam-transcribe and slam-translate: `method` ("transcribe" / "translate") of `inference.Model`
+    over the files of the command line, bad files reported and skipped."""
     from slam_jax.cli import common
-    parser = build_parser()
     args = parser.parse_args(argv)
     if args.output and not args.output.endswith((".jsonl", ".tsv")):
         parser.error(f"--output must end in .jsonl or .tsv, got {args.output!r}")
@@ -67,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     decoding = {}
     if args.beam_size is not None:
         decoding["beam_size"] = args.beam_size
-    if args.lm:
+    if getattr(args, "lm", None):
         decoding["lm_path"] = args.lm
     paths = expand_inputs(args.inputs)
     if not paths:
@@ -79,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from slam_jax import config
         try:
             model = inference.load(args.model_dir, step=args.step, batch_size=args.batch_size)
-            model.decoding_task(**decoding)       # bad options fail before any audio is read
+            model.decoding_task(method, **decoding)       # bad options fail before any audio is read
         except inference.InferenceError as e:
             raise config.ConfigError(str(e)) from None
         good, feats = [], []
@@ -89,12 +94,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 good.append(path)
             except AudioError as e:
                 failed.append(path)
-                print(f"slam-transcribe: skipped {e}", file=sys.stderr, flush=True)
+                print(f"{prog}: skipped {e}", file=sys.stderr, flush=True)
             _progress(i + 1, len(paths), len(failed))
-        texts = model.transcribe_features(feats, **decoding) if feats else []
+        texts = model.decode_features(method, feats, **decoding) if feats else []
         results.update(zip(good, texts))
 
-    code = common.run_guarded("slam-transcribe", run, verbose=args.verbose)
+    code = common.run_guarded(prog, run, verbose=args.verbose)
     if code:
         return code
     lines = []
@@ -109,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         sys.stdout.write(text)
     if failed:
-        print(f"slam-transcribe: {len(failed)} of {len(paths)} file(s) failed: {', '.join(failed)}", file=sys.stderr)
+        print(f"{prog}: {len(failed)} of {len(paths)} file(s) failed: {', '.join(failed)}", file=sys.stderr)
         return common.EXIT_FAILED
     return common.EXIT_OK
 

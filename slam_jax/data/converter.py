@@ -26,38 +26,9 @@ import seqio
 import tensorflow as tf
 
 from slam_jax.data import mixtures, packing, schema, sources
-from slam_jax.data.stream import DataError, OneStream
-
-@dataclasses.dataclass(frozen=True)
-class StreamConfig:
-    """What the trainer asks of the stream (gin binds it at the trainer's edge).
-
-    batch_size: global rows per batch, split across kinds by the top-level mixture rates.
-    speech_frames / text_tokens: row length of packed speech (log-mel frames, 100/s) / text (tokens) rows.
-    paired_frames / paired_tokens: row lengths of paired rows (one pair per row).
-    paired_source_tokens: > 0 adds the pairs' source transcripts ("source_text", e.g. CoVoST's English sentence) to
-      paired rows as `source_tokens` / `source_token_segment_ids` of this length; 0 leaves them out.
-    on_error: "raise" (DataError naming file and problem) or "skip" (dropped and counted in stats()).
-    pack_bins: open rows the packer fills first-fit (more bins, less padding).
-    max_unk_fraction: a text or transcript whose share of UNK pieces (characters outside the SentencePiece
-      vocabulary) exceeds this is a bad example (raise / skip as `on_error`); UNK pieces below it are counted per
-      kind in stats() (`unk_fraction`). Our choice: 0.05, so a stray symbol passes and a wrong-script or
-      wrong-vocabulary corpus does not.
-    """
-
-    mixture: str
-    split: str = "train"
-    batch_size: int = 16
-    speech_frames: int = 1024
-    text_tokens: int = 128
-    paired_frames: int = 1024
-    paired_tokens: int = 128
-    paired_source_tokens: int = 0
-    seed: int = 0
-    shuffle: bool = True
-    on_error: str = "raise"
-    pack_bins: int = 4
-    max_unk_fraction: float = 0.05
+from slam_jax.data.schema import StreamConfig
+from slam_jax.data.schema import DataError
+from slam_jax.data.stream import OneStream
 
 
 # --------------------------------------------------------------------------------------------- example streams

@@ -20,7 +20,7 @@ from typing import Mapping, Optional
 import seqio
 import tensorflow as tf
 
-from slam_jax.data import converter, packing
+from slam_jax.data import converter, packing, schema
 
 from slam_jax.data import stream as stream_lib
 
@@ -144,7 +144,7 @@ def _dataset(task: seqio.Task, split: str, seed: int, shard: Optional[seqio.Shar
 
 
 @converter.without_autograph
-def make_stream(config: converter.StreamConfig, *, shard_index: int = 0, num_shards: int = 1,
+def make_stream(config: schema.StreamConfig, *, shard_index: int = 0, num_shards: int = 1,
                 finite: bool = False) -> stream_lib.OneStream:
     """Batches of one GLUE seqio task (`config.mixture`) as the converter's "text" kind plus "labels":
 

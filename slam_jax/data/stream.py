@@ -15,15 +15,14 @@ import os
 import re
 import tempfile
 import weakref
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from slam_jax.data import mixtures, packing
+from slam_jax.data.schema import DataError, StreamConfig, StreamMismatchError
 
-if TYPE_CHECKING:  # converter.py builds the streams and imports this module
-    from slam_jax.data.converter import StreamConfig
 
 MAX_MESSAGES = 20
 _LIVE_STREAMS: "weakref.WeakSet[OneStream]" = weakref.WeakSet()
@@ -47,14 +46,6 @@ def _content_identity(fingerprint: str) -> dict:
     found = json.loads(fingerprint)
     found["config"] = {k: v for k, v in found["config"].items() if k not in _NOT_CONTENT}
     return found
-
-
-class StreamMismatchError(ValueError):
-    """A data-iterator state restored into a stream of other content (mixture, shapes, seed, shard, ...)."""
-
-
-class DataError(ValueError):
-    """A bad input example (the message names the file and the problem), or a failed input pipeline."""
 
 
 class OneStream:

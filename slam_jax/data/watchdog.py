@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
-from slam_jax.data.stream import DataError
+from slam_jax.data.schema import DataError
 
 # A stop request waits this long for a fetch in progress, so a batch that is merely slow still arrives (and the
 # caller can save a consistent state) before the wait is given up.

@@ -33,7 +33,7 @@ from slam_jax.data import converter
 from slam_jax.data import stream as stream_lib
 from slam_jax.decoding import ctc as ctc_decoding
 from slam_jax.evaluation.asr import ErrorCounts, error_counts
-from slam_jax.data.stream import DataError
+from slam_jax.data.schema import DataError
 from slam_jax.finetune.base import (FinetuneTask, SpecAugment, decode_tag, dropped_examples, encode_speech,
                                     paired_vocabulary, write_predictions)
 from slam_jax.layers import common
@@ -109,7 +109,7 @@ class CtcStream:
       transcript; "source_tokens": a translation pair's source transcript, for the auxiliary CTC).
     whole_row: an infeasible row becomes padding entirely (ASR), else only its labels are blanked (the auxiliary CTC:
       the row still trains the translation loss).
-    missing: when given, a real row without labels raises `stream_lib.DataError` "<example id>: <missing>".
+    missing: when given, a real row without labels raises `schema.DataError` "<example id>: <missing>".
     feasible: (frames [B], labels [B, L], label_valid [B, L]) -> a reason per row ("" = trainable); default
       `ctc_feasible` with the vocabulary's UNK id.
     Forwards `get_state` / `set_state` (the skip counts travel with the state) and `kind_batch_sizes`.
@@ -137,7 +137,7 @@ class CtcStream:
         ids = self.stream.ids.get("paired", [""] * len(frames))
         unlabelled = np.nonzero((frames > 0) & ~valid.any(1))[0]
         if self.missing and unlabelled.size:
-            raise stream_lib.DataError(f"{ids[unlabelled[0]]}: {self.missing}")
+            raise DataError(f"{ids[unlabelled[0]]}: {self.missing}")
         reasons = self.feasible(frames, labels, valid)
         bad = [i for i, r in enumerate(reasons) if r]
         if bad:

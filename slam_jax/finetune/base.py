@@ -143,7 +143,7 @@ def dropped_examples(stream, split: str, *, strict: bool) -> dict[str, float]:
     None -> {"too_long": 0.0, "skipped": 0.0}. Otherwise a warning line, or with `strict` (slam-eval: a score
     must cover the split) a DataError naming the counts, the longest utterance and the binding to raise.
     """
-    from slam_jax.data.stream import DataError
+    from slam_jax.data.schema import DataError
     stats = stream.stats().get("paired", {})
     live = stream.live.get("paired")
     counts = np.asarray([sum(stats.get("too_long", {}).values()), sum(stats.get("skipped", {}).values()),

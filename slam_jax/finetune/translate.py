@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +40,7 @@ from slam_jax.data import stream as stream_lib
 from slam_jax.decoding.beam_search import beam_search
 from slam_jax.evaluation import bleu
 from slam_jax.finetune.asr_ctc import BLANK_ID, CtcStream, ctc_labels
-from slam_jax.data.stream import DataError
+from slam_jax.data.schema import DataError
 from slam_jax.finetune.base import (FinetuneTask, SpecAugment, decode_tag, dropped_examples, encode_speech,
                                     paired_vocabulary,
                                     write_predictions)
@@ -134,20 +134,25 @@ class TranslateTask(FinetuneTask):
     name = "translate"
     decode_config_class = TranslationConfig
 
-    def __init__(self, model_cfg, finetune_cfg, stream_cfg, decode_cfg: TranslationConfig | None = None):
+    def __init__(self, model_cfg, finetune_cfg, stream_cfg, decode_cfg: TranslationConfig | None = None, *,
+                 vocabulary: seqio.Vocabulary | None = None, source_vocabulary: seqio.Vocabulary | None = None):
+        """`vocabulary` / `source_vocabulary`: the target and (with `ctc_weight` > 0) source-transcript vocabularies;
+        default the paired mixture's (`stream_cfg.mixture`). An exported model (`slam_jax.export`) passes its own and
+        no stream config (inference only; `max_decode_length` then must be set)."""
         super().__init__(model_cfg, finetune_cfg, stream_cfg, decode_cfg)
-        self.vocabulary: seqio.Vocabulary = paired_vocabulary(
+        self.vocabulary: seqio.Vocabulary = vocabulary or paired_vocabulary(
             stream_cfg.mixture, "speech translation (target text as the 'text' feature)")
         self.decoder_cfg = self.decode_cfg.decoder(self.vocabulary.vocab_size, model_cfg.dtype)
         self.max_length = self.decode_cfg.max_decode_length or stream_cfg.paired_tokens
         self.augment = SpecAugment.from_config(finetune_cfg)
-        self.source_vocabulary: seqio.Vocabulary | None = None
+        self.source_vocabulary: seqio.Vocabulary | None = source_vocabulary
         self.loss_names = ("st/xent_loss",)
         if self.decode_cfg.ctc_weight > 0:
-            if stream_cfg.paired_source_tokens <= 0:
+            if stream_cfg is not None and stream_cfg.paired_source_tokens <= 0:
                 raise ValueError(f"TranslationConfig.ctc_weight = {self.decode_cfg.ctc_weight} needs the source "
                                  "transcripts in the batch: set StreamConfig.paired_source_tokens (their row length)")
-            self.source_vocabulary = mixtures.vocabulary_for(stream_cfg.mixture, "source_text")
+            if self.source_vocabulary is None:
+                self.source_vocabulary = mixtures.vocabulary_for(stream_cfg.mixture, "source_text")
             self.loss_names += ("st/ctc_loss",)
 
     def build_model(self, rngs: nnx.Rngs) -> TranslationModel:
@@ -192,6 +197,24 @@ class TranslateTask(FinetuneTask):
             ids = ids[:ids.index(eos)]
         return self.vocabulary.decode([i for i in ids if i != 0])
 
+    def decoder(self) -> tuple[Callable[[nnx.Module, dict], dict[str, Array]], Callable[[dict], list[str]]]:
+        """(predict: the model's batch -> device outputs, jitted by the caller; translate: those outputs -> one text
+        per row), per `TranslationConfig`: beam search (greedy at beam_size 1) with the GNMT length penalty."""
+        cfg = self.decode_cfg
+        max_length = cfg.max_decode_length or self.max_length
+
+        def predict(model: TranslationModel, batch: dict) -> dict[str, Array]:
+            sub = batch["paired"]
+            tokens, scores = model.translate(sub["features"], sub["segment_ids"], beam_size=cfg.beam_size,
+                                             max_length=max_length, eos_id=self.vocabulary.eos_id,
+                                             alpha=cfg.length_penalty)
+            return {"tokens": tokens, "scores": scores}
+
+        def translate(outputs: dict[str, np.ndarray]) -> list[str]:
+            return [self.detokenize(row) for row in outputs["tokens"]]
+
+        return predict, translate
+
     def evaluate(self, trainer, params: Any, split: str, step: int, out_dir: str | None, *, strict: bool = False
                  ) -> dict[str, float]:
         """Corpus BLEU of `split` (every pair; pairs the stream skips are counted in its statistics).
@@ -201,14 +224,7 @@ class TranslateTask(FinetuneTask):
         over hosts before the score is computed.
         """
         cfg = self.decode_cfg
-
-        def predict(model: TranslationModel, batch: dict) -> dict[str, Array]:
-            sub = batch["paired"]
-            tokens, scores = model.translate(sub["features"], sub["segment_ids"], beam_size=cfg.beam_size,
-                                             max_length=self.max_length, eos_id=self.vocabulary.eos_id,
-                                             alpha=cfg.length_penalty)
-            return {"tokens": tokens, "scores": scores}
-
+        predict, to_text = self.decoder()
         run = trainer.predict_fn(predict)
         stream_cfg = dataclasses.replace(self.stream_cfg, split=split, shuffle=False)
         stream = converter.eval_stream(stream_cfg, shard_index=jax.process_index(), num_shards=jax.process_count())
@@ -228,7 +244,8 @@ class TranslateTask(FinetuneTask):
                 continue
             out = run(params, local)
             keep = np.nonzero(real)[0]
-            hyps = [self.detokenize(out["tokens"][i]) for i in keep]
+            texts = to_text(out)
+            hyps = [texts[i] for i in keep]
             refs = [self.detokenize(sub["tokens"][i], sub["token_segment_ids"][i] > 0) for i in keep]
             unk += sum(int(unk_id is not None and np.any(sub["tokens"][i] == unk_id)) for i in keep)
             stats += bleu.bleu_statistics(hyps, refs)

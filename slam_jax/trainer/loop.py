@@ -54,7 +54,7 @@ def run_loop(trainer: Trainer, stream, model_dir: str, *, initial_params: Callab
     (global rows per kind). `compile_eval_step`: `evaluate` uses `trainer.evaluate` (compiled before step 1 too).
     """
     train_cfg = trainer.train_cfg
-    from slam_jax.data.stream import StreamMismatchError
+    from slam_jax.data.schema import StreamMismatchError
     operative = gin.operative_config_str()
     lock = run_folder.RunLock(model_dir).acquire()
     ckpt = preemption = None
