@@ -18,7 +18,6 @@ than its labels need (labels + one blank between each repeated pair). Empty tran
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 from typing import Any, Callable
 
@@ -33,6 +32,7 @@ from slam_jax.data import converter
 from slam_jax.data import stream as stream_lib
 from slam_jax.decoding import ctc as ctc_decoding
 from slam_jax.evaluation.asr import ErrorCounts, error_counts
+from slam_jax.evaluation.evaler import Evaler, sum_over_processes
 from slam_jax.data.schema import DataError
 from slam_jax.finetune.base import (FinetuneTask, SpecAugment, decode_tag, dropped_examples, encode_speech,
                                     paired_vocabulary, write_predictions)
@@ -254,27 +254,17 @@ class AsrCtcTask(FinetuneTask):
         (scores) when `out_dir` is given (`base.write_predictions`); errors are summed over hosts.
         """
         predict, transcribe = self.decoder()
-        run = trainer.predict_fn(predict)
         cfg = dataclasses.replace(self.stream_cfg, split=split, shuffle=False)
         stream = converter.eval_stream(cfg, shard_index=jax.process_index(), num_shards=jax.process_count())
-        first = next(stream, None)
-        if first is None:
-            raise ValueError(f"split {split!r} of {cfg.mixture!r} has no example for process {jax.process_index()}")
-        template = jax.tree.map(np.zeros_like, first)
         counts, rows = ErrorCounts(), []
-        for local in trainer.eval_batches(itertools.chain([first], stream), template):
-            ids = stream.ids.get("paired", [])
-            sub = local["paired"]
-            real = (sub["segment_ids"] > 0).any(1)
-            if not real.any():
-                continue
-            hyps = transcribe(run(params, local))
+        for batch in Evaler(trainer, params, predict, kind="paired").batches(stream, split):
+            sub = batch.local["paired"]
+            hyps = transcribe(batch.outputs)
             labels, valid = ctc_labels(sub["tokens"], sub["token_segment_ids"], self.vocabulary.eos_id)
-            refs = [self.vocabulary.decode(lab[ok].tolist()) for lab, ok in zip(labels, valid)]
-            keep = [i for i in range(len(refs)) if real[i]]
-            counts = counts + error_counts([refs[i] for i in keep], [hyps[i] for i in keep])
-            rows += [(ids[i] if i < len(ids) else "", refs[i], hyps[i]) for i in keep]
-        counts = _sum_over_processes(counts)
+            refs = {i: self.vocabulary.decode(labels[i][valid[i]].tolist()) for i in batch.rows}
+            counts = counts + error_counts([refs[i] for i in batch.rows], [hyps[i] for i in batch.rows])
+            rows += [(batch.ids[i], refs[i], hyps[i]) for i in batch.rows]
+        counts = ErrorCounts(*map(int, sum_over_processes(np.asarray(dataclasses.astuple(counts), np.int64))))
         dropped = dropped_examples(stream, split, strict=strict)
         if not counts.utterances:
             raise DataError(f"no utterance of split {split!r} of {cfg.mixture!r} was scored "
@@ -287,11 +277,3 @@ class AsrCtcTask(FinetuneTask):
                               tag=decode_tag(self.decode_cfg))
         return scores
 
-
-def _sum_over_processes(counts: ErrorCounts) -> ErrorCounts:
-    if jax.process_count() == 1:
-        return counts
-    from jax.experimental import multihost_utils
-    values = np.asarray(dataclasses.astuple(counts), np.int64)
-    total = np.asarray(multihost_utils.process_allgather(values)).reshape(-1, values.size).sum(0)
-    return ErrorCounts(*map(int, total))

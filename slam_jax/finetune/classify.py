@@ -15,7 +15,6 @@ Data: a GLUE seqio task registered with `slam_jax.data.glue` (`StreamConfig.mixt
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from typing import Any
 
 import jax
@@ -26,6 +25,7 @@ from flax import nnx
 
 from slam_jax.data import glue
 from slam_jax.evaluation import glue_metrics
+from slam_jax.evaluation.evaler import Evaler, gather
 from slam_jax.finetune.base import FinetuneTask, write_predictions
 from slam_jax.layers import common
 from slam_jax.model import ModelConfig, SlamEncoder
@@ -115,23 +115,16 @@ class GlueTask(FinetuneTask):
             out = model(sub["tokens"], sub["segment_ids"], sub["positions"])
             return {"prediction": out[:, 0] if self.regression else jnp.argmax(out, -1).astype(jnp.float32)}
 
-        run = trainer.predict_fn(predict)
         cfg = dataclasses.replace(self.stream_cfg, split=split, shuffle=False)
         stream = glue.make_stream(cfg, shard_index=jax.process_index(), num_shards=jax.process_count(), finite=True)
-        first = next(stream, None)
-        if first is None:
-            raise ValueError(f"split {split!r} of {cfg.mixture!r} has no example for process {jax.process_index()}")
-        template = jax.tree.map(np.zeros_like, first)
         preds, labels, real, ids = [], [], [], []
-        for local in trainer.eval_batches(itertools.chain([first], stream), template):
-            sub = local["text"]
-            preds.append(run(params, local)["prediction"])
-            labels.append(sub["labels"])
-            real.append((sub["segment_ids"] > 0).any(1))
-            batch_ids = stream.ids.get("text", [])
-            ids += [batch_ids[i] if i < len(batch_ids) and real[-1][i] else "" for i in range(len(real[-1]))]
+        for batch in Evaler(trainer, params, predict, kind="text").batches(stream, split, padding_batches=True):
+            preds.append(batch.outputs["prediction"])
+            labels.append(batch.local["text"]["labels"])
+            real.append(np.isin(np.arange(len(batch.ids)), batch.rows))
+            ids += batch.ids
         preds, labels, real = (np.concatenate(x) for x in (preds, labels, real))
-        every = [_gather(x) for x in (preds, labels, real)]
+        every = [gather(x) for x in (preds, labels, real)]
         keep = every[2].astype(bool)
         scores = glue_metrics.glue_scores(self.glue_key, every[0][keep], every[1][keep])
         scores["examples"] = float(real.sum())
@@ -143,10 +136,3 @@ class GlueTask(FinetuneTask):
                               {**scores, "head": dataclasses.asdict(self.decode_cfg)})
         return scores
 
-
-def _gather(x: np.ndarray) -> np.ndarray:
-    """Every host's rows, host after host (hosts run the same number of equal-size eval batches)."""
-    if jax.process_count() == 1:
-        return x
-    from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(x)).reshape((-1,) + x.shape[1:])

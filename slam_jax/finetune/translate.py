@@ -25,7 +25,6 @@ reference holding UNK pieces is counted in `references_with_unk`).
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from typing import Any, Callable
 
 import jax
@@ -39,6 +38,7 @@ from slam_jax.data import converter, mixtures
 from slam_jax.data import stream as stream_lib
 from slam_jax.decoding.beam_search import beam_search
 from slam_jax.evaluation import bleu
+from slam_jax.evaluation.evaler import Evaler, sum_over_processes
 from slam_jax.finetune.asr_ctc import BLANK_ID, CtcStream, ctc_labels
 from slam_jax.data.schema import DataError
 from slam_jax.finetune.base import (FinetuneTask, SpecAugment, decode_tag, dropped_examples, encode_speech,
@@ -225,32 +225,21 @@ class TranslateTask(FinetuneTask):
         """
         cfg = self.decode_cfg
         predict, to_text = self.decoder()
-        run = trainer.predict_fn(predict)
         stream_cfg = dataclasses.replace(self.stream_cfg, split=split, shuffle=False)
         stream = converter.eval_stream(stream_cfg, shard_index=jax.process_index(), num_shards=jax.process_count())
-        first = next(stream, None)
-        if first is None:
-            raise ValueError(f"split {split!r} of {stream_cfg.mixture!r} has no example for process "
-                             f"{jax.process_index()}")
-        template = jax.tree.map(np.zeros_like, first)
         stats = np.zeros(bleu.NUM_STATISTICS, np.int64)
         rows, unk = [], 0
         unk_id = getattr(self.vocabulary, "unk_id", None)
-        for local in trainer.eval_batches(itertools.chain([first], stream), template):
-            ids = stream.ids.get("paired", [])
-            sub = local["paired"]
-            real = (sub["segment_ids"] > 0).any(1)
-            if not real.any():
-                continue
-            out = run(params, local)
-            keep = np.nonzero(real)[0]
-            texts = to_text(out)
-            hyps = [texts[i] for i in keep]
-            refs = [self.detokenize(sub["tokens"][i], sub["token_segment_ids"][i] > 0) for i in keep]
-            unk += sum(int(unk_id is not None and np.any(sub["tokens"][i] == unk_id)) for i in keep)
+        for batch in Evaler(trainer, params, predict, kind="paired").batches(stream, split):
+            sub = batch.local["paired"]
+            texts = to_text(batch.outputs)
+            hyps = [texts[i] for i in batch.rows]
+            refs = [self.detokenize(sub["tokens"][i], sub["token_segment_ids"][i] > 0) for i in batch.rows]
+            unk += sum(int(unk_id is not None and np.any(sub["tokens"][i] == unk_id)) for i in batch.rows)
             stats += bleu.bleu_statistics(hyps, refs)
-            rows += [(ids[i] if i < len(ids) else "", r, h) for i, r, h in zip(keep, refs, hyps)]
-        stats, counts = _sum_over_processes(stats, np.asarray([len(rows), unk], np.int64))
+            rows += [(batch.ids[i], r, h) for i, r, h in zip(batch.rows, refs, hyps)]
+        stats = sum_over_processes(stats)
+        counts = sum_over_processes(np.asarray([len(rows), unk], np.int64))
         dropped = dropped_examples(stream, split, strict=strict)
         if not counts[0]:
             raise DataError(f"no utterance of split {split!r} of {stream_cfg.mixture!r} was translated "
@@ -266,9 +255,3 @@ class TranslateTask(FinetuneTask):
                               tag=decode_tag(cfg))
         return scores
 
-
-def _sum_over_processes(*arrays: np.ndarray) -> list[np.ndarray]:
-    if jax.process_count() == 1:
-        return list(arrays)
-    from jax.experimental import multihost_utils
-    return [np.asarray(multihost_utils.process_allgather(a)).reshape(-1, a.size).sum(0) for a in arrays]
