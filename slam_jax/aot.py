@@ -17,7 +17,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from slam_jax import config, flops, partitioning
 from slam_jax.finetune import run as finetune_run  # registers the fine-tuning configurables
@@ -80,25 +79,11 @@ def topology_devices(topology: str) -> list:
 
 
 def abstract_batch(stream_cfg, rows: dict[str, int], mesh: jax.sharding.Mesh) -> dict:
-    """`ShapeDtypeStruct`s of one global batch in the data contract (`slam_jax.data.schema`), sharded over the
-    batch mesh axes: `rows[kind]` rows per kind with the `StreamConfig` row lengths."""
-    lengths = {"speech": {"features": stream_cfg.speech_frames, "segment_ids": stream_cfg.speech_frames},
-               "text": {k: stream_cfg.text_tokens for k in schema.KEYS["text"]},
-               "paired": {"features": stream_cfg.paired_frames, "segment_ids": stream_cfg.paired_frames,
-                          "tokens": stream_cfg.paired_tokens, "token_segment_ids": stream_cfg.paired_tokens}}
-    batch: dict[str, dict[str, jax.ShapeDtypeStruct]] = {}
-    for kind, n in rows.items():
-        if not n:
-            continue
-        sub = {}
-        for key in schema.KEYS[kind]:
-            if key == "features":
-                shape, dtype = (n, lengths[kind][key], schema.NUM_MEL_BINS), jnp.float32
-            else:
-                shape, dtype = (n, lengths[kind][key]), jnp.int32
-            sub[key] = jax.ShapeDtypeStruct(shape, dtype, sharding=partitioning.batch_sharding(mesh, len(shape)))
-        batch[kind] = sub
-    return batch
+    """`ShapeDtypeStruct`s of one global batch (`schema.batch_spec`: `rows[kind]` rows per kind with the
+    `StreamConfig` row lengths), sharded over the batch mesh axes."""
+    return {kind: {key: jax.ShapeDtypeStruct(shape, dtype, sharding=partitioning.batch_sharding(mesh, len(shape)))
+                   for key, (shape, dtype) in sub.items()}
+            for kind, sub in schema.batch_spec(stream_cfg, rows).items()}
 
 
 def _finetune_task():

@@ -92,27 +92,24 @@ def tune_cpu_allocator() -> bool:
 
 # ------------------------------------------------------------------------------------------ synthetic batches
 def synthetic_batch(shapes: flops.BatchShapes, vocab_size: int, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
-    """Fully valid batch (one segment per row, no padding) in the data contract, for the kinds with rows > 0."""
+    """Fully valid batch (one segment per row, no padding) of `schema.batch_spec`'s shapes for the kinds with
+    rows > 0: normal log-mel features, uniform token ids in [3, vocab_size)."""
     rng = np.random.default_rng(seed)
-    batch: dict[str, dict[str, np.ndarray]] = {}
+    stream = schema.StreamConfig("synthetic", speech_frames=shapes.speech_frames, text_tokens=shapes.text_tokens,
+                                 paired_frames=shapes.paired_frames, paired_tokens=shapes.paired_tokens)
+    rows = {"speech": shapes.speech_rows, "text": shapes.text_rows, "paired": shapes.paired_rows}
 
-    def speech(rows: int, frames: int) -> dict[str, np.ndarray]:
-        return {"features": rng.normal(size=(rows, frames, schema.NUM_MEL_BINS)).astype(np.float32),
-                "segment_ids": np.ones((rows, frames), np.int32)}
+    def fill(key: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        if key == "features":
+            return rng.normal(size=shape).astype(dtype)
+        if key == "tokens":
+            return rng.integers(3, vocab_size, size=shape).astype(dtype)
+        if key == "positions":
+            return np.broadcast_to(np.arange(shape[1], dtype=dtype), shape).copy()
+        return np.ones(shape, dtype)   # segment ids: one segment per row
 
-    def tokens(rows: int, length: int) -> np.ndarray:
-        return rng.integers(3, vocab_size, size=(rows, length)).astype(np.int32)
-
-    if shapes.speech_rows:
-        batch["speech"] = speech(shapes.speech_rows, shapes.speech_frames)
-    if shapes.text_rows:
-        n, l = shapes.text_rows, shapes.text_tokens
-        batch["text"] = {"tokens": tokens(n, l), "segment_ids": np.ones((n, l), np.int32),
-                         "positions": np.tile(np.arange(l, dtype=np.int32), (n, 1))}
-    if shapes.paired_rows:
-        n, l = shapes.paired_rows, shapes.paired_tokens
-        batch["paired"] = dict(speech(n, shapes.paired_frames), tokens=tokens(n, l),
-                               token_segment_ids=np.ones((n, l), np.int32))
+    batch = {kind: {key: fill(key, *spec) for key, spec in sub.items()}
+             for kind, sub in schema.batch_spec(stream, rows).items()}
     schema.validate(batch)
     return batch
 

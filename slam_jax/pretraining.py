@@ -19,6 +19,34 @@ Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
+class Objective:
+    """One pre-training objective as the rest of the code sees it.
+
+    name: its `ObjectiveConfig` switch (and gin name); kind: the batch kind it reads (schema.py);
+    losses: the metric names of its losses (what must fall in training); weight: its `ObjectiveConfig` weight field.
+    """
+
+    name: str
+    kind: str
+    losses: tuple[str, ...]
+    weight: str
+
+
+# Every objective, in the order of the loss metrics. `ObjectiveConfig.active`, `kinds`, `loss_names`, the mixture
+# check of every run config (tests/test_run_configs.py) and the registry test (tests/test_objectives.py: each
+# objective alone yields exactly its losses) derive from it.
+OBJECTIVES: tuple[Objective, ...] = (
+    Objective("contrastive", "speech", ("speech/contrastive_loss",), "contrastive_weight"),
+    Objective("speech_mlm", "speech", ("speech/mlm_loss",), "speech_mlm_weight"),
+    Objective("text_mlm", "text", ("text/mlm_loss",), "text_mlm_weight"),
+    Objective("tlm", "paired", ("paired/tlm_text_loss", "paired/tlm_speech_loss"), "tlm_weight"),
+    Objective("paired_contrastive", "paired", ("paired/contrastive_loss",), "contrastive_weight"),
+    Objective("stm", "paired", ("paired/stm_loss",), "stm_weight"),
+    Objective("ctc", "paired", ("paired/ctc_loss",), "ctc_weight"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
     """Which objectives run, their weights and their masking (SLAM, arXiv 2110.10329, and w2v-BERT, arXiv
     2108.06209; (C): a convention of public re-implementations, (?): not reported, our choice).
@@ -107,17 +135,26 @@ class ObjectiveConfig:
         return quantized.ids
 
     @property
-    def uses_speech(self) -> bool:
-        return self.contrastive or self.speech_mlm
-
-    @property
-    def uses_paired(self) -> bool:
-        return self.tlm or self.stm or self.ctc or self.paired_contrastive
+    def objectives(self) -> tuple[Objective, ...]:
+        """The switched-on objectives (`OBJECTIVES` order)."""
+        return tuple(o for o in OBJECTIVES if getattr(self, o.name))
 
     @property
     def active(self) -> tuple[str, ...]:
-        names = ("contrastive", "speech_mlm", "text_mlm", "tlm", "stm", "ctc", "paired_contrastive")
-        return tuple(n for n in names if getattr(self, n))
+        return tuple(o.name for o in self.objectives)
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        """The batch kinds the switched-on objectives read (a run's mixture must yield exactly these)."""
+        return frozenset(o.kind for o in self.objectives)
+
+    @property
+    def uses_speech(self) -> bool:
+        return "speech" in self.kinds
+
+    @property
+    def uses_paired(self) -> bool:
+        return "paired" in self.kinds
 
     @property
     def speech_masking(self) -> masking.SpanMasking:
@@ -299,7 +336,7 @@ def compute_losses(model: SlamModel, batch: dict[str, dict[str, Array]], step: A
     if cfg.uses_speech and "speech" in batch:
         loss, m = speech_losses(model, batch["speech"], step, k_speech, cfg, train)
         total, metrics = total + loss, metrics | _prefixed("speech", m)
-    if cfg.text_mlm and "text" in batch:
+    if "text" in cfg.kinds and "text" in batch:
         loss, m = text_losses(model, batch["text"], k_text, cfg, train)
         total, metrics = total + loss, metrics | _prefixed("text", m)
     if cfg.uses_paired and "paired" in batch:
@@ -312,19 +349,4 @@ def compute_losses(model: SlamModel, batch: dict[str, dict[str, Array]], step: A
 
 def loss_names(cfg: ObjectiveConfig) -> tuple[str, ...]:
     """The metric names of every active objective's loss (what must fall during training)."""
-    names = []
-    if cfg.contrastive:
-        names.append("speech/contrastive_loss")
-    if cfg.speech_mlm:
-        names.append("speech/mlm_loss")
-    if cfg.text_mlm:
-        names.append("text/mlm_loss")
-    if cfg.tlm:
-        names += ["paired/tlm_text_loss", "paired/tlm_speech_loss"]
-    if cfg.paired_contrastive:
-        names.append("paired/contrastive_loss")
-    if cfg.stm:
-        names.append("paired/stm_loss")
-    if cfg.ctc:
-        names.append("paired/ctc_loss")
-    return tuple(names)
+    return tuple(name for o in cfg.objectives for name in o.losses)

@@ -43,6 +43,9 @@ def test_batches_follow_the_schema_contract(small):
             real[kind] += int((batch[kind]["segment_ids"] > 0).sum())
         schema.validate(batch)
         assert set(batch) == set(schema.KINDS)
+        # batch_spec (what slam-aot and slam-bench build batches from) is what the converter yields
+        assert {k: {kk: (v.shape, v.dtype) for kk, v in sub.items()} for k, sub in batch.items()} == \
+            schema.batch_spec(SMALL, stream.kind_batch_sizes)
         sp, tx, pa = batch["speech"], batch["text"], batch["paired"]
         assert sp["features"].shape == (4, 256, 80) and sp["segment_ids"].shape == (4, 256)
         assert tx["tokens"].shape == (2, 64) and pa["tokens"].shape == (2, 32) and pa["features"].shape == (2, 256, 80)

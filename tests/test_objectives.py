@@ -101,3 +101,33 @@ def test_stm_negatives_are_mismatched_rows():
     assert np.all(np.asarray(neg)[1:] == np.asarray(tokens)[:-1])
     # Row 0 gets row 3's transcript, which is padding: not a valid negative. Row 3 itself is padding.
     assert list(np.asarray(neg_valid)) == [False, True, True, False]
+
+
+def test_each_registered_objective_alone_yields_its_losses_weighted_by_its_weight():
+    """The objective registry (`pretraining.OBJECTIVES`) against what `compute_losses` does: each objective switched
+    on alone reads its batch kind, reports its loss metrics (and no other objective's), and its weight field scales
+    them: at weight 2 the total is twice the sum of its losses (diversity off, no dropout or Gumbel noise)."""
+    import dataclasses
+
+    from flax import nnx
+
+    from helpers import TINY, build_model, full_batch
+    from slam_jax import pretraining
+
+    model = build_model(dataclasses.replace(TINY, speech_layers=1, shared_layers=1, ctc_head=True))
+    batch = jax.tree.map(jnp.asarray, full_batch(batch=2, frames=32, length=8))
+    switches = {o.name: False for o in pretraining.OBJECTIVES}
+    every_loss = {name for o in pretraining.OBJECTIVES for name in o.losses}
+    assert {f.name for f in dataclasses.fields(pretraining.ObjectiveConfig) if f.type in ("bool", bool)} >= set(switches)
+    for objective in pretraining.OBJECTIVES:
+        cfg = pretraining.ObjectiveConfig(**{**switches, objective.name: True}, **{objective.weight: 2.0},
+                                          diversity_weight=0.0, num_negatives=4)
+        assert cfg.active == (objective.name,) and cfg.kinds == {objective.kind}
+        assert pretraining.loss_names(cfg) == objective.losses
+        losses = nnx.jit(lambda m, b, c=cfg: pretraining.compute_losses(m, b, jnp.array(0), jax.random.key(0), c,
+                                                                       train=False))
+        total, metrics = losses(model, batch)
+        assert every_loss & set(metrics) == set(objective.losses), objective.name
+        assert {k.split("/")[0] for k in metrics if "/" in k} == {objective.kind}, objective.name
+        np.testing.assert_allclose(float(total), 2 * sum(float(metrics[n]) for n in objective.losses), rtol=1e-5,
+                                   err_msg=objective.name)

@@ -178,26 +178,15 @@ def test_model_builds_abstractly_and_shards_over_the_slice(case):
         assert per_chip < params / 8, "parameters are mostly replicated: check MeshConfig / logical rules"
 
 
-def needed_kinds(objective) -> set[str]:
-    kinds = set()
-    if objective.uses_speech:
-        kinds.add("speech")
-    if objective.text_mlm:
-        kinds.add("text")
-    if objective.uses_paired:
-        kinds.add("paired")
-    return kinds
-
-
 @pytest.mark.parametrize("case", RUNS, ids=ids(RUNS))
 def test_mixture_fits_objectives_and_mesh(case):
     r, sl, path = resolve(case), slice_of(case), case[0]
     mixture = r.stream.mixture
     children = mixtures.kind_children(mixture)  # raises when the mixture is not registered
     mixtures.all_tasks(mixture)  # raises unless every task shares one output-feature schema
-    assert set(children) == needed_kinds(r.objective), (
+    assert set(children) == r.objective.kinds, (
         f"{path.name}: mixture {mixture!r} yields {sorted(children)} but the objectives use "
-        f"{sorted(needed_kinds(r.objective))}")
+        f"{sorted(r.objective.kinds)}")
     rows = mixtures.kind_batch_sizes(mixture, r.stream.batch_size, num_shards=sl.hosts)
     data, fsdp, _ = r.mesh.shape(sl.chips)
     assert all(n % (data * fsdp) == 0 for n in rows.values()), (rows, data, fsdp)

@@ -115,7 +115,7 @@ def test_auxiliary_source_ctc(tmp_path):
     """TranslationConfig.ctc_weight: the loss is (1 - w) x translation + w x CTC of the head's logits against the
     English transcript (the source tokens decode to the TSV's sentence); training lowers both terms."""
     from slam_jax import config
-    from slam_jax.data import covost, sources
+    from slam_jax.data import covost, schema, sources
     from slam_jax.finetune import run as finetune_run
     from slam_jax.objectives import ctc
     from slam_jax.trainer import TrainConfig
@@ -130,6 +130,8 @@ def test_auxiliary_source_ctc(tmp_path):
     stream = task.train_stream(0, 1)
     host = next(stream)
     sub = host["paired"]
+    assert {k: (v.shape, v.dtype) for k, v in sub.items()} == schema.batch_spec(
+        config.StreamConfig(), {"paired": sub["tokens"].shape[0]})["paired"]   # source_tokens included
     english = {r["audio_path"]: r["transcript"] for r in covost.list_covost(
         covost.tsv_path(tasks.covost.MINI_ST_DE, "en", "de", "train"), sources.MINI_CORPUS)}
     vocab = sources.default_vocabulary()

@@ -89,6 +89,32 @@ KEYS = {
     "text": ("tokens", "segment_ids", "positions"),
     "paired": ("features", "segment_ids", "tokens", "token_segment_ids"),
 }
+SOURCE_KEYS = ("source_tokens", "source_token_segment_ids")   # paired rows, with StreamConfig.paired_source_tokens
+
+
+Spec = dict[str, dict[str, tuple[tuple[int, ...], np.dtype]]]
+
+
+def batch_spec(config: StreamConfig, rows: Mapping[str, int]) -> Spec:
+    """The shapes and dtypes of one batch: {kind: {key: (shape, dtype)}} for the kinds with `rows[kind]` > 0, row
+    lengths from `config` (what the converter yields for that config; the train step, slam-aot and slam-bench build
+    their batches from it). Paired rows carry `source_tokens` only with `config.paired_source_tokens` > 0."""
+    lengths = {"speech": {"features": config.speech_frames, "segment_ids": config.speech_frames},
+               "text": {key: config.text_tokens for key in KEYS["text"]},
+               "paired": {"features": config.paired_frames, "segment_ids": config.paired_frames,
+                          "tokens": config.paired_tokens, "token_segment_ids": config.paired_tokens,
+                          "source_tokens": config.paired_source_tokens,
+                          "source_token_segment_ids": config.paired_source_tokens}}
+    spec: Spec = {}
+    for kind, n in rows.items():
+        if kind not in KEYS:
+            raise ValueError(f"unknown batch kind {kind!r}; expected a subset of {KINDS}")
+        if not n:
+            continue
+        keys = KEYS[kind] + (SOURCE_KEYS if kind == "paired" and config.paired_source_tokens > 0 else ())
+        spec[kind] = {key: ((n, lengths[kind][key], NUM_MEL_BINS), np.dtype(np.float32)) if key == "features"
+                      else ((n, lengths[kind][key]), np.dtype(np.int32)) for key in keys}
+    return spec
 
 
 def validate(batch: Mapping[str, Mapping[str, np.ndarray]]) -> None:
