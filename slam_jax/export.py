@@ -32,9 +32,9 @@ def flatten(params: Any) -> dict[str, np.ndarray]:
     them)."""
     import jax
 
-    from slam_jax.finetune.base import _path_str
+    from slam_jax.optim import param_path
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    return {_path_str(path): np.asarray(leaf) for path, leaf in leaves}
+    return {param_path(path): np.asarray(leaf) for path, leaf in leaves}
 
 
 def unflatten(abstract: Any, arrays: dict[str, np.ndarray], where: str) -> Any:
@@ -42,11 +42,11 @@ def unflatten(abstract: Any, arrays: dict[str, np.ndarray], where: str) -> Any:
     naming it."""
     import jax
 
-    from slam_jax.finetune.base import _path_str
+    from slam_jax.optim import param_path
     leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
     out, bad = [], []
     for path, leaf in leaves:
-        name = _path_str(path)
+        name = param_path(path)
         value = arrays.get(name)
         if value is None or tuple(value.shape) != tuple(leaf.shape):
             bad.append(f"{name} {tuple(leaf.shape)}: " + ("missing" if value is None else f"has {value.shape}"))

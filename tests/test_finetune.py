@@ -112,7 +112,8 @@ TINY = ModelConfig(d_model=16, num_heads=2, ffn_dim=32, speech_layers=2, shared_
 
 
 def _multiplier(path, shape, step, **cfg):
-    return np.asarray(base.lr_multiplier(path, shape, jnp.asarray(step), TINY, base.FinetuneConfig(**cfg)))
+    groups = base.FinetuneConfig(**cfg).param_groups()
+    return np.asarray(groups.multiplier(path, shape, jnp.asarray(step), TINY.speech_layers, TINY.shared_layers))
 
 
 def test_learning_rate_multipliers_per_parameter_group():
@@ -138,7 +139,8 @@ def test_learning_rate_multipliers_per_parameter_group():
 def test_head_only_optimizer_leaves_the_encoder_untouched():
     cfg = base.FinetuneConfig(encoder_lr_scale=0.0)
     from slam_jax import optim
-    tx, _ = base.make_optimizer(optim.OptimizerConfig(warmup_steps=1, peak_learning_rate=0.1), TINY, cfg)
+    tx, _ = optim.make_optimizer(optim.OptimizerConfig(warmup_steps=1, peak_learning_rate=0.1), cfg.param_groups(),
+                                 speech_layers=TINY.speech_layers, shared_layers=TINY.shared_layers)
     params = {"encoder": {"cls": jnp.ones(4)}, "ctc": {"kernel": jnp.ones((4, 2))}}
     grads = jax.tree.map(jnp.ones_like, params)
     state = tx.init(params)
@@ -153,7 +155,8 @@ def test_head_only_phase_keeps_every_encoder_parameter_bit_equal_then_trains_the
     from slam_jax import optim
     from slam_jax.model import SlamModel
     cfg = base.FinetuneConfig(freeze_encoder_steps=3, layer_lr_decay=0.8)
-    tx, _ = base.make_optimizer(optim.OptimizerConfig(warmup_steps=1, peak_learning_rate=1e-2), TINY, cfg)
+    tx, _ = optim.make_optimizer(optim.OptimizerConfig(warmup_steps=1, peak_learning_rate=1e-2), cfg.param_groups(),
+                                 speech_layers=TINY.speech_layers, shared_layers=TINY.shared_layers)
     model_cfg = dataclasses.replace(TINY, group_norm_groups=4, codebook_size=8, code_dim=8, subsampling_channels=4)
     with nnx.use_eager_sharding(False):
         params = nnx.state(SlamModel(model_cfg, rngs=nnx.Rngs(params=0)), nnx.Param)

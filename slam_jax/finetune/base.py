@@ -12,12 +12,10 @@ import dataclasses
 import json
 import os
 import re
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from slam_jax import masking, optim
@@ -64,6 +62,12 @@ class FinetuneConfig:
         if self.encoder_lr_scale < 0 or not 0 < self.layer_lr_decay <= 1:
             raise ValueError(f"FinetuneConfig: encoder_lr_scale must be >= 0 and layer_lr_decay in (0, 1], got "
                              f"{self.encoder_lr_scale} / {self.layer_lr_decay}")
+
+    def param_groups(self) -> optim.ParamGroups:
+        """The per-parameter learning-rate multipliers these settings ask for (`optim.ParamGroups`)."""
+        return optim.ParamGroups(encoder_lr_scale=self.encoder_lr_scale, layer_lr_decay=self.layer_lr_decay,
+                                 freeze_speech_steps=self.freeze_speech_steps,
+                                 freeze_encoder_steps=self.freeze_encoder_steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,62 +221,3 @@ class FinetuneTask(abc.ABC):
         `strict` (slam-eval): an example the stream cannot score (too long, bad) is an error, not a warning."""
 
 
-# ------------------------------------------------------------------------------------------------ optimizer
-def _path_str(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
-
-
-def lr_multiplier(path: str, shape: tuple[int, ...], step: Array, model_cfg: ModelConfig,
-                  cfg: FinetuneConfig) -> Array:
-    """The learning-rate multiplier of one parameter at `step` (scalar, or [layers, 1, ...] for stacked layers).
-
-    Parameters outside `encoder/` (the task heads) get 1. Stacked Conformer parameters carry a leading layer axis
-    (`ConformerStack`), so layer-wise decay is a vector along it.
-    """
-    if not path.startswith("encoder/"):
-        return jnp.ones((), jnp.float32)
-    n_speech, n_total = model_cfg.speech_layers, model_cfg.speech_layers + model_cfg.shared_layers
-    decay = cfg.layer_lr_decay
-    speech_side = path.startswith(("encoder/subsampling/", "encoder/speech_stack/", "encoder/speech_mask"))
-    if path.startswith("encoder/speech_stack/"):
-        depth = jnp.arange(n_speech)                              # layer index from the bottom
-    elif path.startswith("encoder/shared_stack/"):
-        depth = n_speech + jnp.arange(model_cfg.shared_layers)
-    else:
-        depth = jnp.asarray(-1)                                   # front-ends sit below the lowest layer
-    scale = cfg.encoder_lr_scale * jnp.power(decay, (n_total - depth).astype(jnp.float32))
-    if speech_side and cfg.freeze_speech_steps:
-        scale = jnp.where(step < cfg.freeze_speech_steps, 0.0, scale)
-    if cfg.freeze_encoder_steps:
-        scale = jnp.where(step < cfg.freeze_encoder_steps, 0.0, scale)
-    if scale.ndim == 1:
-        scale = scale.reshape((-1,) + (1,) * (len(shape) - 1))
-    return scale
-
-
-def scale_by_param_group(multiplier: Callable[[str, tuple[int, ...], Array], Array]
-                         ) -> optax.GradientTransformation:
-    """Multiplies each parameter's update by `multiplier(path, shape, step)` (step = updates applied so far)."""
-    def init(params):
-        del params
-        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
-
-    def update(updates, state, params=None):
-        del params
-        scaled = jax.tree_util.tree_map_with_path(
-            lambda path, u: u * multiplier(_path_str(path), u.shape, state.count).astype(u.dtype), updates)
-        return scaled, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
-
-    return optax.GradientTransformation(init, update)
-
-
-def make_optimizer(optimizer_cfg: optim.OptimizerConfig, model_cfg: ModelConfig, cfg: FinetuneConfig
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """Pre-training's Adam + Transformer schedule (`OptimizerConfig`), then the per-group multipliers of `cfg`."""
-    tx, schedule = optim.make_optimizer(optimizer_cfg)
-    plain = cfg.encoder_lr_scale == 1.0 and cfg.layer_lr_decay == 1.0 and not cfg.freeze_speech_steps \
-        and not cfg.freeze_encoder_steps
-    if plain:
-        return tx, schedule
-    return optax.chain(tx, scale_by_param_group(
-        lambda path, shape, step: lr_multiplier(path, shape, step, model_cfg, cfg))), schedule

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import gin
 import jax
 
-from slam_jax import checkpointing, config, partitioning, trainer as trainer_lib
+from slam_jax import checkpointing, config, optim, partitioning, trainer as trainer_lib
 from slam_jax.trainer.warm_start import WarmStartError, warm_start
 from slam_jax.finetune import TASKS, base
 
@@ -46,7 +46,9 @@ def make_task(model_cfg, finetune_cfg: base.FinetuneConfig, stream_cfg) -> base.
 def make_trainer(task: base.FinetuneTask, optimizer_cfg, mesh_cfg, train_cfg,
                  devices: Sequence[jax.Device] | None = None) -> trainer_lib.Trainer:
     return trainer_lib.Trainer(model_fn=task.build_model, loss_fn=task.losses, loss_names=task.loss_names,
-                         optimizer=base.make_optimizer(optimizer_cfg, task.model_cfg, task.cfg),
+                         optimizer=optim.make_optimizer(
+                             optimizer_cfg, task.cfg.param_groups(), speech_layers=task.model_cfg.speech_layers,
+                             shared_layers=task.model_cfg.shared_layers),
                          mesh_cfg=mesh_cfg, train_cfg=train_cfg, devices=devices)
 
 
