@@ -222,8 +222,9 @@ def test_slam_data_inspect_on_an_all_too_long_stream_says_why_instead_of_hanging
     raised = subprocess.run(cmd + ["--on_error", "raise"], env=env(), capture_output=True, text=True, timeout=600)
     assert raised.returncode == 1 and "kind 'paired' has produced no example" in raised.stderr, raised.stderr
     assert time.time() - started < 540
-    waiting = subprocess.Popen(cmd + ["--on_error", "skip"], env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    # PYTHONFAULTHANDLER: should it not end after Ctrl-C, SIGABRT makes it print every thread's stack (below).
+    waiting = subprocess.Popen(cmd + ["--on_error", "skip"], env={**env(), "PYTHONFAULTHANDLER": "1"},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = waiting.stderr.readline()
     while line and not line.startswith("waiting: no batch"):
         line = waiting.stderr.readline()
@@ -231,7 +232,12 @@ def test_slam_data_inspect_on_an_all_too_long_stream_says_why_instead_of_hanging
     waiting.send_signal(signal.SIGINT)
     # communicate, not wait: the pipes are drained as a terminal would (with stderr left unread the command was seen
     # to stop reporting, and once it did not end within 30 s on loaded cores).
-    _, err = waiting.communicate(timeout=60)
+    try:
+        _, err = waiting.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        waiting.send_signal(signal.SIGABRT)
+        _, err = waiting.communicate(timeout=60)
+        pytest.fail(f"slam-data inspect did not end within 60 s of Ctrl-C; its threads:\n{err[-20000:]}")
     assert waiting.returncode == 130, err
 
 
