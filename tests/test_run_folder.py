@@ -235,9 +235,14 @@ def test_slam_data_inspect_on_an_all_too_long_stream_says_why_instead_of_hanging
     try:
         _, err = waiting.communicate(timeout=60)
     except subprocess.TimeoutExpired:
+        # Which signals it ignores / catches (SigIgn, SigCgt: bit 1 is SIGINT), this test process' too: a SIGINT
+        # ignored by the parent is inherited, and Python then installs no KeyboardInterrupt handler.
+        masks = [line for pid in (waiting.pid, os.getpid()) for line in open(f"/proc/{pid}/status").read().splitlines()
+                 if line.startswith(("SigIgn", "SigCgt"))]
         waiting.send_signal(signal.SIGABRT)
         _, err = waiting.communicate(timeout=60)
-        pytest.fail(f"slam-data inspect did not end within 60 s of Ctrl-C; its threads:\n{err[-20000:]}")
+        pytest.fail(f"slam-data inspect did not end within 60 s of Ctrl-C ({masks}; Python handler in this process: "
+                    f"{signal.getsignal(signal.SIGINT)}); its threads:\n{err[-20000:]}")
     assert waiting.returncode == 130, err
 
 
