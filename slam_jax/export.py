@@ -24,7 +24,6 @@ import numpy as np
 FORMAT = "slam_jax.export/1"
 PARAMS, CONFIG, VOCABULARY = "params.safetensors", "config.json", "vocabulary.model"
 SOURCE_VOCABULARY = "source_vocabulary.model"
-EXPORTABLE_TASKS = ("asr_ctc", "asr_rnnt", "translate")   # what an export can hold (every task with a speech decoder)
 
 
 def flatten(params: Any) -> dict[str, np.ndarray]:
@@ -61,10 +60,11 @@ def export(model, out_dir: str) -> str:
     """Writes `model` (an `inference.Model` loaded from a run) to `out_dir`; returns the config path."""
     import tensorflow as tf
     from safetensors.numpy import save_file
+    from slam_jax import inference
     task = model.task
-    if task.name not in EXPORTABLE_TASKS:
-        raise ValueError(f"{model.model_dir} is a {task.name!r} run: slam-export writes "
-                         f"{', '.join(EXPORTABLE_TASKS)} models")
+    exportable = [name for names in inference.TASKS_OF.values() for name in names]   # what inference.load can use
+    if task.name not in exportable:
+        raise ValueError(f"{model.model_dir} is a {task.name!r} run: slam-export writes {', '.join(exportable)} models")
     tf.io.gfile.makedirs(out_dir)
     local = out_dir if "://" not in out_dir else None
     flat = flatten(model.params)

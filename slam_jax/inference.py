@@ -9,9 +9,10 @@ german = inference.load("/tmp/slam_st").translate(["a.flac"])   # a speech-trans
 layers = model.encode(["a.flac"], layers=["shared_2"])   # [{"shared_2": float32 [frames, d]}]
 ```
 
-The run's own `config.gin` fixes the model, the task (CTC or RNN-T ASR, speech translation) and its decoding options; keyword arguments
-override the decoding. Audio goes through the training pipeline's front end (`audio.load_audio`, resampled to
-16 kHz when needed, then `features.log_mel`), so a file transcribes as slam-eval transcribes it from a split.
+The run's own `config.gin` fixes the model, the task (CTC or RNN-T ASR, speech translation) and its decoding
+options; keyword arguments override the decoding. Audio goes through the training pipeline's front end
+(`audio.load_audio`, resampled to 16 kHz when needed, then `features.log_mel`), so a file transcribes as slam-eval
+transcribes it from a split.
 Utterances are batched by length into padded buckets of `BUCKET_FRAMES` log-mel frames: one compile per bucket length
 (and decoding setting), reused for every later batch of that length.
 """
@@ -179,8 +180,8 @@ class Model:
 
 
 def load(model_dir: str, *, step: int | None = None, batch_size: int | None = None) -> Model:
-    """A fine-tuned ASR or speech-translation model: a slam-finetune run (its `config.gin` and checkpoint `step`, default the latest) or
-    a `slam-export` folder (safetensors + JSON: no orbax, gin or registered seqio task needed).
+    """A fine-tuned ASR or speech-translation model: a slam-finetune run (its `config.gin` and checkpoint `step`,
+    default the latest) or a `slam-export` folder (safetensors + JSON: no orbax, gin or registered seqio task needed).
 
     batch_size: utterances per batch (default: the run's `StreamConfig.batch_size`). Raises InferenceError for a
     folder that is neither, FileNotFoundError when a run has no checkpoint.

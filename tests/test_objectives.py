@@ -118,7 +118,8 @@ def test_each_registered_objective_alone_yields_its_losses_weighted_by_its_weigh
     batch = jax.tree.map(jnp.asarray, full_batch(batch=2, frames=32, length=8))
     switches = {o.name: False for o in pretraining.OBJECTIVES}
     every_loss = {name for o in pretraining.OBJECTIVES for name in o.losses}
-    assert {f.name for f in dataclasses.fields(pretraining.ObjectiveConfig) if f.type in ("bool", bool)} >= set(switches)
+    switch_fields = {f.name for f in dataclasses.fields(pretraining.ObjectiveConfig) if f.type in ("bool", bool)}
+    assert switch_fields >= set(switches)
     for objective in pretraining.OBJECTIVES:
         cfg = pretraining.ObjectiveConfig(**{**switches, objective.name: True}, **{objective.weight: 2.0},
                                           diversity_weight=0.0, num_negatives=4)

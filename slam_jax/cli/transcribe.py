@@ -43,13 +43,14 @@ def _progress(done: int, total: int, failed: int) -> None:
               flush=True)
 
 
-def build_parser(prog: str = "slam-transcribe", doc: str | None = __doc__) -> argparse.ArgumentParser:
+def build_parser(prog: str = "slam-transcribe", doc: str | None = __doc__, *, lm: bool = True
+                 ) -> argparse.ArgumentParser:
     from slam_jax.cli import common
     parser = common.new_parser(prog, doc, gin=False)
     parser.add_argument("inputs", nargs="+", help="audio files, folders of audio files, or .txt lists of paths")
     common.add_flags(parser, "model_dir", required=("model_dir",))
     common.add_flags(parser, "output", "beam_size")
-    if prog == "slam-transcribe":
+    if lm:
         parser.add_argument("--lm", default=None, help="CTC only: ARPA / KenLM n-gram LM for shallow fusion")
     common.add_flags(parser, "step", "batch_size", "verbose")
     return parser

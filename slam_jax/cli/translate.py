@@ -16,7 +16,7 @@ from slam_jax.cli import transcribe
 
 
 def build_parser():
-    return transcribe.build_parser("slam-translate", __doc__)
+    return transcribe.build_parser("slam-translate", __doc__, lm=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -143,6 +143,8 @@ class TranslateTask(FinetuneTask):
         self.vocabulary: seqio.Vocabulary = vocabulary or paired_vocabulary(
             stream_cfg.mixture, "speech translation (target text as the 'text' feature)")
         self.decoder_cfg = self.decode_cfg.decoder(self.vocabulary.vocab_size, model_cfg.dtype)
+        if stream_cfg is None and not self.decode_cfg.max_decode_length:
+            raise ValueError("TranslateTask without a stream config needs TranslationConfig.max_decode_length > 0")
         self.max_length = self.decode_cfg.max_decode_length or stream_cfg.paired_tokens
         self.augment = SpecAugment.from_config(finetune_cfg)
         self.source_vocabulary: seqio.Vocabulary | None = source_vocabulary
