@@ -60,7 +60,11 @@ from tasks import toy  # noqa: E402  (rows per kind; registers nothing unless $S
 BEGIN = "<!-- toy_reproduction:begin (written by experiments/toy_reproduction.py; edits here are replaced) -->"
 END = "<!-- toy_reproduction:end -->"
 DONE, LOG = "toy_done.json", "toy_log.txt"
-PRETRAIN_GIN, FINETUNE_GIN = "experiments/toy_pretrain.gin", "experiments/toy_ctc.gin"
+PRETRAIN_GIN = "experiments/toy_pretrain.gin"
+# Each arm fine-tunes with its own recipe: random init with plain full fine-tuning (toy_ctc.gin), a pre-trained
+# encoder with a head-only phase, a tri-stage schedule and layer-wise LR decay (toy_ctc_pretrained.gin, wav2vec 2.0 /
+# w2v-BERT practice), so that neither arm is handicapped by the other's recipe.
+FINETUNE_GIN = {"random": "experiments/toy_ctc.gin", "pretrained": "experiments/toy_ctc_pretrained.gin"}
 MODULES = {"train": "slam_jax.cli.train", "finetune": "slam_jax.cli.finetune", "eval": "slam_jax.cli.eval"}
 GUMBEL_START, GUMBEL_END = 2.0, 0.5
 
@@ -100,6 +104,8 @@ class Budget:
     probe_seconds: float = 600.0     # frozen-feature probes: labelled training audio of the character-CTC probe
     probe_steps: int = 1000          # ... and its training steps
     bindings: tuple[str, ...] = ()   # extra gin bindings of every pre-training and fine-tuning run
+    pretrain_warmup_steps: int | None = None  # LR warm-up of a run from scratch (None: a tenth of its steps)
+    finetune_recipes: bool = False   # each arm its own fine-tuning recipe (FINETUNE_GIN), else toy_ctc.gin for all
 
     def __post_init__(self):
         if not 0 < self.stage1_steps < self.pretrain_steps or self.finetune_steps < 1:
@@ -117,6 +123,12 @@ BUDGETS = {
     # The tiny model for a few hours per seed on 2 CPU cores (docs/EXPERIMENTS.md has the measured times).
     "cpu": Budget(pretrain_steps=1500, stage1_steps=1000, finetune_steps=1000, log_every=10, eval_batches=8,
                   checkpoint_every=500),
+    # The pre-training that learns (docs/EXPERIMENTS.md, the w2v-BERT ablation's `speech_layers_4+warmup_1000` at
+    # 6000 steps: contrastive accuracy 0.42, speech-MLM 0.24, top rank 10.5) and each arm's fine-tuning recipe.
+    # About 35 min per 6000-step w2v-BERT run on 2 idle cores.
+    "cpu_long": Budget(pretrain_steps=6000, stage1_steps=4000, finetune_steps=1000, log_every=10, eval_batches=8,
+                       checkpoint_every=500, bindings=("ModelConfig.speech_layers=4",), pretrain_warmup_steps=1000,
+                       finetune_recipes=True),
 }
 
 
@@ -164,19 +176,22 @@ def plan(budget: Budget, seeds: Sequence[int], variants: Sequence[str], out: str
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; known: {sorted(VARIANTS)}")
-    decay = (GUMBEL_END / GUMBEL_START) ** (1.0 / budget.pretrain_steps)
+    decay = round((GUMBEL_END / GUMBEL_START) ** (1.0 / budget.pretrain_steps), 8)  # as the ablation binds it
     common = [*(f"--gin.{b}" for b in budget.bindings), _gin("ModelConfig.vocab_size", vocab_size)]
     steps: list[Step] = []
 
     def pretrain(seed: int, name: str, variant: Variant, n_steps: int, init_from: str | None, done_before: int):
         model_dir = pretrain_dir(out, seed, name)
+        # A stage-2 run warm-starts with a fresh optimizer: a short warm-up of a tenth of its steps.
+        warmup = max(1, n_steps // 10) if init_from or budget.pretrain_warmup_steps is None \
+            else budget.pretrain_warmup_steps
         args = [f"--model_dir={model_dir}", f"--gin_file={PRETRAIN_GIN}", f"--gin_file={variant.objective}",
                 *common, _gin("TRAIN_STEPS", n_steps), _gin("StreamConfig.mixture", variant.mixture),
                 _gin("StreamConfig.batch_size", toy.batch_size(variant.mixture)),
                 _gin("StreamConfig.seed", seed), _gin("TrainConfig.seed", seed),
                 _gin("TrainConfig.log_every", budget.log_every), _gin("TrainConfig.eval_batches", budget.eval_batches),
                 _gin("TrainConfig.checkpoint_every", budget.checkpoint_every),
-                _gin("OptimizerConfig.warmup_steps", max(1, n_steps // 10)),
+                _gin("OptimizerConfig.warmup_steps", warmup),
                 _gin("ModelConfig.gumbel_temperature_decay", decay),
                 _gin("ModelConfig.gumbel_temperature_start", GUMBEL_START * decay ** done_before)]
         if init_from:
@@ -225,7 +240,8 @@ def plan(budget: Budget, seeds: Sequence[int], variants: Sequence[str], out: str
                 if not variant.finetune:
                     continue
                 model_dir = finetune_dir(out, seed, name, tune_seed)
-                args = [f"--model_dir={model_dir}", f"--gin_file={FINETUNE_GIN}", *common,
+                recipe = "pretrained" if budget.finetune_recipes and variant.objective is not None else "random"
+                args = [f"--model_dir={model_dir}", f"--gin_file={FINETUNE_GIN[recipe]}", *common,
                         _gin("TRAIN_STEPS", budget.finetune_steps), _gin("StreamConfig.seed", tune_seed),
                         _gin("TrainConfig.seed", tune_seed), _gin("TrainConfig.log_every", budget.log_every),
                         _gin("TrainConfig.checkpoint_every", budget.checkpoint_every),
