@@ -250,6 +250,8 @@ def train_spm(out: str, lines: list[str], *, hard_vocab_limit: bool = True) -> N
     """
     import sentencepiece as spm
 
+    from slam_jax.data import vocab
+
     cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
         # Relative names: the model records its input and prefix, which must not depend on the temp folder.
@@ -262,7 +264,8 @@ def train_spm(out: str, lines: list[str], *, hard_vocab_limit: bool = True) -> N
                 character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, num_threads=1,
                 input_sentence_size=0, shuffle_input_sentence=False, hard_vocab_limit=hard_vocab_limit,
                 minloglevel=2,
-                normalization_rule_name="identity")  # text is already normalized; drops the 200 kB NFKC table
+                # text is already normalized: identity (no 200 kB NFKC table) but for U+FEFF (vocab.NORMALIZATION_RULES)
+                normalization_rule_tsv=vocab.write_normalization_rules(tmp))
         finally:
             os.chdir(cwd)
         for name in ("spm.model", "spm.vocab"):
@@ -303,7 +306,8 @@ made with eSpeak NG 1.51).
   (people, animals, things, verbs, places, times). No dev transcript appears in it.
 - `spm.model` / `spm.vocab`: SentencePiece unigram model, {VOCAB_SIZE} pieces, trained on all transcripts (train and dev)
   plus `text.txt`; ids PAD=0, EOS=1, UNK=2, no BOS (the seqio / T5 convention); identity normalization (no
-  NFKC), so feed it text in this corpus' convention.
+  NFKC) but for U+FEFF, which is removed (`slam_jax.data.vocab.NORMALIZATION_RULES`), so feed it text in this corpus'
+  convention.
 
 ## Source and licence
 

@@ -99,6 +99,8 @@ def train_spm(out: str, lines: list[str]) -> None:
     """SentencePiece unigram `out/spm.model` (+ .vocab), VOCAB_SIZE pieces, PAD=0 EOS=1 UNK=2, no BOS."""
     import sentencepiece as spm
 
+    from slam_jax.data import vocab
+
     cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)  # relative names: the model records its input path
@@ -109,7 +111,7 @@ def train_spm(out: str, lines: list[str]) -> None:
                 input="corpus.txt", model_prefix="spm", vocab_size=VOCAB_SIZE, model_type="unigram",
                 character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, num_threads=1,
                 input_sentence_size=0, shuffle_input_sentence=False, hard_vocab_limit=True, minloglevel=2,
-                normalization_rule_name="identity")
+                normalization_rule_tsv=vocab.write_normalization_rules(tmp))  # as make_mini_corpus.train_spm
         finally:
             os.chdir(cwd)
         for name in ("spm.model", "spm.vocab"):
@@ -141,7 +143,7 @@ task `mini_st_de` (`tasks/covost.py`). Regenerate with `python scripts/make_mini
   sentences by unknown speakers, i.e. that the model listens rather than reproduces training audio.
 - `spm.model` / `spm.vocab`: SentencePiece unigram model, {VOCAB_SIZE} pieces, trained on all German translations
   (train and dev, like the mini corpus' English model, so no dev character is unknown); ids PAD=0, EOS=1, UNK=2,
-  no BOS (seqio / T5 convention); identity normalization. The longest translation is {max_tokens} pieces plus EOS.
+  no BOS (seqio / T5 convention); identity normalization but for U+FEFF, which is removed (`slam_jax.data.vocab.NORMALIZATION_RULES`). The longest translation is {max_tokens} pieces plus EOS.
 
 ## Source and licence
 

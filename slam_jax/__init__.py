@@ -40,9 +40,6 @@ def _import_tensorflow_quietly() -> None:
             tf.config.set_visible_devices([], "GPU")
         except RuntimeError:  # TF already initialized its devices (imported before slam_jax): nothing to do
             pass
-    if not verbose:  # "precompiled_charsmap is empty" at every load of our identity-normalized SentencePiece models
-        import sentencepiece
-        sentencepiece.set_min_log_level(1)
 
 
 _import_tensorflow_quietly()

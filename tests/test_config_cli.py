@@ -133,9 +133,15 @@ def test_a_flag_name_means_the_same_in_every_command():
 
 
 def test_tensorflow_start_up_is_quiet():
-    """Importing the package (every CLI does) prints none of TensorFlow's native start-up lines, unless asked to."""
+    """Importing the package (every CLI does) and tokenizing with the bundled SentencePiece models the way the input
+    pipeline does (tensorflow_text's op: "precompiled_charsmap is empty" for an identity model) prints none of
+    TensorFlow's native start-up lines, unless asked to."""
     quiet = {k: v for k, v in env().items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    code = "import slam_jax.data.converter, tasks"   # TensorFlow, tf.data, seqio and the task registry
+    code = ("import os, slam_jax.data.converter, tasks, seqio\n"   # TensorFlow, tf.data, seqio and the task registry
+            "from slam_jax.data import sources\n"
+            "for path in (os.path.join(sources.MINI_CORPUS, 'spm.model'), "
+            "os.path.join(sources.MINI_CORPUS, 'st_de', 'spm.model')):\n"
+            "    assert len(seqio.SentencePieceVocabulary(path).encode_tf('the cat').numpy()) > 0\n")
     out = subprocess.run([sys.executable, "-c", code], env=quiet, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stderr == ""

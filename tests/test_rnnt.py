@@ -297,5 +297,12 @@ def test_slam_data_vocab_trains_word_pieces_with_the_project_ids(tmp_path, capsy
     assert sp.get_piece_size() == 128 and (sp.pad_id(), sp.eos_id(), sp.unk_id(), sp.bos_id()) == (0, 1, 2, -1)
     text = "THE SAILOR TIED A STRONG KNOT"
     assert sp.decode(sp.encode(text)) == text
+    # Identity normalization but for U+FEFF, in a non-empty charsmap (vocab.NORMALIZATION_RULES), as the bundled models.
+    assert sp.encode("\ufeff" + text) == sp.encode(text) and sp.encode(text.lower()) != sp.encode(text)
+    from sentencepiece import sentencepiece_model_pb2
+    for path in (tmp_path / "v128.model", os.path.join(sources.MINI_CORPUS, "spm.model"),
+                 os.path.join(sources.MINI_CORPUS, "st_de", "spm.model")):
+        proto = sentencepiece_model_pb2.ModelProto.FromString(open(path, "rb").read())
+        assert proto.normalizer_spec.precompiled_charsmap, path
     assert data_cli.main(["vocab", f"--text_file={tmp_path}/nothing", f"--output_prefix={tmp_path}/x"]) == 1
     assert "no such file or folder" in capsys.readouterr().err

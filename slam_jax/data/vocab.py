@@ -8,8 +8,8 @@ SLAM §4.1 fine-tunes its RNN-T ASR models with 1024 word pieces. An `--input` i
 `*.trans.txt` below it: "<utterance id> <TRANSCRIPT>" lines), or a text file of one transcript per line; local or
 gs://. Writes `<out>.model` and `<out>.vocab` with the project's ids (PAD = 0, which RNN-T and CTC use as the blank,
 EOS = 1, UNK = 2, no BOS) and prints the pieces per transcript. Ours, not the paper's (which used WordPiece): a
-SentencePiece unigram model with full character coverage of the transcripts, no normalization (transcripts are
-already normalized; identity keeps decode(encode(x)) == x).
+SentencePiece unigram model with full character coverage of the transcripts, no normalization beyond removing U+FEFF
+(transcripts are already normalized; identity keeps decode(encode(x)) == x; see `NORMALIZATION_RULES`).
 
 Use it by registering the paired task with this vocabulary (`--gin.DataConfig.spm_model="'<out>.model'"` for a
 fine-tuning run, or the task factory's `vocabulary=`); the RNN-T head sizes itself from it
@@ -20,6 +20,23 @@ from __future__ import annotations
 import os
 import tempfile
 from typing import Iterator, Sequence
+
+
+# The normalization of our SentencePiece models (this command's, and the bundled corpora's): identity, except that
+# U+FEFF (a byte-order mark, or zero-width no-break space, that editors leave in text files) is removed. Our choice
+# over SentencePiece's plain "identity" rule: the same pieces for any text without U+FEFF, and the model carries a
+# non-empty precompiled charsmap, without which tensorflow_text's SentencePiece op (the one seqio runs) logs
+# "precompiled_charsmap is empty. use identity normalization." at every load, with no log level to turn it off.
+NORMALIZATION_RULES = "FEFF\t\n"   # SentencePiece's rule TSV: source code points (hex), tab, target (none)
+
+
+def write_normalization_rules(folder: str) -> str:
+    """Writes `NORMALIZATION_RULES` to `<folder>/normalization.tsv` (for `normalization_rule_tsv=`); returns the
+    path relative to `folder` when it is the working directory (a trained model records the path), else absolute."""
+    path = os.path.join(folder, "normalization.tsv")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(NORMALIZATION_RULES)
+    return "normalization.tsv" if os.path.abspath(folder) == os.getcwd() else path
 
 
 def read_transcripts(path: str) -> Iterator[str]:
@@ -67,7 +84,8 @@ def train_vocabulary(inputs: Sequence[str], vocab_size: int, out_prefix: str) ->
         try:
             spm.SentencePieceTrainer.train(
                 input=corpus, model_prefix=os.path.join(tmp, "spm"), vocab_size=vocab_size, model_type="unigram",
-                character_coverage=1.0, normalization_rule_name="identity", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                character_coverage=1.0, normalization_rule_tsv=write_normalization_rules(tmp), pad_id=0, eos_id=1,
+                unk_id=2, bos_id=-1,
                 input_sentence_size=5_000_000, shuffle_input_sentence=True, minloglevel=2)
         except RuntimeError as e:  # e.g. "Vocabulary size is too high" for a small corpus
             raise ValueError(f"SentencePiece could not train {vocab_size} pieces on {lines} transcripts: {e}") \
