@@ -62,9 +62,10 @@ END = "<!-- toy_reproduction:end -->"
 DONE, LOG = "toy_done.json", "toy_log.txt"
 PRETRAIN_GIN = "experiments/toy_pretrain.gin"
 # Each arm fine-tunes with its own recipe: random init with plain full fine-tuning (toy_ctc.gin), a pre-trained
-# encoder with a head-only phase, a tri-stage schedule and layer-wise LR decay (toy_ctc_pretrained.gin, wav2vec 2.0 /
-# w2v-BERT practice), so that neither arm is handicapped by the other's recipe.
-FINETUNE_GIN = {"random": "experiments/toy_ctc.gin", "pretrained": "experiments/toy_ctc_pretrained.gin"}
+# encoder with a head-only phase, a tri-stage schedule and layer-wise LR decay on top (toy_ctc_pretrained.gin, wav2vec
+# 2.0 / w2v-BERT practice), so that neither arm is handicapped by the other's recipe.
+FINETUNE_GIN = {"random": ("experiments/toy_ctc.gin",),
+                "pretrained": ("experiments/toy_ctc.gin", "experiments/toy_ctc_pretrained.gin")}
 MODULES = {"train": "slam_jax.cli.train", "finetune": "slam_jax.cli.finetune", "eval": "slam_jax.cli.eval"}
 GUMBEL_START, GUMBEL_END = 2.0, 0.5
 
@@ -241,7 +242,7 @@ def plan(budget: Budget, seeds: Sequence[int], variants: Sequence[str], out: str
                     continue
                 model_dir = finetune_dir(out, seed, name, tune_seed)
                 recipe = "pretrained" if budget.finetune_recipes and variant.objective is not None else "random"
-                args = [f"--model_dir={model_dir}", f"--gin_file={FINETUNE_GIN[recipe]}", *common,
+                args = [f"--model_dir={model_dir}", *(f"--gin_file={f}" for f in FINETUNE_GIN[recipe]), *common,
                         _gin("TRAIN_STEPS", budget.finetune_steps), _gin("StreamConfig.seed", tune_seed),
                         _gin("TrainConfig.seed", tune_seed), _gin("TrainConfig.log_every", budget.log_every),
                         _gin("TrainConfig.checkpoint_every", budget.checkpoint_every),

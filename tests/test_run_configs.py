@@ -104,7 +104,7 @@ def test_slice_files_hold_only_the_mesh_and_the_topology():
 
 def test_the_paper_runs_exist_on_their_slices():
     cases = set(ids(RUNS))
-    for stage in ("stage1", "stage2_tlm", "stage2_tlm_stm", "stage3_w2v_bert"):
+    for stage in ("stage1", "stage2_tlm", "stage2_tlm_stm", "stage3_w2v_bert", "tlm_one_stage"):
         for sl in ("v4_64", "v5p_64"):
             assert f"slam_600m_{stage}+{sl}" in cases
     assert "mslam_2b+v5p_64" in cases  # 58 GiB per chip (docs/scaling.md): v5p only

@@ -131,8 +131,9 @@ def _arg(step: repro.Step, name: str) -> str | None:
     return found[-1] if found else None
 
 
-def test_every_variant_gets_the_same_budget(tmp_path):
-    budget = repro.BUDGETS["cpu"]
+@pytest.mark.parametrize("budget_name", ["cpu", "cpu_long"])
+def test_every_variant_gets_the_same_budget(tmp_path, budget_name):
+    budget = repro.BUDGETS[budget_name]
     steps = {s.name: s for s in repro.plan(budget, [0, 3], list(repro.VARIANTS), str(tmp_path), 300)}
     for seed in (0, 3):
         stage1 = steps[f"seed{seed}/pretrain/slam_stage1"]
@@ -143,6 +144,7 @@ def test_every_variant_gets_the_same_budget(tmp_path):
             assert (tune is not None) == variant.finetune
             if variant.objective is None:
                 assert _arg(tune, "FinetuneConfig.init_from") is None
+                assert [a for a in tune.args if a.startswith("--gin_file=")] == ["--gin_file=experiments/toy_ctc.gin"]
                 continue
             pre = steps[f"seed{seed}/pretrain/{name}"]
             n = int(_arg(pre, "TRAIN_STEPS"))
@@ -151,17 +153,25 @@ def test_every_variant_gets_the_same_budget(tmp_path):
             assert _arg(pre, "ModelConfig.vocab_size") == "300"
             rows = int(_arg(pre, "StreamConfig.batch_size"))
             assert rows == sum(toy.ROWS[k] for k in toy.KINDS[variant.mixture])
+            for binding in budget.bindings:   # e.g. the model's depth: the same in pre-training and fine-tuning
+                assert f"--gin.{binding}" in pre.args and (tune is None or f"--gin.{binding}" in tune.args)
+            warmup = int(_arg(pre, "OptimizerConfig.warmup_steps"))
             if variant.staged:
                 assert _arg(pre, "TrainConfig.init_from") == repr(stage1.run_dir)
                 assert n + stage1_steps == budget.pretrain_steps
                 assert start == pytest.approx(repro.GUMBEL_START * decay ** stage1_steps)
+                assert warmup == n // 10   # a fresh optimizer on a warm start
             else:
                 assert _arg(pre, "TrainConfig.init_from") is None and n == budget.pretrain_steps
                 assert start == repro.GUMBEL_START
-            assert repro.GUMBEL_START * decay ** budget.pretrain_steps == pytest.approx(repro.GUMBEL_END)
+                assert warmup == (budget.pretrain_warmup_steps or n // 10)
+            assert repro.GUMBEL_START * decay ** budget.pretrain_steps == pytest.approx(repro.GUMBEL_END, rel=1e-4)
             if tune is not None:
                 assert _arg(tune, "FinetuneConfig.init_from") == repr(pre.run_dir)
                 assert int(_arg(tune, "TRAIN_STEPS")) == budget.finetune_steps
+                recipe = "pretrained" if budget.finetune_recipes else "random"
+                assert [a for a in tune.args if a.startswith("--gin_file=")] == \
+                    [f"--gin_file={f}" for f in repro.FINETUNE_GIN[recipe]]
         for name, variant in repro.VARIANTS.items():   # every variant probed on the whole dev split, same batches
             if variant.objective is not None:
                 probe = steps[f"seed{seed}/probes/{name}"]
