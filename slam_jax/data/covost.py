@@ -27,6 +27,7 @@ from typing import Mapping, Optional
 import seqio
 import tensorflow as tf
 
+from slam_jax.data import listing
 from slam_jax.data import preprocessors as prep
 from slam_jax.data import sources
 
@@ -101,7 +102,7 @@ def add_covost_task(name: str, *, covost_dir: str, clips_dir: str, target_lang: 
     if target not in TARGETS:
         raise ValueError(f"target must be one of {sorted(TARGETS)}, got {target!r}")
     split_to_tsv = {k: tsv_path(covost_dir, source_lang, target_lang, v) for k, v in dict(splits).items()}
-    source = sources.ListingSource(lambda tsv: list_covost(tsv, clips_dir), split_to_tsv)
+    source = listing.ListingSource(lambda tsv: list_covost(tsv, clips_dir), split_to_tsv)
     key = "translation" if target == "translation" else "transcript"
     steps = [prep.read_audio(allow_multichannel=True, resample=True),
              *sources._waveform_preprocessors("paired", transcript_key=key)]

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from slam_jax.data import audio, features, sources
+from slam_jax.data import audio, features, listing
 
 LAYOUTS = ("librispeech", "librilight", "audio")
 
@@ -44,10 +44,10 @@ def _example(example_id: str, waveform: np.ndarray, transcript: str) -> bytes:
 
 
 def list_split(directory: str, layout: str, transcripts: bool) -> list[dict[str, str]]:
-    """Records {"id", "audio_path", "transcript", "error"} of one split directory (see `sources.list_*`)."""
+    """Records {"id", "audio_path", "transcript", "error"} of one split directory (see `listing.list_*`)."""
     if layout == "librispeech":
-        return sources.list_librispeech(directory, need_transcripts=transcripts)
-    return sources.list_audio_files(directory, require_json=layout == "librilight")
+        return listing.list_librispeech(directory, need_transcripts=transcripts)
+    return listing.list_audio_files(directory, require_json=layout == "librilight")
 
 
 def prepare_split(directory: str, output: str, split: str, *, layout: str, num_shards: int, transcripts: bool,
