@@ -167,50 +167,48 @@ class FlopCount:
 
 
 def forward_flops(cfg: ModelConfig, shapes: BatchShapes, objectives: ObjectiveConfig) -> FlopCount:
-    """Forward FLOPs of `pretraining.compute_losses` for this objective set and batch, by component.
-
-    Mirrors the control flow of `slam_jax.pretraining`: which stacks run on which sub-batch for which objective.
+    """Forward FLOPs of `pretraining.compute_losses` for this objective set and batch, by component: the front-ends
+    of each speech sub-batch, the encoder passes the objectives declare (`ObjectiveConfig.encoder_passes`, each
+    once) and each objective's heads (`pretraining.OBJECTIVES`) on its rows. A sub-batch with no rows costs nothing.
     """
+    rows = {"speech": shapes.speech_rows, "text": shapes.text_rows, "paired": shapes.paired_rows}
+    frames = {"speech": shapes.speech_frames, "paired": shapes.paired_frames}
+    speech = {kind: subsampled(f) for kind, f in frames.items()}          # Conformer positions of the speech
+    text = {"text": shapes.text_tokens, "paired": shapes.paired_tokens}   # ... and of the text
+    b, t, joint = rows["paired"], speech["paired"], 1 + shapes.paired_tokens + speech["paired"]  # [CLS; text; speech]
     n, m = cfg.speech_layers, cfg.shared_layers
+    stacks = {  # pass -> its Conformer stacks as (component, rows, layers, positions)
+        "speech.speech_stack": [("speech_stack", rows["speech"], n, speech["speech"])],
+        "speech.shared_stack": [("shared_stack", rows["speech"], m, speech["speech"])],
+        "text.shared_stack": [("shared_stack", rows["text"], m, text["text"])],
+        "paired.joint": [("speech_stack", b, n, t), ("shared_stack", b, m, joint)],
+        "paired.speech_stack": [("speech_stack", b, n, t)],
+        "paired.stm": [("shared_stack", 2 * b, m, joint)],   # positives and rolled negatives
+        "paired.ctc": [("shared_stack", b, m, t)],
+    }
+    heads = {  # head -> forward FLOPs on one row of `kind`
+        "contrastive": lambda kind: contrastive_flops(cfg, speech[kind]),
+        "speech_mlm_head": lambda kind: speech_mlm_flops(cfg, speech[kind]),
+        "text_mlm_head": lambda kind: text_mlm_flops(cfg, text[kind]),
+        "stm_head": lambda kind: 2 * 2 * cfg.d_model,   # d -> 1 on [CLS], positives and negatives
+        "ctc_head": lambda kind: 2.0 * speech[kind] * cfg.d_model * cfg.vocab_size,
+    }
+    passes = [p for p in objectives.encoder_passes if rows[p.split(".")[0]]]
     out = FlopCount()
-    if objectives.uses_speech and shapes.speech_rows:
-        b, t = shapes.speech_rows, subsampled(shapes.speech_frames)
-        out.add("subsampling", b * subsampling_flops(cfg, shapes.speech_frames))
-        out.add("quantizer", b * quantizer_flops(cfg, t))
-        out.stack("speech_stack", cfg, b, n, t)
-        top = objectives.speech_mlm or objectives.contrastive_on == "top"
-        if top:
-            out.stack("shared_stack", cfg, b, m, t)
-        out.add("health", b * health_flops(cfg, t, 3 if top else 2), no_grad=True)  # ranks of z, c (and the top)
-        if objectives.contrastive:
-            out.add("contrastive", b * contrastive_flops(cfg, t))
-        if objectives.speech_mlm:
-            out.add("speech_mlm_head", b * speech_mlm_flops(cfg, t))
-    if objectives.text_mlm and shapes.text_rows:
-        b, l = shapes.text_rows, shapes.text_tokens
-        out.stack("shared_stack", cfg, b, m, l)
-        out.add("text_mlm_head", b * text_mlm_flops(cfg, l))
-    if objectives.uses_paired and shapes.paired_rows:
-        b, l, t = shapes.paired_rows, shapes.paired_tokens, subsampled(shapes.paired_frames)
-        joint = 1 + l + t
-        out.add("subsampling", b * subsampling_flops(cfg, shapes.paired_frames))
-        out.add("quantizer", b * quantizer_flops(cfg, t))
-        if objectives.tlm or objectives.paired_contrastive or (objectives.stm and objectives.stm_on_masked):
-            out.stack("speech_stack", cfg, b, n, t)
-            out.stack("shared_stack", cfg, b, m, joint)
-        if objectives.tlm:
-            out.add("text_mlm_head", b * text_mlm_flops(cfg, l))
-            out.add("speech_mlm_head", b * speech_mlm_flops(cfg, t))
-        if objectives.paired_contrastive:
-            out.add("contrastive", b * contrastive_flops(cfg, t))
-        if objectives.ctc or (objectives.stm and not objectives.stm_on_masked):
-            out.stack("speech_stack", cfg, b, n, t)
-        if objectives.stm:
-            out.stack("shared_stack", cfg, 2 * b, m, joint)  # positives and rolled negatives
-            out.add("stm_head", 2 * b * 2 * cfg.d_model)
-        if objectives.ctc:
-            out.stack("shared_stack", cfg, b, m, t)
-            out.add("ctc_head", b * 2.0 * t * cfg.d_model * cfg.vocab_size)
+    for kind in ("speech", "paired"):
+        if any(p.startswith(kind + ".") for p in passes):
+            out.add("subsampling", rows[kind] * subsampling_flops(cfg, frames[kind]))
+            out.add("quantizer", rows[kind] * quantizer_flops(cfg, speech[kind]))
+    if "speech.speech_stack" in passes:   # effective ranks of z, c (and the top) of the speech sub-batch
+        ranks = 3 if "speech.shared_stack" in passes else 2
+        out.add("health", rows["speech"] * health_flops(cfg, speech["speech"], ranks), no_grad=True)
+    for p in passes:
+        for name, r, layers, positions in stacks[p]:
+            out.stack(name, cfg, r, layers, positions)
+    for objective in objectives.objectives:
+        if rows[objective.kind]:
+            for head in objective.heads:
+                out.add(head, rows[objective.kind] * heads[head](objective.kind))
     return out
 
 

@@ -6,6 +6,7 @@ derives from (seed, step), so it is reproducible and differs every step.
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -24,25 +25,53 @@ class Objective:
 
     name: its `ObjectiveConfig` switch (and gin name); kind: the batch kind it reads (schema.py);
     losses: the metric names of its losses (what must fall in training); weight: its `ObjectiveConfig` weight field.
+    passes: the encoder passes `compute_losses` runs for it, given the config (`ENCODER_PASSES`; objectives that
+      need the same pass share it); heads: the output heads it adds on its kind's rows. `slam_jax.flops` counts
+      a step's FLOPs from these two.
     """
 
     name: str
     kind: str
     losses: tuple[str, ...]
     weight: str
+    passes: Callable[["ObjectiveConfig"], tuple[str, ...]]
+    heads: tuple[str, ...]
 
 
-# Every objective, in the order of the loss metrics. `ObjectiveConfig.active`, `kinds`, `loss_names`, the mixture
-# check of every run config (tests/test_run_configs.py) and the registry test (tests/test_objectives.py: each
-# objective alone yields exactly its losses) derive from it.
+# The Conformer passes of one step, each on the sub-batch its prefix names:
+#   speech.speech_stack  unlabeled speech (masked) through the speech stack (after subsampling + quantizer)
+#   speech.shared_stack  ... on through the shared stack to the top
+#   text.shared_stack    unlabeled text (masked) through the shared stack
+#   paired.joint         masked paired speech through the speech stack, then [CLS; text; speech] through the shared
+#   paired.speech_stack  the clean paired speech alone through the speech stack
+#   paired.stm           the clean pairs and their rolled negatives, [CLS; text; speech], through the shared stack
+#   paired.ctc           the clean paired speech alone on through the shared stack
+ENCODER_PASSES = ("speech.speech_stack", "speech.shared_stack", "text.shared_stack", "paired.joint",
+                  "paired.speech_stack", "paired.stm", "paired.ctc")
+
+
+def _stm_passes(cfg: "ObjectiveConfig") -> tuple[str, ...]:
+    return ("paired.joint" if cfg.stm_on_masked else "paired.speech_stack", "paired.stm")
+
+
+# Every objective, in the order of the loss metrics. `ObjectiveConfig.active`, `kinds`, `loss_names`, the FLOP model
+# (`slam_jax.flops.forward_flops`), the mixture check of every run config (tests/test_run_configs.py) and the
+# registry test (tests/test_objectives.py: each objective alone yields exactly its losses) derive from it.
 OBJECTIVES: tuple[Objective, ...] = (
-    Objective("contrastive", "speech", ("speech/contrastive_loss",), "contrastive_weight"),
-    Objective("speech_mlm", "speech", ("speech/mlm_loss",), "speech_mlm_weight"),
-    Objective("text_mlm", "text", ("text/mlm_loss",), "text_mlm_weight"),
-    Objective("tlm", "paired", ("paired/tlm_text_loss", "paired/tlm_speech_loss"), "tlm_weight"),
-    Objective("paired_contrastive", "paired", ("paired/contrastive_loss",), "contrastive_weight"),
-    Objective("stm", "paired", ("paired/stm_loss",), "stm_weight"),
-    Objective("ctc", "paired", ("paired/ctc_loss",), "ctc_weight"),
+    Objective("contrastive", "speech", ("speech/contrastive_loss",), "contrastive_weight",
+              lambda c: ("speech.speech_stack",) + (("speech.shared_stack",) if c.contrastive_on == "top" else ()),
+              ("contrastive",)),
+    Objective("speech_mlm", "speech", ("speech/mlm_loss",), "speech_mlm_weight",
+              lambda c: ("speech.speech_stack", "speech.shared_stack"), ("speech_mlm_head",)),
+    Objective("text_mlm", "text", ("text/mlm_loss",), "text_mlm_weight",
+              lambda c: ("text.shared_stack",), ("text_mlm_head",)),
+    Objective("tlm", "paired", ("paired/tlm_text_loss", "paired/tlm_speech_loss"), "tlm_weight",
+              lambda c: ("paired.joint",), ("text_mlm_head", "speech_mlm_head")),
+    Objective("paired_contrastive", "paired", ("paired/contrastive_loss",), "contrastive_weight",
+              lambda c: ("paired.joint",), ("contrastive",)),
+    Objective("stm", "paired", ("paired/stm_loss",), "stm_weight", _stm_passes, ("stm_head",)),
+    Objective("ctc", "paired", ("paired/ctc_loss",), "ctc_weight",
+              lambda c: ("paired.speech_stack", "paired.ctc"), ("ctc_head",)),
 )
 
 
@@ -138,6 +167,12 @@ class ObjectiveConfig:
     def objectives(self) -> tuple[Objective, ...]:
         """The switched-on objectives (`OBJECTIVES` order)."""
         return tuple(o for o in OBJECTIVES if getattr(self, o.name))
+
+    @property
+    def encoder_passes(self) -> tuple[str, ...]:
+        """The Conformer passes the switched-on objectives need (`ENCODER_PASSES` order, each once)."""
+        needed = {p for o in self.objectives for p in o.passes(self)}
+        return tuple(p for p in ENCODER_PASSES if p in needed)
 
     @property
     def active(self) -> tuple[str, ...]:

@@ -112,12 +112,14 @@ def test_each_registered_objective_alone_yields_its_losses_weighted_by_its_weigh
     from flax import nnx
 
     from helpers import TINY, build_model, full_batch
-    from slam_jax import pretraining
+    from slam_jax import flops, pretraining
 
-    model = build_model(dataclasses.replace(TINY, speech_layers=1, shared_layers=1, ctc_head=True))
+    model_cfg = dataclasses.replace(TINY, speech_layers=1, shared_layers=1, ctc_head=True)
+    model = build_model(model_cfg)
     batch = jax.tree.map(jnp.asarray, full_batch(batch=2, frames=32, length=8))
     switches = {o.name: False for o in pretraining.OBJECTIVES}
     every_loss = {name for o in pretraining.OBJECTIVES for name in o.losses}
+    every_head = {head for o in pretraining.OBJECTIVES for head in o.heads}
     switch_fields = {f.name for f in dataclasses.fields(pretraining.ObjectiveConfig) if f.type in ("bool", bool)}
     assert switch_fields >= set(switches)
     for objective in pretraining.OBJECTIVES:
@@ -132,3 +134,8 @@ def test_each_registered_objective_alone_yields_its_losses_weighted_by_its_weigh
         assert {k.split("/")[0] for k in metrics if "/" in k} == {objective.kind}, objective.name
         np.testing.assert_allclose(float(total), 2 * sum(float(metrics[n]) for n in objective.losses), rtol=1e-5,
                                    err_msg=objective.name)
+        # The FLOP model counts this objective's own heads, no other objective's, and its declared passes.
+        count = flops.forward_flops(model_cfg, flops.BatchShapes.from_batch(batch), cfg)
+        assert set(objective.heads) <= set(count.components) and not set(count.components) & (every_head - set(
+            objective.heads)), (objective.name, count.components)
+        assert cfg.encoder_passes and all(p.startswith(objective.kind + ".") for p in cfg.encoder_passes)
