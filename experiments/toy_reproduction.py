@@ -316,6 +316,13 @@ def machine(env: dict[str, str]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ results
+# Training health metrics kept per logged step for the plots (slam_jax.health; the speech ones exist only for
+# variants that train on unlabeled speech): (metric, panel title).
+HEALTH = {"speech/contrastive_accuracy": "contrastive accuracy", "speech/mlm_accuracy": "speech-MLM accuracy",
+          "speech/top_rank": "top-layer effective rank", "speech/code_perplexity": "argmax-code perplexity",
+          "speech/sampled_is_argmax": "sampled code = argmax code", "text/mlm_accuracy": "text MLM accuracy"}
+
+
 def read_metrics(model_dir: str) -> list[dict]:
     path = os.path.join(model_dir, "metrics.jsonl")
     with open(path) as f:
@@ -344,7 +351,12 @@ def collect(records: dict[str, dict], budget: Budget, seeds: Sequence[int], vari
                     curve = head + [(s + budget.stage1_steps, v) for s, v in curve]
                     seconds += records[f"seed{seed}/pretrain/slam_stage1"]["seconds"]
                 final_eval = {k: v for m in read_metrics(model_dir) for k, v in m.items() if k.startswith("eval/")}
+                health = {key: [(m["step"], m[key]) for m in read_metrics(model_dir) if key in m] for key in HEALTH}
+                if variant.staged:
+                    head = {key: [(m["step"], m[key]) for m in read_metrics(stage1) if key in m] for key in HEALTH}
+                    health = {key: head[key] + [(s + budget.stage1_steps, v) for s, v in health[key]] for key in HEALTH}
                 r.update(pretrain_curve=curve, pretrain_seconds=seconds, pretrain_eval=final_eval,
+                         pretrain_health={k: v for k, v in health.items() if v},
                          probes=records[f"seed{seed}/probes/{name}"]["output"])
             layers = records.get(f"seed{seed}/layer_probes/{name}")
             if layers is not None:  # the whole result (with per-utterance CERs) is in the file slam-eval names
@@ -500,6 +512,13 @@ def probe_section(results: dict) -> str:
         best = best_probe_layer(results, name)
         speaker = fmt(values(results, name, lambda r: r["layer_probes"]["layers"][best]["speaker_accuracy"]), 100)
         rows.append(f"| {VARIANTS[name].label} | " + " | ".join(cells) + f" | {best} | {speaker} |")
+    rank_rows = []
+    for name in results["variants"]:
+        runs = [r["layer_probes"] for r in results["runs"].get(name, {}).values() if "layer_probes" in r]
+        if runs:
+            ranks = [fmt([run["layers"][layer]["effective_rank"] for run in runs if layer in run["layers"]])
+                     for layer in layers]
+            rank_rows.append(f"| {VARIANTS[name].label} | " + " | ".join(ranks) + " |")
     any_run = next(r["layer_probes"] for runs in results["runs"].values() for r in runs.values()
                    if "layer_probes" in r)
     claims = []
@@ -520,6 +539,13 @@ identification: logistic regression on the utterance mean of the best CTC layer,
 | variant | {' | '.join(layers)} | best layer | speaker acc. |
 |---|{'---|' * len(layers)}---|---|
 {chr(10).join(rows)}
+
+Effective rank of each layer's frames on the dev utterances (participation ratio of the covariance eigenvalues; mean
+over pre-training seeds):
+
+| variant | {' | '.join(layers)} |
+|---|{'---|' * len(layers)}
+{chr(10).join(rank_rows)}
 
 {chr(10).join(claims)}
 """
@@ -544,7 +570,8 @@ CLAIMS = [
 
 
 def plots(results: dict, folder: str) -> list[str]:
-    """Loss curves (pre-training, fine-tuning) of the first seed and WER per variant; returns the PNG names."""
+    """Loss curves (pre-training, fine-tuning) of the first seed, WER per variant, the training health metrics over
+    steps (every pre-training seed) and the frozen probes' CER and effective rank per layer; returns the PNG names."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -584,7 +611,50 @@ def plots(results: dict, folder: str) -> list[str]:
     fig.tight_layout()
     fig.savefig(os.path.join(folder, "wer.png"), dpi=80)
     plt.close(fig)
-    return ["loss_curves.png", "wer.png"]
+    images = ["loss_curves.png", "wer.png"]
+
+    shown = [key for key in HEALTH if any(key in run.get("pretrain_health", {}) for n in names
+                                          for run in results["runs"].get(n, {}).values())]
+    if shown:
+        fig, axes = plt.subplots(1, len(shown), figsize=(3.3 * len(shown), 3.0), squeeze=False)
+        for ax, key in zip(axes[0], shown):
+            for name in names:
+                for i, (run_key, run) in enumerate(sorted(results["runs"].get(name, {}).items())):
+                    curve = run.get("pretrain_health", {}).get(key)
+                    if curve:
+                        steps, vals = zip(*curve)
+                        ax.plot(steps, vals, lw=1, color=color[name], ls="-" if i == 0 else "--",
+                                label=f"{VARIANTS[name].label} (seed {run_key})")
+            ax.set(title=HEALTH[key], xlabel="step")
+        axes[0][0].legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(os.path.join(folder, "health.png"), dpi=80)
+        plt.close(fig)
+        images.append("health.png")
+
+    layers = probe_layer_names(results)
+    if layers:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+        x = np.arange(len(layers))
+        for name in names:
+            runs = [r["layer_probes"] for r in results["runs"].get(name, {}).values() if "layer_probes" in r]
+            for ax, field, scale in ((axes[0], "cer", 100), (axes[1], "effective_rank", 1)):
+                per_seed = np.array([[run["layers"].get(layer, {}).get(field, np.nan) for layer in layers]
+                                     for run in runs]) * scale
+                if len(per_seed):
+                    ax.errorbar(x, np.nanmean(per_seed, 0), yerr=np.nanstd(per_seed, 0) if len(runs) > 1 else None,
+                                marker="o", ms=3, lw=1, capsize=2, color=color[name],
+                                label=f"{VARIANTS[name].label} ({len(runs)} seeds)")
+        axes[0].set(title="frozen character-CTC probe: dev CER (%)", ylabel="CER (%)")
+        axes[1].set(title="effective rank of the layer's frames (dev)", ylabel="rank")
+        for ax in axes:
+            ax.set_xticks(x, layers, fontsize=7, rotation=30)
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(os.path.join(folder, "probes.png"), dpi=80)
+        plt.close(fig)
+        images.append("probes.png")
+    return images
 
 
 COLUMNS = ("variant", "dev WER", "dev CER", "test WER", "test CER", "STM acc.", "R@1 speech→text",
