@@ -223,8 +223,12 @@ def test_slam_data_inspect_on_an_all_too_long_stream_says_why_instead_of_hanging
     assert raised.returncode == 1 and "kind 'paired' has produced no example" in raised.stderr, raised.stderr
     assert time.time() - started < 540
     # PYTHONFAULTHANDLER: should it not end after Ctrl-C, SIGABRT makes it print every thread's stack (below).
+    # SIGINT at its default in the command, as a terminal gives it: a test run started in the background of a
+    # non-interactive shell (`pytest ... &`) ignores SIGINT, a child inherits that, and Python then installs no
+    # KeyboardInterrupt handler (the failure seen at d7a4b01: the command never saw the Ctrl-C).
     waiting = subprocess.Popen(cmd + ["--on_error", "skip"], env={**env(), "PYTHONFAULTHANDLER": "1"},
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     line = waiting.stderr.readline()
     while line and not line.startswith("waiting: no batch"):
         line = waiting.stderr.readline()
