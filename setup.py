@@ -31,6 +31,7 @@ setuptools.setup(
         "jiwer>=3.0,<5",
         # n-gram LM shallow fusion in CTC beam search; builds from source (a C++ compiler, as on any Linux CI).
         "kenlm>=0.2",
+        "flashlight-text>=0.0.7,<0.1",  # the CTC beam search with a word LM (C++, KenLM; decoding/ctc.py)
         "sacrebleu>=2.3,<3",
         "scikit-learn>=1.3",
         "matplotlib>=3.7",  # plots of experiments/toy_reproduction.py (docs/)

@@ -147,6 +147,23 @@ class Model:
                 out[i] = texts[row]
         return out
 
+    def emissions(self, inputs: Sequence[Audio], *, sample_rate: int = features_lib.SAMPLE_RATE
+                  ) -> list[np.ndarray]:
+        """CTC log-probabilities float32 [frames, vocab] per input (frames 4x subsampled; id 0 is the blank), from a
+        CTC ASR run: for a decoder of your own (e.g. flashlight-text's, benchmarks/slam_ctc_decoder_bench.py)."""
+        if self.task.name != "asr_ctc":
+            raise InferenceError(f"{self.model_dir} is a {self.task.name!r} run: emissions need an 'asr_ctc' run")
+        task = self.decoding_task("transcribe", beam_size=2)   # its predict returns the log-softmax
+        predict, _ = task.decoder()
+        run = self._run(("emissions",), lambda: predict)
+        feats = [self.features(x, sample_rate) for x in inputs]
+        out: list[np.ndarray] = [np.zeros(0)] * len(feats)
+        for idx, batch in self._batches(feats):
+            result = run(self.params, batch)
+            for row, i in enumerate(idx):
+                out[i] = np.asarray(result["log_probs"][row, :int(result["lengths"][row])], np.float32)
+        return out
+
     def encode(self, inputs: Sequence[Audio], *, layers: Sequence[str] | None = None,
                sample_rate: int = features_lib.SAMPLE_RATE) -> list[dict[str, np.ndarray]]:
         """Frame features of every encoder layer (or `layers`) per input: {name: float32 [frames, d]}, names as

@@ -103,6 +103,39 @@ def test_kenlm_shallow_fusion_prefers_the_word_the_lm_knows(tmp_path):
         ctc_decoding.WordLM(str(tmp_path / "missing.arpa"))
 
 
+def test_flashlight_lexicon_decoder_matches_the_prefix_beam_reference_and_emits_only_lm_words(tmp_path):
+    """flashlight-text's decoder (the default with an LM) against `prefix_beam_search` on constructed emissions:
+    the same labels where the lexicon allows them, the LM's choice where the acoustics are ambiguous, and a word
+    outside the LM never emitted."""
+    arpa = tmp_path / "lm.arpa"
+    arpa.write_text("\n".join([
+        "\\data\\", "ngram 1=6", "ngram 2=3", "", "\\1-grams:", "-1.0\t<unk>\t0", "-99\t<s>\t-0.5",
+        "-0.5\t</s>\t0", "-0.3\tCAT\t-0.2", "-4.0\tHAT\t-0.2", "-0.6\tSAT\t-0.2", "", "\\2-grams:",
+        "-0.2\t<s> CAT", "-0.1\tCAT SAT", "-0.3\tSAT </s>", "", "\\end\\", ""]))
+    # ids: 0 blank, 1 EOS (silence), 2 UNK, then pieces; SAT is spelled with two pieces, MAT is not in the LM.
+    pieces = ["<pad>", "</s>", "<unk>", "\u2581CAT", "\u2581HAT", "\u2581S", "AT", "\u2581MAT"]
+    cfg = dict(beam_size=16, prune_top_k=8, lm_path=str(arpa), lm_alpha=0.5, lm_beta=0.0)
+    flashlight = ctc_decoding.CtcDecodeConfig(**cfg).decoder(pieces)
+    reference = ctc_decoding.CtcDecodeConfig(**cfg, lm_decoder="prefix_beam").decoder(pieces)
+    assert isinstance(flashlight, ctc_decoding.LexiconDecoder)
+
+    def frames(*rows):
+        p = np.full((len(rows), len(pieces)), 1e-4)
+        for t, row in enumerate(rows):
+            for label, prob in row.items():
+                p[t, label] = prob
+        return np.log(p / p.sum(1, keepdims=True))
+
+    clear = frames({3: 0.9}, {0: 0.9}, {5: 0.9}, {6: 0.9}, {0: 0.9})        # CAT SAT, unambiguous
+    ambiguous = frames({3: 0.45, 4: 0.5}, {0: 0.9}, {5: 0.9}, {6: 0.9})     # CAT or HAT: the LM decides
+    for log_probs in (clear, ambiguous):
+        assert flashlight(log_probs, len(log_probs)) == reference(log_probs, len(log_probs)) == [3, 5, 6]
+    oov = frames({7: 0.8, 3: 0.15}, {0: 0.9})   # the acoustics say MAT, which the LM lacks
+    assert reference(oov, 2) == [7] and flashlight(oov, 2) == [3]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ctc_decoding.CtcDecodeConfig(**{**cfg, "lm_path": str(tmp_path / "missing.arpa")}).decoder(pieces)
+
+
 def test_decode_config_rejects_lm_without_beam_search():
     with pytest.raises(ValueError, match="beam_size > 1"):
         ctc_decoding.CtcDecodeConfig(beam_size=1, lm_path="lm.arpa")

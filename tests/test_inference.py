@@ -45,6 +45,14 @@ def test_transcribe_returns_what_slam_eval_wrote_and_encode_gives_every_layer(ct
         model.encode(paths[:1], layers=["speech_9"])
     with pytest.raises(inference.InferenceError, match="beam_width"):
         model.transcribe(paths[:1], beam_width=3)
+    # CTC emissions: log-probabilities per subsampled frame whose best path is the greedy transcript.
+    import numpy as np
+    from slam_jax.decoding import ctc
+    emissions = model.emissions(paths[:3])
+    for path, hyp, lp in zip(paths, hyps, emissions):
+        assert lp.shape == (-(-model.features(path).shape[0] // 4), model.task.model_cfg.vocab_size)
+        np.testing.assert_allclose(np.exp(lp).sum(-1), 1.0, rtol=1e-4)
+        assert model.task.text(ctc.greedy_decode(lp.argmax(-1), lp.shape[0])) == hyp
 
 
 def test_slam_transcribe_skips_bad_files_names_them_and_fails(ctc_run, tmp_path):

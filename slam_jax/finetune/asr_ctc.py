@@ -217,11 +217,12 @@ class AsrCtcTask(FinetuneTask):
 
     def decoder(self) -> tuple[Callable[[nnx.Module, dict], dict[str, Array]], Callable[[dict], list[str]]]:
         """(predict: the model's batch -> device outputs, jitted by the trainer; transcribe: this host's rows of
-        those outputs -> texts), per `CtcDecodeConfig`: greedy best path, or prefix beam search with the LM."""
+        those outputs -> texts), per `CtcDecodeConfig`: greedy best path, or beam search (with the LM by its
+        `lm_decoder`)."""
         cfg = self.decode_cfg
         beam = cfg.beam_size > 1
-        lm = ctc_decoding.WordLM(cfg.lm_path) if cfg.lm_path else None
-        pieces = self._pieces() if beam else None
+        decode = cfg.decoder(self._pieces(), blank_id=BLANK_ID, silence_id=self.vocabulary.eos_id,
+                             encode=self.vocabulary.tokenizer.encode_as_ids)
 
         def predict(model: AsrModel, batch: dict) -> dict[str, Array]:
             logits, seg = model(batch["paired"]["features"], batch["paired"]["segment_ids"])
@@ -237,9 +238,7 @@ class AsrCtcTask(FinetuneTask):
                 if not beam:
                     labels = ctc_decoding.greedy_decode(outputs["best"][row], n, BLANK_ID)
                 else:
-                    labels = ctc_decoding.prefix_beam_search(
-                        outputs["log_probs"][row], n, pieces, beam_size=cfg.beam_size, prune_top_k=cfg.prune_top_k,
-                        blank_id=BLANK_ID, lm=lm, alpha=cfg.lm_alpha, beta=cfg.lm_beta)
+                    labels = decode(outputs["log_probs"][row], n)
                 texts.append(self.text(labels))
             return texts
 
