@@ -36,7 +36,6 @@ import sys
 import tempfile
 import time
 
-
 EOS_ID = 1   # the CTC head's never-emitted EOS: flashlight's silence token for sub-word units
 
 
