@@ -516,8 +516,8 @@ def probe_section(results: dict) -> str:
     for name in results["variants"]:
         runs = [r["layer_probes"] for r in results["runs"].get(name, {}).values() if "layer_probes" in r]
         if runs:
-            ranks = [fmt([run["layers"][layer]["effective_rank"] for run in runs if layer in run["layers"]])
-                     for layer in layers]
+            ranks = [fmt([run["layers"][layer]["effective_rank"] for run in runs
+                          if "effective_rank" in run["layers"].get(layer, {})]) for layer in layers]
             rank_rows.append(f"| {VARIANTS[name].label} | " + " | ".join(ranks) + " |")
     any_run = next(r["layer_probes"] for runs in results["runs"].values() for r in runs.values()
                    if "layer_probes" in r)
