@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -212,16 +212,19 @@ def _reader(directory: str) -> ocp.CheckpointManager:
                                  item_handlers=_handlers())
 
 
-def warm_start_params(directory: str, abstract_params: Any, fresh_params: Any) -> tuple[Any, list[str]]:
-    """t5x-style warm start: restores every parameter of `directory`'s latest checkpoint whose name and shape match;
-    the others keep `fresh_params`. Returns (params, names of parameters not restored)."""
+def warm_start_params(directory: str, abstract_params: Any, fresh_params: Any, keep_fresh: Sequence[str] = ()
+                      ) -> tuple[Any, list[str]]:
+    """t5x-style warm start: restores every parameter of `directory`'s latest checkpoint whose name and shape match,
+    except those under a prefix in `keep_fresh`; the others keep `fresh_params`. Returns (params, names of
+    parameters not restored)."""
     manager = _reader(directory)
     step = manager.latest_step()
     if step is None:
         raise FileNotFoundError(f"no checkpoint found under {directory} to warm-start from")
     found = _paths_and_shapes(manager.item_metadata(step)["params"])
     want = _paths_and_shapes(abstract_params)
-    if found == want:
+    keep = tuple(keep_fresh)
+    if found == want and not keep:
         restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
         return restored["params"], []
     # Partial match: restore the checkpoint's own tree on the host, then copy what matches.
@@ -232,7 +235,7 @@ def warm_start_params(directory: str, abstract_params: Any, fresh_params: Any) -
     skipped = []
     out = []
     for name, leaf, abstract in zip(names, leaves, jax.tree.leaves(abstract_params)):
-        if name in flat_found and tuple(np.shape(flat_found[name])) == tuple(leaf.shape):
+        if not name.startswith(keep) and name in flat_found and tuple(np.shape(flat_found[name])) == tuple(leaf.shape):
             out.append(jax.device_put(np.asarray(flat_found[name]), abstract.sharding))
         else:
             skipped.append(name)

@@ -105,6 +105,18 @@ def test_mismatched_or_missing_init_checkpoint_is_a_clear_error(tmp_path):
     missing = slam_finetune(tmp_path / "ft2", f"--gin.FinetuneConfig.init_from='{tmp_path / 'nothing'}'",
                             check=False)
     assert missing.returncode == 1 and "no checkpoint found" in missing.stderr
+    # FinetuneConfig.fresh_prefixes: the shared stack keeps its fresh initialization, the rest is restored.
+    fresh = tmp_path / "fresh"
+    out = slam_finetune(fresh, "--gin.TRAIN_STEPS=1", "--gin.OptimizerConfig.peak_learning_rate=0.0",
+                        f"--gin.FinetuneConfig.init_from='{pre}'",
+                        "--gin.FinetuneConfig.fresh_prefixes=('encoder/shared_stack',)").stdout
+    assert "encoder/shared_stack" in out[out.index("warm-started from"):]
+    before, after = _checkpoint_params(pre), _checkpoint_params(fresh)
+    shared = [k for k in after if k.startswith("['encoder']['shared_stack']")]
+    speech = [k for k in after if k.startswith("['encoder']['speech_stack']")]
+    assert shared and speech
+    assert all(np.array_equal(after[k], before[k]) for k in speech)
+    assert not any(np.array_equal(after[k], before[k]) for k in shared if "kernel" in k)
 
 
 # ------------------------------------------------------------------------------------------------ optimizer

@@ -31,6 +31,10 @@ class FinetuneConfig:
     task: the registered task name (`slam_jax.finetune.TASKS`), e.g. 'asr_ctc'.
     init_from: a pre-training run directory (or its `checkpoints/` folder) whose latest checkpoint initializes every
       encoder parameter; None trains from random initialization (the baseline).
+    fresh_prefixes: parameter-name prefixes (`checkpointing` names, e.g. 'encoder/shared_stack') that keep their
+      random initialization instead of `init_from`'s values: re-initializing the top of a pre-trained encoder
+      (Zhang et al. 2021, "Revisiting few-sample BERT fine-tuning", re-initialize BERT's top layers; our option,
+      measured on the toy corpus in docs/EXPERIMENTS.md). Default: every encoder parameter restored.
     freeze_encoder_steps: a head-only phase: no encoder parameter (front-ends and both stacks) is updated for this
       many steps, so the fresh head learns to read the pre-trained features before their gradients can overwrite
       them (wav2vec 2.0's `freeze_finetune_updates`; default 0).
@@ -49,6 +53,7 @@ class FinetuneConfig:
 
     task: str = "asr_ctc"
     init_from: str | None = None
+    fresh_prefixes: tuple[str, ...] = ()
     freeze_encoder_steps: int = 0
     freeze_speech_steps: int = 0
     encoder_lr_scale: float = 1.0
@@ -59,6 +64,10 @@ class FinetuneConfig:
     spec_freq_mask_width: int = 27
 
     def __post_init__(self):
+        object.__setattr__(self, "fresh_prefixes", tuple(self.fresh_prefixes))   # gin may bind a list
+        if any(not p.startswith("encoder/") for p in self.fresh_prefixes):
+            raise ValueError(f"FinetuneConfig.fresh_prefixes: every prefix names encoder parameters ('encoder/...'), "
+                             f"got {self.fresh_prefixes}")
         if self.encoder_lr_scale < 0 or not 0 < self.layer_lr_decay <= 1:
             raise ValueError(f"FinetuneConfig: encoder_lr_scale must be >= 0 and layer_lr_decay in (0, 1], got "
                              f"{self.encoder_lr_scale} / {self.layer_lr_decay}")

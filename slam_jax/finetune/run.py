@@ -52,16 +52,17 @@ def make_trainer(task: base.FinetuneTask, optimizer_cfg, mesh_cfg, train_cfg,
                          mesh_cfg=mesh_cfg, train_cfg=train_cfg, devices=devices)
 
 
-def warm_start_encoder(directory: str, trainer: trainer_lib.Trainer, fresh_params: Any) -> Any:
-    """Every `encoder/...` parameter from `directory`'s latest checkpoint; the task's head stays `fresh_params`.
+def warm_start_encoder(directory: str, trainer: trainer_lib.Trainer, fresh_params: Any,
+                       fresh_prefixes: Sequence[str] = ()) -> Any:
+    """Every `encoder/...` parameter from `directory`'s latest checkpoint, but those under `fresh_prefixes`
+    (`FinetuneConfig.fresh_prefixes`); the task's head and those stay `fresh_params`.
 
     Raises FinetuneError naming the encoder parameters the checkpoint lacks or holds with another shape (e.g. a
     pre-training run of another model size or vocabulary).
     """
     try:
-        return warm_start(directory, trainer, fresh_params,
-                          allow_fresh=_head_prefixes(trainer),
-                          setting="FinetuneConfig.init_from")
+        return warm_start(directory, trainer, fresh_params, allow_fresh=_head_prefixes(trainer),
+                          keep_fresh=fresh_prefixes, setting="FinetuneConfig.init_from")
     except (FileNotFoundError, WarmStartError) as e:
         raise FinetuneError(f"FinetuneConfig.init_from: {e}") from None
 
@@ -89,7 +90,7 @@ def finetune(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> 
         if not finetune_cfg.init_from:
             print("encoder: random initialization (no FinetuneConfig.init_from)", flush=True)
             return params
-        return warm_start_encoder(finetune_cfg.init_from, trainer, params)
+        return warm_start_encoder(finetune_cfg.init_from, trainer, params, finetune_cfg.fresh_prefixes)
 
     def evaluate(params, step: int, local: dict) -> dict[str, float]:
         scores = task.evaluate(trainer, params, train_cfg.eval_split, step, model_dir)

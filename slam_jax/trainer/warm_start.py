@@ -16,13 +16,15 @@ def _group(name: str) -> str:
     return "/".join(name.split("/")[:2])
 
 
-def warm_start(directory: str, trainer, fresh_params: Any, *, allow_fresh: Sequence[str], setting: str) -> Any:
+def warm_start(directory: str, trainer, fresh_params: Any, *, allow_fresh: Sequence[str], setting: str,
+               keep_fresh: Sequence[str] = ()) -> Any:
     """Every parameter of `trainer`'s model from `directory`'s latest checkpoint (same name and shape); those under
-    a prefix in `allow_fresh` may be missing there and keep `fresh_params`. Prints a short table of restored and
-    fresh arrays per module. Raises WarmStartError naming the others (a run of another size or vocabulary) and
-    `setting` (the gin binding the user set), FileNotFoundError when `directory` has no checkpoint."""
-    params, fresh = checkpointing.warm_start_params(directory, trainer.abstract_params, fresh_params)
-    allow = tuple(allow_fresh)
+    a prefix in `allow_fresh` may be missing there, and those under a prefix in `keep_fresh` are not restored: both
+    keep `fresh_params`. Prints a short table of restored and fresh arrays per module. Raises WarmStartError naming
+    the others (a run of another size or vocabulary) and `setting` (the gin binding the user set),
+    FileNotFoundError when `directory` has no checkpoint."""
+    params, fresh = checkpointing.warm_start_params(directory, trainer.abstract_params, fresh_params, keep_fresh)
+    allow = tuple(allow_fresh) + tuple(keep_fresh)
     refused = [name for name in fresh if not name.startswith(allow)] if allow else list(fresh)
     if refused:
         raise WarmStartError(
