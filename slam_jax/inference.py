@@ -153,7 +153,7 @@ class Model:
         CTC ASR run: for a decoder of your own (e.g. flashlight-text's, benchmarks/slam_ctc_decoder_bench.py)."""
         if self.task.name != "asr_ctc":
             raise InferenceError(f"{self.model_dir} is a {self.task.name!r} run: emissions need an 'asr_ctc' run")
-        task = self.decoding_task("transcribe", beam_size=2)   # its predict returns the log-softmax
+        task = self.decoding_task("transcribe", beam_size=2, lm_path=None)   # its predict returns the log-softmax
         predict, _ = task.decoder()
         run = self._run(("emissions",), lambda: predict)
         feats = [self.features(x, sample_rate) for x in inputs]

@@ -104,7 +104,7 @@ def test_kenlm_shallow_fusion_prefers_the_word_the_lm_knows(tmp_path):
 
 
 def test_flashlight_lexicon_decoder_matches_the_prefix_beam_reference_and_emits_only_lm_words(tmp_path):
-    """flashlight-text's decoder (the default with an LM) against `prefix_beam_search` on constructed emissions:
+    """flashlight-text's decoder (`lm_decoder='flashlight'`) against `prefix_beam_search` on constructed emissions:
     the same labels where the lexicon allows them, the LM's choice where the acoustics are ambiguous, and a word
     outside the LM never emitted."""
     arpa = tmp_path / "lm.arpa"
@@ -115,8 +115,8 @@ def test_flashlight_lexicon_decoder_matches_the_prefix_beam_reference_and_emits_
     # ids: 0 blank, 1 EOS (silence), 2 UNK, then pieces; SAT is spelled with two pieces, MAT is not in the LM.
     pieces = ["<pad>", "</s>", "<unk>", "\u2581CAT", "\u2581HAT", "\u2581S", "AT", "\u2581MAT"]
     cfg = dict(beam_size=16, prune_top_k=8, lm_path=str(arpa), lm_alpha=0.5, lm_beta=0.0)
-    flashlight = ctc_decoding.CtcDecodeConfig(**cfg).decoder(pieces)
-    reference = ctc_decoding.CtcDecodeConfig(**cfg, lm_decoder="prefix_beam").decoder(pieces)
+    flashlight = ctc_decoding.CtcDecodeConfig(**cfg, lm_decoder="flashlight").decoder(pieces)
+    reference = ctc_decoding.CtcDecodeConfig(**cfg).decoder(pieces)   # prefix_beam, the default
     assert isinstance(flashlight, ctc_decoding.LexiconDecoder)
 
     def frames(*rows):
@@ -130,10 +130,19 @@ def test_flashlight_lexicon_decoder_matches_the_prefix_beam_reference_and_emits_
     ambiguous = frames({3: 0.45, 4: 0.5}, {0: 0.9}, {5: 0.9}, {6: 0.9})     # CAT or HAT: the LM decides
     for log_probs in (clear, ambiguous):
         assert flashlight(log_probs, len(log_probs)) == reference(log_probs, len(log_probs)) == [3, 5, 6]
+    # The LM weight means the same in both (flashlight's log10 LM scores are scaled to natural log): acoustics that
+    # favour HAT 45:1 lose to the LM's CAT in both.
+    strong = frames({4: 0.9, 3: 0.02}, {0: 0.9})
+    assert flashlight(strong, 2) == reference(strong, 2) == [3]
     oov = frames({7: 0.8, 3: 0.15}, {0: 0.9})   # the acoustics say MAT, which the LM lacks
     assert reference(oov, 2) == [7] and flashlight(oov, 2) == [3]
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        ctc_decoding.CtcDecodeConfig(**{**cfg, "lm_path": str(tmp_path / "missing.arpa")}).decoder(pieces)
+        ctc_decoding.CtcDecodeConfig(**{**cfg, "lm_path": str(tmp_path / "missing.arpa"),
+                                        "lm_decoder": "flashlight"}).decoder(pieces)
+    binary = tmp_path / "lm.bin"
+    binary.write_bytes(b"mmap lm http://kheafield.com/code format version 5\0" + bytes(64))
+    with pytest.raises(ValueError, match="not an ARPA text file"):
+        ctc_decoding.CtcDecodeConfig(**{**cfg, "lm_path": str(binary), "lm_decoder": "flashlight"}).decoder(pieces)
 
 
 def test_decode_config_rejects_lm_without_beam_search():

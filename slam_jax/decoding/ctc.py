@@ -9,12 +9,13 @@ an ARPA or KenLM binary file the user provides (nothing is downloaded); build on
 transcripts or the LibriSpeech LM corpus.
 
 Two decoders (`CtcDecodeConfig.lm_decoder`):
-- 'flashlight' (default with an LM): flashlight-text's lexicon decoder (C++), the words of the LM spelled in the
-  model's pieces. Measured on the toy corpus (docs/PERFORMANCE.md, benchmarks/slam_ctc_decoder_bench.py) it is about
-  60-100x faster than ours and more accurate: a lexicon-free search over a word LM lets hypotheses glue pieces into
-  one long never-completed word, which the LM scores only at the end.
-- 'prefix_beam': `prefix_beam_search` below, pure Python, lexicon-free; the reference the other is tested against,
-  and the beam search without an LM.
+- 'prefix_beam' (default): `prefix_beam_search` below, pure Python, lexicon-free; the reference, and the beam
+  search without an LM. Its weakness (docs/PERFORMANCE.md): a word is LM-scored only once the next one starts, so a
+  hypothesis that glues pieces into one long never-finished word escapes the LM.
+- 'flashlight' (opt-in): flashlight-text's lexicon decoder (C++, 40-80x faster on the toy corpus), the words of the
+  LM spelled in the model's pieces, EOS as the silence token. Known limitation, why it is not the default yet: a
+  word whose last piece is held over several frames can be emitted twice (the decoder leaves the word at the trie's
+  root and may only stay there through the silence token).
 
 Why not pyctcdecode: its releases pin numpy < 2, which cannot install beside jax 0.10 (numpy >= 2).
 """
@@ -48,8 +49,8 @@ class CtcDecodeConfig:
     lm_path: ARPA or KenLM binary n-gram LM for shallow fusion (beam search only); words must be written as the
       transcripts are (the mini corpus and LibriSpeech: upper case).
     lm_alpha / lm_beta: LM weight and word insertion bonus (to be tuned on a dev set; 0.5 / 1.0 are our defaults).
-    lm_decoder: 'flashlight' (lexicon decoder over the LM's words, C++) or 'prefix_beam' (ours, lexicon-free); see
-      the module docstring.
+    lm_decoder: 'prefix_beam' (ours, lexicon-free) or 'flashlight' (lexicon decoder over the LM's words, C++; an
+      ARPA file only); see the module docstring.
     """
 
     beam_size: int = 1
@@ -57,7 +58,7 @@ class CtcDecodeConfig:
     lm_path: str | None = None
     lm_alpha: float = 0.5
     lm_beta: float = 1.0
-    lm_decoder: str = "flashlight"
+    lm_decoder: str = "prefix_beam"
 
     def __post_init__(self):
         if self.beam_size < 1:
@@ -108,15 +109,19 @@ class WordLM:
 
 
 def arpa_words(path: str) -> list[str]:
-    """The words of an ARPA LM (its unigrams without <s>, </s>, <unk>)."""
+    """The words of an ARPA LM (its unigrams without <s>, </s>, <unk>); ValueError for another format."""
     words, in_unigrams = [], False
+    with open(path, "rb") as f:
+        if not f.read(64).lstrip().startswith(b"\\data\\"):
+            raise ValueError(f"{path}: not an ARPA text file; CtcDecodeConfig.lm_decoder='flashlight' reads the LM's "
+                             "words from an ARPA file (a KenLM binary or gzipped LM works with 'prefix_beam')")
     with open(path, encoding="utf-8") as f:
         for line in f:
             line = line.strip()
             if line == "\\1-grams:":
                 in_unigrams = True
-            elif line.startswith("\\"):
-                in_unigrams = False
+            elif line.startswith("\\") and in_unigrams:
+                break
             elif in_unigrams and line:
                 word = line.split()[1]
                 if word not in ("<s>", "</s>", "<unk>"):
@@ -124,10 +129,11 @@ def arpa_words(path: str) -> list[str]:
     return words
 
 
-def spell(word: str, pieces: Sequence[str]) -> list[int] | None:
+def spell(word: str, pieces: Sequence[str] | dict[str, int]) -> list[int] | None:
     """`word` at a word start ("▁" + word) as piece ids by longest-match, or None when the pieces cannot spell it
-    (for a decoder without the SentencePiece model; `LexiconDecoder` takes the model's own segmentation)."""
-    index = {p: i for i, p in enumerate(pieces) if p}
+    (for a decoder without the SentencePiece model; `LexiconDecoder` takes the model's own segmentation). `pieces`:
+    the piece of every id, or a prebuilt {piece: id}."""
+    index = pieces if isinstance(pieces, dict) else {p: i for i, p in enumerate(pieces) if p}
     text, out, start = WORD_START + word, [], 0
     while start < len(text):
         end = next((e for e in range(len(text), start, -1) if text[start:e] in index), None)
@@ -155,7 +161,9 @@ class LexiconDecoder:
         from flashlight.lib.text.decoder.kenlm import KenLM
         from flashlight.lib.text.decoder import LexiconDecoder as Flashlight
         from flashlight.lib.text.dictionary import create_word_dict
-        encode = encode or (lambda w: spell(w, pieces))
+        if encode is None:
+            index = {p: i for i, p in enumerate(pieces) if p}
+            encode = lambda w: spell(w, index)  # noqa: E731
         spellings = {w: encode(w) for w in arpa_words(lm_path)}
         spellings = {w: ids for w, ids in spellings.items() if ids and unk_id not in ids}
         lexicon = {w: [[pieces[i] for i in ids]] for w, ids in spellings.items()}
@@ -170,8 +178,10 @@ class LexiconDecoder:
             index = self.words.get_index(word)
             trie.insert(spellings[word], index, self.lm.score(start, index)[1])
         trie.smear(SmearingMode.MAX)
+        # flashlight's KenLM scores are log10 (as the ARPA file), emissions and `beta` natural log: alpha * ln 10 is
+        # the weight `prefix_beam_search` gives the same LM (`WordLM` converts to natural log).
         options = LexiconDecoderOptions(beam_size=beam_size, beam_size_token=prune_top_k,
-                                        beam_threshold=beam_threshold, lm_weight=alpha, word_score=beta,
+                                        beam_threshold=beam_threshold, lm_weight=alpha * LN10, word_score=beta,
                                         unk_score=-math.inf, sil_score=0.0, log_add=True,
                                         criterion_type=CriterionType.CTC)
         self.decoder = Flashlight(options, trie, self.lm, silence_id, blank_id, self.words.get_index("<unk>"), [],
