@@ -117,6 +117,9 @@ def test_mismatched_or_missing_init_checkpoint_is_a_clear_error(tmp_path):
     assert shared and speech
     assert all(np.array_equal(after[k], before[k]) for k in speech)
     assert not any(np.array_equal(after[k], before[k]) for k in shared if "kernel" in k)
+    typo = slam_finetune(tmp_path / "typo", f"--gin.FinetuneConfig.init_from='{pre}'",
+                         "--gin.FinetuneConfig.fresh_prefixes=('encoder/shared_stacks',)", check=False)
+    assert typo.returncode == 1 and "encoder/shared_stacks" in typo.stderr and "match no parameter" in typo.stderr
 
 
 # ------------------------------------------------------------------------------------------------ optimizer

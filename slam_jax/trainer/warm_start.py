@@ -23,6 +23,11 @@ def warm_start(directory: str, trainer, fresh_params: Any, *, allow_fresh: Seque
     keep `fresh_params`. Prints a short table of restored and fresh arrays per module. Raises WarmStartError naming
     the others (a run of another size or vocabulary) and `setting` (the gin binding the user set),
     FileNotFoundError when `directory` has no checkpoint."""
+    names = list(checkpointing._paths_and_shapes(trainer.abstract_params))
+    unmatched = [p for p in keep_fresh if not any(n.startswith(p) for n in names)]
+    if unmatched:
+        raise WarmStartError(f"prefixes to keep fresh {unmatched} match no parameter of this model (names look like "
+                             f"{names[0]!r})")
     params, fresh = checkpointing.warm_start_params(directory, trainer.abstract_params, fresh_params, keep_fresh)
     allow = tuple(allow_fresh) + tuple(keep_fresh)
     refused = [name for name in fresh if not name.startswith(allow)] if allow else list(fresh)
@@ -32,7 +37,6 @@ def warm_start(directory: str, trainer, fresh_params: Any, *, allow_fresh: Seque
             f"with the same shape (a run of another model size or vocabulary?): " + ", ".join(refused[:8])
             + (" ..." if len(refused) > 8 else "")
             + (f"; only arrays under {', '.join(allow)} may start fresh" if allow else ""))
-    names = list(checkpointing._paths_and_shapes(trainer.abstract_params))
     restored = Counter(_group(n) for n in names if n not in set(fresh))
     fresh_rows = Counter(_group(n) for n in fresh)
     rows = sorted(set(restored) | set(fresh_rows))
