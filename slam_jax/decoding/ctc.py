@@ -174,9 +174,9 @@ class LexiconDecoder:
         self.lm = KenLM(lm_path, self.words)
         trie = Trie(len(pieces), silence_id)
         start = self.lm.start(False)
-        for word, [_] in lexicon.items():
-            index = self.words.get_index(word)
-            trie.insert(spellings[word], index, self.lm.score(start, index)[1])
+        for word in lexicon:
+            word_id = self.words.get_index(word)
+            trie.insert(spellings[word], word_id, self.lm.score(start, word_id)[1])
         trie.smear(SmearingMode.MAX)
         # flashlight's KenLM scores are log10 (as the ARPA file), emissions and `beta` natural log: alpha * ln 10 is
         # the weight `prefix_beam_search` gives the same LM (`WordLM` converts to natural log).
