@@ -87,7 +87,6 @@ def main(argv=None) -> int:
     lm.add_argument("--lm_text", help="text file, one sentence per line: a bigram ARPA of it is written and used")
     p.add_argument("--beam_size", type=int, default=8)
     p.add_argument("--prune_top_k", type=int, default=16, help="labels per frame considered (both decoders)")
-    p.add_argument("--beam_threshold", type=float, default=25.0, help="flashlight: score margin kept in the beam")
     floats = lambda text: [float(x) for x in text.split(",")]  # noqa: E731
     p.add_argument("--lm_alpha", type=floats, default=[0.5], help="LM weight(s), comma-separated")
     p.add_argument("--lm_beta", type=floats, default=[1.0], help="word insertion bonus(es), comma-separated")

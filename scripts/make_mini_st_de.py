@@ -143,7 +143,8 @@ task `mini_st_de` (`tasks/covost.py`). Regenerate with `python scripts/make_mini
   sentences by unknown speakers, i.e. that the model listens rather than reproduces training audio.
 - `spm.model` / `spm.vocab`: SentencePiece unigram model, {VOCAB_SIZE} pieces, trained on all German translations
   (train and dev, like the mini corpus' English model, so no dev character is unknown); ids PAD=0, EOS=1, UNK=2,
-  no BOS (seqio / T5 convention); identity normalization but for U+FEFF, which is removed (`slam_jax.data.vocab.NORMALIZATION_RULES`). The longest translation is {max_tokens} pieces plus EOS.
+  no BOS (seqio / T5 convention); identity normalization but for U+FEFF, which is removed
+  (`slam_jax.data.vocab.NORMALIZATION_RULES`). The longest translation is {max_tokens} pieces plus EOS.
 
 ## Source and licence
 

@@ -222,7 +222,7 @@ class AsrCtcTask(FinetuneTask):
         cfg = self.decode_cfg
         beam = cfg.beam_size > 1
         decode = cfg.decoder(self._pieces(), blank_id=BLANK_ID, silence_id=self.vocabulary.eos_id,
-                             encode=self.vocabulary.tokenizer.encode_as_ids)
+                             encode=self.vocabulary.tokenizer.encode_as_ids) if beam else None
 
         def predict(model: AsrModel, batch: dict) -> dict[str, Array]:
             logits, seg = model(batch["paired"]["features"], batch["paired"]["segment_ids"])
