@@ -17,12 +17,21 @@ in the traced step (`flops.jaxpr_matmul_flops`, a cross-check that includes rema
 gradient of the input features), XLA's cost analysis (which also counts elementwise ops, and on CPU misses the dots
 XLA hands to its YNNPACK fusions), MFU against the device's peak (a table of bf16 peaks for TPU / GPU; on CPU a timed
 f32 or bf16 `jnp.dot`), the AOT compile time and peak memory (`device.memory_stats()`; on CPU the process' max RSS).
+With a profile directory, `profile_steps` more steps run under `jax.profiler.trace` after the timed ones (so tracing
+does not slow the timed steps): the trace opens in TensorBoard's profile plugin or Perfetto, and `profile_ops` sums
+its device time per XLA op / kernel name.
 """
 from __future__ import annotations
 
+import collections
 import ctypes
 import dataclasses
+import glob
+import gzip
+import json
+import os
 import platform
+import re
 import resource
 import statistics
 import time
@@ -190,8 +199,10 @@ def objectives_for(mode: str) -> pretraining.ObjectiveConfig:
 
 def benchmark(model_cfg: ModelConfig, mode: str, batch_shapes: flops.BatchShapes, *, steps: int = 10, warmup: int = 2,
               optimizer_cfg: optim.OptimizerConfig | None = None, measure_peak: bool = True,
-              mesh_cfg: partitioning.MeshConfig | None = None) -> dict[str, Any]:
-    """Runs the step `warmup + steps` times; returns the JSON fields of `slam-bench` (see main's --help)."""
+              mesh_cfg: partitioning.MeshConfig | None = None, profile_dir: str | None = None,
+              profile_steps: int = 3) -> dict[str, Any]:
+    """Runs the step `warmup + steps` times (then `profile_steps` traced ones into `profile_dir`, if given); returns
+    the JSON fields of `slam-bench` (see main's --help)."""
     if mode not in ("full", "speech"):
         raise ValueError(f"mode must be 'full' or 'speech', got {mode!r}")
     objective_cfg = objectives_for(mode)
@@ -211,6 +222,14 @@ def benchmark(model_cfg: ModelConfig, mode: str, batch_shapes: flops.BatchShapes
         times.append(time.perf_counter() - t0)
     if not np.isfinite(float(loss)):
         raise FloatingPointError(f"non-finite loss {float(loss)} in the benchmark step")
+    profile: dict[str, Any] = {}
+    if profile_dir:
+        with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+            for i in range(profile_steps):
+                step.run(warmup + steps + i).block_until_ready()
+        profile = {"profile_dir": profile_dir, "profile_steps": profile_steps,
+                   "profile_top_ops": profile_ops(profile_dir, steps=profile_steps),
+                   "profile_top_kinds": profile_ops(profile_dir, steps=profile_steps, by_kind=True)}
     median = statistics.median(times)
     devices = jax.local_devices()
     model_flops = flops.train_step_flops(model_cfg, batch_shapes, objective_cfg)
@@ -251,7 +270,56 @@ def benchmark(model_cfg: ModelConfig, mode: str, batch_shapes: flops.BatchShapes
         "lower_s": step.lower_s, "compile_s": step.compile_s,
         "peak_memory_bytes": mem, "peak_memory_source": mem_source,
         "loss": float(loss),
+        **profile,
     }
+
+
+IDLE_EVENTS = ("wait for completion", "Await")   # XLA:CPU's executor threads waiting, not computing
+
+
+def profile_ops(profile_dir: str, *, steps: int = 1, top: int = 15, by_kind: bool = False) -> list[dict[str, Any]]:
+    """The ops that took the most time in the newest trace under `profile_dir`: [{"name", "ms_per_step", "share"}].
+
+    Reads the Perfetto (Chrome JSON) trace that `jax.profiler.trace(..., create_perfetto_trace=True)` writes. Time is
+    summed per event name over the accelerator's streams (process names starting "/device:"; XLA's derived "XLA Ops" /
+    "XLA Modules" lines are skipped so nothing counts twice); on CPU, where there is no device process, over the
+    threads that run XLA's compiled code ("tf_XLA..."). Only innermost events count (a while loop or an executor
+    wrapper encloses others), waits excepted. `by_kind` sums ops whose names differ only in a numeric suffix
+    ("copy.12", "copy.40" -> "copy"). `share` is of the summed time, `ms_per_step` divides by `steps`.
+    """
+    traces = sorted(glob.glob(os.path.join(profile_dir, "plugins", "profile", "*", "*perfetto_trace.json.gz")))
+    if not traces:
+        raise FileNotFoundError(f"no perfetto_trace.json.gz under {profile_dir}/plugins/profile")
+    with gzip.open(traces[-1], "rt") as f:
+        trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    process = {e["pid"]: e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"}
+    thread = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
+              if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    busy = {e["pid"] for e in events if e.get("ph") == "X"}
+    device_pids = {pid for pid, name in process.items() if name.startswith("/device:") and pid in busy}
+
+    def counted(e: dict) -> bool:
+        name = thread.get((e["pid"], e.get("tid")), "")
+        if device_pids:
+            return e["pid"] in device_pids and not name.startswith(("XLA Ops", "XLA Modules", "Steps"))
+        return name.startswith("tf_XLA")
+
+    lines: dict[tuple, list[dict]] = collections.defaultdict(list)
+    for e in events:
+        # Zero-length markers (XLA:CPU's "ThreadpoolListener::Record", "end: <op>") time nothing and would make the
+        # op around them look like a parent.
+        if e.get("ph") == "X" and counted(e) and e.get("dur", 0.0) > 1e-3 and not e["name"].startswith("end: "):
+            lines[(e["pid"], e.get("tid"))].append(e)
+    total: collections.Counter = collections.Counter()
+    for line in lines.values():   # leaves only: an event enclosing another on its line (a while loop, an executor
+        line.sort(key=lambda e: (e["ts"], -e.get("dur", 0.0)))          # wrapper) would count its children twice
+        for e, nxt in zip(line, line[1:] + [None]):
+            idle = any(w in e["name"] for w in IDLE_EVENTS)
+            if not idle and (nxt is None or nxt["ts"] >= e["ts"] + e.get("dur", 0.0)):
+                total[e["name"] if not by_kind else re.sub(r"[._]\d+$", "", e["name"])] += float(e.get("dur", 0.0)) / 1e3                 # microseconds -> ms
+    whole = sum(total.values()) or 1.0
+    return [{"name": name, "ms_per_step": ms / steps, "share": ms / whole} for name, ms in total.most_common(top)]
 
 
 def compile_scaling(model_cfg: ModelConfig, depths: Sequence[int], shapes: flops.BatchShapes

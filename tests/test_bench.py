@@ -1,6 +1,7 @@
 """slam-bench CLI (tiny shapes, no timing asserted), the analytic FLOP model against a traced count of every matmul,
 the memory model's sharding arithmetic, and the matmul form of the subsampling convolutions."""
 import dataclasses
+import gzip
 import json
 
 import jax
@@ -44,12 +45,45 @@ def test_bench_full_mode_json_fields(capsys):
     assert np.isfinite(out["loss"])
 
 
-def test_bench_speech_mode_reports_mfu(capsys):
-    out = _run_json(capsys, TINY_ARGS + ["--mode", "speech"])
+def test_bench_speech_mode_reports_mfu_and_profiles(capsys, tmp_path):
+    out = _run_json(capsys, TINY_ARGS + ["--mode", "speech", "--profile_dir", str(tmp_path), "--profile_steps", "1"])
     for key in POSITIVE + ("peak_flops_per_device", "mfu"):
         assert out[key] > 0, key
     assert out["objectives"] == ["contrastive"]
     assert out["tokens_per_s"] == 0
+    # The traced step's XLA ops, heaviest first (the real trace of XLA:CPU's executor threads).
+    ops = out["profile_top_ops"]
+    assert ops and all(op["ms_per_step"] > 0 for op in ops)
+    assert [op["ms_per_step"] for op in ops] == sorted((op["ms_per_step"] for op in ops), reverse=True)
+    assert 0 < sum(op["share"] for op in out["profile_top_kinds"]) <= 1 + 1e-9
+
+
+def test_profile_ops_counts_innermost_device_events_once(tmp_path):
+    """A constructed Perfetto trace: a loop on the GPU stream encloses two kernels, the derived "XLA Ops" line repeats
+    them, the host runs Python; only the stream's innermost events count, waits never, suffixes fold by kind."""
+    def meta(kind, pid, name, tid=None):
+        return {"ph": "M", "name": kind, "pid": pid, **({"tid": tid} if tid is not None else {}),
+                "args": {"name": name}}
+
+    def event(pid, tid, name, ts, dur):
+        return {"ph": "X", "pid": pid, "tid": tid, "name": name, "ts": ts, "dur": dur}
+
+    events = [meta("process_name", 1, "/device:GPU:0"), meta("process_name", 2, "/host:CPU"),
+              meta("thread_name", 1, "Stream #13(Compute)", 7), meta("thread_name", 1, "XLA Ops", 8),
+              meta("thread_name", 2, "python", 9),
+              event(1, 7, "while.3", 0, 1000), event(1, 7, "fusion.1", 0, 600), event(1, 7, "fusion.2", 600, 300),
+              event(1, 7, "gemm_7", 1000, 2000), event(1, 7, "end: fusion.1", 3000, 1),
+              event(1, 8, "fusion.1", 0, 600), event(2, 9, "PjitFunction(step)", 0, 5000)]
+    folder = tmp_path / "plugins" / "profile" / "2026_01_01"
+    folder.mkdir(parents=True)
+    with gzip.open(folder / "host.perfetto_trace.json.gz", "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    ops = bench.profile_ops(str(tmp_path), steps=2)
+    assert [(op["name"], op["ms_per_step"]) for op in ops] == [("gemm_7", 1.0), ("fusion.1", 0.3), ("fusion.2", 0.15)]
+    assert sum(op["share"] for op in ops) == pytest.approx(1.0)
+    assert [op["name"] for op in bench.profile_ops(str(tmp_path), by_kind=True)] == ["gemm", "fusion"]
+    with pytest.raises(FileNotFoundError, match="perfetto"):
+        bench.profile_ops(str(tmp_path / "elsewhere"))
 
 
 def test_bench_compile_scaling_one_row_per_depth(capsys):

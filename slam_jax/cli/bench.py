@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no_peak", action="store_true", help="skip the CPU matmul-peak measurement (MFU = NaN)")
     p.add_argument("--no_tune_malloc", action="store_true",
                    help="keep glibc's default allocator settings on CPU (see bench.tune_cpu_allocator)")
+    p.add_argument("--profile_dir", default=None,
+                   help="after the timed steps, trace --profile_steps more with jax.profiler into this folder "
+                        "(TensorBoard / Perfetto) and report the ops that took the most time")
+    p.add_argument("--profile_steps", type=int, default=3, help="traced steps with --profile_dir")
     p.add_argument("--compile_scaling", action="store_true",
                    help="report lower + compile time of the speech step at each of --depths instead")
     p.add_argument("--depths", default="4,8,16,24", help="comma-separated speech-layer depths for --compile_scaling")
@@ -63,14 +67,21 @@ def _human(result: dict[str, Any]) -> str:
         f"  compile {result['compile_s']:.1f} s (+ lowering {result['lower_s']:.1f} s); peak memory "
         f"{result['peak_memory_bytes'] / 2 ** 20:.0f} MiB ({result['peak_memory_source']})",
     ]
+    for key, what in (("profile_top_kinds", "kinds of op"), ("profile_top_ops", "ops")):
+        if result.get(key):
+            lines.append(f"  profile ({result['profile_steps']} steps in {result['profile_dir']}): the {what} taking "
+                         "the most time, ms/step and share")
+            lines += [f"    {op['ms_per_step']:9.2f}  {100 * op['share']:5.1f}%  {op['name'][:100]}"
+                      for op in result[key]]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, files, bindings = common.parse_gin_args(parser, argv, example_gin_file="models/base.gin")
-    if min(args.speech_rows, args.speech_frames, args.text_tokens, args.steps, args.warmup) < 1:
-        parser.error("--speech_rows, --speech_frames, --text_tokens, --steps and --warmup must be >= 1")
+    if min(args.speech_rows, args.speech_frames, args.text_tokens, args.steps, args.warmup, args.profile_steps) < 1:
+        parser.error("--speech_rows, --speech_frames, --text_tokens, --steps, --warmup and --profile_steps must be "
+                     ">= 1")
     import jax
     from slam_jax import bench
     cfgs: dict[str, Any] = {}
@@ -107,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return
         result = bench.benchmark(model_cfg, args.mode, shapes, steps=args.steps, warmup=args.warmup,
                                  optimizer_cfg=cfgs["optimizer"], measure_peak=not args.no_peak,
-                                 mesh_cfg=cfgs["mesh"])
+                                 mesh_cfg=cfgs["mesh"], profile_dir=args.profile_dir,
+                                 profile_steps=args.profile_steps)
         result["malloc_tuned"] = bool(tuned)
         print(json.dumps(result) if args.json else _human(result))
 
