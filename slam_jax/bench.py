@@ -227,9 +227,12 @@ def benchmark(model_cfg: ModelConfig, mode: str, batch_shapes: flops.BatchShapes
         with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
             for i in range(profile_steps):
                 step.run(warmup + steps + i).block_until_ready()
+        kinds = profile_ops(profile_dir, steps=profile_steps, top=None, by_kind=True)
         profile = {"profile_dir": profile_dir, "profile_steps": profile_steps,
+                   # the device's (CPU: XLA threads') summed op time per step, against step_time_s: its busy share
+                   "profile_op_ms_per_step": sum(op["ms_per_step"] for op in kinds),
                    "profile_top_ops": profile_ops(profile_dir, steps=profile_steps),
-                   "profile_top_kinds": profile_ops(profile_dir, steps=profile_steps, by_kind=True)}
+                   "profile_top_kinds": kinds[:15]}
     median = statistics.median(times)
     devices = jax.local_devices()
     model_flops = flops.train_step_flops(model_cfg, batch_shapes, objective_cfg)
@@ -277,7 +280,8 @@ def benchmark(model_cfg: ModelConfig, mode: str, batch_shapes: flops.BatchShapes
 IDLE_EVENTS = ("wait for completion", "Await")   # XLA:CPU's executor threads waiting, not computing
 
 
-def profile_ops(profile_dir: str, *, steps: int = 1, top: int = 15, by_kind: bool = False) -> list[dict[str, Any]]:
+def profile_ops(profile_dir: str, *, steps: int = 1, top: int | None = 15, by_kind: bool = False
+                ) -> list[dict[str, Any]]:
     """The ops that took the most time in the newest trace under `profile_dir`: [{"name", "ms_per_step", "share"}].
 
     Reads the Perfetto (Chrome JSON) trace that `jax.profiler.trace(..., create_perfetto_trace=True)` writes. Time is
@@ -312,12 +316,17 @@ def profile_ops(profile_dir: str, *, steps: int = 1, top: int = 15, by_kind: boo
         if e.get("ph") == "X" and counted(e) and e.get("dur", 0.0) > 1e-3 and not e["name"].startswith("end: "):
             lines[(e["pid"], e.get("tid"))].append(e)
     total: collections.Counter = collections.Counter()
-    for line in lines.values():   # leaves only: an event enclosing another on its line (a while loop, an executor
-        line.sort(key=lambda e: (e["ts"], -e.get("dur", 0.0)))          # wrapper) would count its children twice
+    for line in lines.values():
+        # Innermost events only: an event that wholly contains the next one on its line (a while loop, an executor
+        # wrapper) would count its children twice. Consecutive GPU kernels may overlap a little (Hopper's
+        # programmatic dependent launch) without enclosing each other: both count.
+        line.sort(key=lambda e: (e["ts"], -e.get("dur", 0.0)))
         for e, nxt in zip(line, line[1:] + [None]):
-            idle = any(w in e["name"] for w in IDLE_EVENTS)
-            if not idle and (nxt is None or nxt["ts"] >= e["ts"] + e.get("dur", 0.0)):
-                total[e["name"] if not by_kind else re.sub(r"[._]\d+$", "", e["name"])] += float(e.get("dur", 0.0)) / 1e3                 # microseconds -> ms
+            end = e["ts"] + e.get("dur", 0.0)
+            parent = nxt is not None and nxt["ts"] < end and nxt["ts"] + nxt.get("dur", 0.0) <= end
+            if not parent and not any(w in e["name"] for w in IDLE_EVENTS):
+                name = re.sub(r"[._]\d+$", "", e["name"]) if by_kind else e["name"]
+                total[name] += float(e.get("dur", 0.0)) / 1e3                          # microseconds -> ms
     whole = sum(total.values()) or 1.0
     return [{"name": name, "ms_per_step": ms / steps, "share": ms / whole} for name, ms in total.most_common(top)]
 

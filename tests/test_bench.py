@@ -56,11 +56,13 @@ def test_bench_speech_mode_reports_mfu_and_profiles(capsys, tmp_path):
     assert ops and all(op["ms_per_step"] > 0 for op in ops)
     assert [op["ms_per_step"] for op in ops] == sorted((op["ms_per_step"] for op in ops), reverse=True)
     assert 0 < sum(op["share"] for op in out["profile_top_kinds"]) <= 1 + 1e-9
+    assert out["profile_op_ms_per_step"] >= sum(op["ms_per_step"] for op in out["profile_top_kinds"]) * (1 - 1e-9)
 
 
 def test_profile_ops_counts_innermost_device_events_once(tmp_path):
     """A constructed Perfetto trace: a loop on the GPU stream encloses two kernels, the derived "XLA Ops" line repeats
-    them, the host runs Python; only the stream's innermost events count, waits never, suffixes fold by kind."""
+    them, the host runs Python, two kernels overlap; only the stream's innermost events count, waits never, suffixes
+    fold by kind."""
     def meta(kind, pid, name, tid=None):
         return {"ph": "M", "name": kind, "pid": pid, **({"tid": tid} if tid is not None else {}),
                 "args": {"name": name}}
@@ -72,14 +74,15 @@ def test_profile_ops_counts_innermost_device_events_once(tmp_path):
               meta("thread_name", 1, "Stream #13(Compute)", 7), meta("thread_name", 1, "XLA Ops", 8),
               meta("thread_name", 2, "python", 9),
               event(1, 7, "while.3", 0, 1000), event(1, 7, "fusion.1", 0, 600), event(1, 7, "fusion.2", 600, 300),
-              event(1, 7, "gemm_7", 1000, 2000), event(1, 7, "end: fusion.1", 3000, 1),
+              event(1, 7, "gemm_7", 1000, 2000), event(1, 7, "gemm_8", 2990, 1000), event(1, 7, "end: fusion.1", 3000, 1),
               event(1, 8, "fusion.1", 0, 600), event(2, 9, "PjitFunction(step)", 0, 5000)]
     folder = tmp_path / "plugins" / "profile" / "2026_01_01"
     folder.mkdir(parents=True)
     with gzip.open(folder / "host.perfetto_trace.json.gz", "wt") as f:
         json.dump({"traceEvents": events}, f)
     ops = bench.profile_ops(str(tmp_path), steps=2)
-    assert [(op["name"], op["ms_per_step"]) for op in ops] == [("gemm_7", 1.0), ("fusion.1", 0.3), ("fusion.2", 0.15)]
+    assert [(op["name"], op["ms_per_step"]) for op in ops] == [
+        ("gemm_7", 1.0), ("gemm_8", 0.5), ("fusion.1", 0.3), ("fusion.2", 0.15)]   # gemm_8 overlaps gemm_7's end
     assert sum(op["share"] for op in ops) == pytest.approx(1.0)
     assert [op["name"] for op in bench.profile_ops(str(tmp_path), by_kind=True)] == ["gemm", "fusion"]
     with pytest.raises(FileNotFoundError, match="perfetto"):

@@ -69,8 +69,9 @@ def _human(result: dict[str, Any]) -> str:
     ]
     for key, what in (("profile_top_kinds", "kinds of op"), ("profile_top_ops", "ops")):
         if result.get(key):
-            lines.append(f"  profile ({result['profile_steps']} steps in {result['profile_dir']}): the {what} taking "
-                         "the most time, ms/step and share")
+            lines.append(f"  profile ({result['profile_steps']} steps in {result['profile_dir']}; ops summed "
+                         f"{result['profile_op_ms_per_step']:.1f} ms/step): the {what} taking the most time, ms/step "
+                         "and share")
             lines += [f"    {op['ms_per_step']:9.2f}  {100 * op['share']:5.1f}%  {op['name'][:100]}"
                       for op in result[key]]
     return "\n".join(lines)
