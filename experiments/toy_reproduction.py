@@ -430,6 +430,43 @@ def compare(a: list[float], b: list[float], lower_is_better: bool) -> tuple[str,
     return ("supported" if better else "contradicted"), evidence
 
 
+def paired(results: dict, a: str, b: str, get) -> tuple[list[float], list[float]]:
+    """The values of runs that `a` and `b` share by key (same pre-training seed and fine-tuning seed: the same data
+    order, SpecAugment draws and head initialization), in the same order."""
+    xs, ys = [], []
+    for key, run in results["runs"].get(a, {}).items():
+        other = results["runs"].get(b, {}).get(key)
+        try:
+            x, y = float(get(run)), float(get(other))
+        except (KeyError, TypeError):
+            continue
+        if math.isfinite(x) and math.isfinite(y):
+            xs.append(x)
+            ys.append(y)
+    return xs, ys
+
+
+def compare_paired(a: list[float], b: list[float], lower_is_better: bool) -> tuple[str, str]:
+    """Verdict of 'a is better than b' from paired runs (a[i] and b[i] share their seeds): paired t-test, two-sided,
+    p < 0.05 decides; with how many pairs `a` wins."""
+    import numpy as np
+    from scipy import stats
+    if len(a) < 2:
+        return "cannot decide", f"{len(a)} paired run(s)"
+    d = np.asarray(a) - np.asarray(b)
+    wins = int(np.sum(d < 0) if lower_is_better else np.sum(d > 0))
+    evidence = (f"{100 * np.mean(a):.1f}% vs {100 * np.mean(b):.1f}% (mean of {len(a)} paired runs; better in "
+                f"{wins} of {len(a)}")
+    if not np.any(d):
+        return "cannot decide", evidence + "; no difference)"
+    p = float(stats.ttest_rel(a, b).pvalue) if np.std(d) > 0 else 0.0
+    evidence += f", paired t-test p = {p:.3f})"
+    if p >= 0.05:
+        return "cannot decide", evidence
+    better = np.mean(d) < 0 if lower_is_better else np.mean(d) > 0
+    return ("supported" if better else "contradicted"), evidence
+
+
 def probe_layer_names(results: dict) -> list[str]:
     """The probed layers (the log-mel input first), from the first run that has layer probes."""
     for runs in results["runs"].values():
@@ -566,6 +603,8 @@ CLAIMS = [
      lambda r: r["probes"]["text_to_speech_r1"], False),
     ("(sanity) Pre-training helps at all (SLAM-TLM-STM beats random init; test WER)", "slam_tlm_stm", "random_init",
      lambda r: r["test"]["wer"], True),
+    ("(secondary) w2v-BERT pre-training beats random init after fine-tuning (test WER)", "w2v_bert", "random_init",
+     lambda r: r["test"]["wer"], True),
 ]
 
 
@@ -686,7 +725,10 @@ def render(results: dict, *, command: str, machine_desc: str, corpus: dict, imag
     for text, a, b_, get, lower in CLAIMS:
         if a not in results["variants"] or b_ not in results["variants"]:
             continue
-        verdict, evidence = compare(values(results, a, get), values(results, b_, get), lower)
+        xs, ys = paired(results, a, b_, get)
+        # Paired where both arms ran the same seeds (the fine-tuning noise cancels), else unpaired.
+        verdict, evidence = compare_paired(xs, ys, lower) if len(xs) >= 2 else \
+            compare(values(results, a, get), values(results, b_, get), lower)
         claims.append(f"- {text}: **{verdict}** — {evidence}.")
     pre_seeds = ", ".join(map(str, results["seeds"]))
     if results.get("finetune_seeds") is None:

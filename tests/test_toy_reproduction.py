@@ -223,6 +223,19 @@ def test_plan_rejects_an_unknown_variant(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ report
+def test_paired_comparison_cancels_the_seed_noise():
+    # Seeds differ a lot, the arms by a steady 2 points: unpaired cannot tell, paired can.
+    a, b = [0.30, 0.50, 0.70, 0.40, 0.60], [0.32, 0.52, 0.73, 0.41, 0.62]
+    assert repro.compare(a, b, lower_is_better=True)[0] == "cannot decide"
+    verdict, evidence = repro.compare_paired(a, b, lower_is_better=True)
+    assert verdict == "supported" and "better in 5 of 5" in evidence
+    assert repro.compare_paired(b, a, lower_is_better=True)[0] == "contradicted"
+    assert repro.compare_paired([0.3], [0.4], lower_is_better=True)[0] == "cannot decide"
+    results = {"runs": {"x": {"0": {"test": {"wer": 0.3}}, "0/ft1": {"test": {"wer": 0.5}}, "1": {}},
+                        "y": {"0": {"test": {"wer": 0.4}}, "0/ft1": {"test": {"wer": 0.6}}, "0/ft2": {}}}}
+    assert repro.paired(results, "x", "y", lambda r: r["test"]["wer"]) == ([0.3, 0.5], [0.4, 0.6])
+
+
 def test_compare_decides_only_with_spread():
     assert repro.compare([0.2], [0.3], lower_is_better=True)[0] == "cannot decide"
     assert repro.compare([0.20, 0.21, 0.19], [0.30, 0.31, 0.29], lower_is_better=True)[0] == "supported"
