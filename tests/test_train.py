@@ -32,9 +32,14 @@ def test_end_to_end_writes_checkpoint_config_tensorboard_and_metrics(tmp_path):
     assert "step 4/4" in out and "ETA" in out
     # "compiling..." comes first, and the first rate (hence the ETA) counts the step, not the compilation.
     lines = out.splitlines()
-    compiling = next(i for i, x in enumerate(lines) if x.startswith("compiling the train and eval steps..."))
-    compiled = next(i for i, x in enumerate(lines) if x.startswith("compiled the train and eval steps in"))
+    compiling = next(i for i, x in enumerate(lines) if x.startswith("compiling the train step..."))
+    compiled = next(i for i, x in enumerate(lines) if x.startswith("compiled the train step in"))
     assert compiling < compiled
+    # The eval step compiles when the first evaluation comes, not before step 1.
+    eval_compiled = [i for i, x in enumerate(lines) if x.startswith("compiled the eval step in")]
+    first_eval = next(i for i, x in enumerate(lines) if x.startswith("eval "))
+    first_step = next(i for i, x in enumerate(lines) if x.startswith("step 1/"))
+    assert len(eval_compiled) == 1 and first_step < eval_compiled[0] < first_eval, lines
     compile_seconds = float(lines[compiled].split(" in ")[1].split(" s")[0])
     assert train[0]["steps_per_sec"] > 1.0 / compile_seconds, (train[0]["steps_per_sec"], compile_seconds)
 

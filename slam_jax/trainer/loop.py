@@ -51,7 +51,8 @@ def run_loop(trainer: Trainer, stream, model_dir: str, *, initial_params: Callab
     `health/warnings` and each warning is printed when it first appears and then every 10th log while it holds.
 
     `stream`: iterator of host batches with `get_state() -> bytes`, `set_state(bytes)` and `kind_batch_sizes`
-    (global rows per kind). `compile_eval_step`: `evaluate` uses `trainer.evaluate` (compiled before step 1 too).
+    (global rows per kind). `compile_eval_step`: `evaluate` uses `trainer.evaluate`, whose step is compiled before the
+    first evaluation.
     """
     train_cfg = trainer.train_cfg
     from slam_jax.data.schema import StreamMismatchError
@@ -116,10 +117,9 @@ def _train(trainer: Trainer, stream, model_dir: str, ckpt: checkpointing.Checkpo
     try:
         if step < train_cfg.train_steps:
             local, batch = fetch()
-            steps = "train and eval steps" if compile_eval_step else "train step"
-            print(f"compiling the {steps}...", flush=True)
-            seconds = trainer.compile(params, opt_state, batch, step, eval_step=compile_eval_step)
-            print(f"compiled the {steps} in {seconds:.1f} s", flush=True)
+            print("compiling the train step...", flush=True)
+            seconds = trainer.compile(params, opt_state, batch, step)
+            print(f"compiled the train step in {seconds:.1f} s", flush=True)
             window_start = time.time()  # the first rate (and ETA) counts steps, not compilation
         while step < train_cfg.train_steps:
             params, opt_state, metrics = trainer.train_step(params, opt_state, batch, step)
@@ -160,10 +160,16 @@ def _train(trainer: Trainer, stream, model_dir: str, ckpt: checkpointing.Checkpo
             if stopping:
                 break
             if evaluate is not None and train_cfg.eval_every and step % train_cfg.eval_every == 0:
+                if compile_eval_step:   # the first evaluation compiles its step (a run compiles what it uses)
+                    print("compiling the eval step...", flush=True)
+                    seconds = trainer.compile_eval(params, batch, step)
+                    print(f"compiled the eval step in {seconds:.1f} s", flush=True)
+                    compile_eval_step = False
                 scalars = evaluate(params, step, local)
                 logger.write(step, scalars, console=False)
                 print("eval " + " ".join(f"{k[5:]}={v:.4f}" for k, v in sorted(scalars.items())
                                          if k.endswith(("_loss", "_accuracy")) or k.count("/") == 1), flush=True)
+                window_start, window_steps = time.time(), 0   # steps/s and the ETA count training, not evaluation
             if saving:
                 ckpt.save(step, params, opt_state, stream.get_state(), meta)
                 last_saved = step

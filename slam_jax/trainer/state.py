@@ -130,9 +130,8 @@ class Trainer:
         with jax.set_mesh(self.mesh):
             return self._train_step.lower(params, opt_state, batch, jax.ShapeDtypeStruct((), jnp.int32))
 
-    def compile(self, params, opt_state, batch: dict, step: int, eval_step: bool = False) -> float:
-        """Compiles the train step (and the held-out loss step with `eval_step`) for these inputs; returns the
-        seconds taken.
+    def compile(self, params, opt_state, batch: dict, step: int) -> float:
+        """Compiles the train step for these inputs; returns the seconds taken.
 
         With several processes, then waits (at a coordination-service barrier, not a collective) until every process
         has compiled: otherwise one process could start the first step's collectives while another still compiles,
@@ -140,12 +139,21 @@ class Trainer:
         """
         start = time.time()
         with jax.set_mesh(self.mesh):
-            step = self._step_array(step)
-            self._train_step.lower(params, opt_state, batch, step).compile()
-            if eval_step:
-                self._eval_step.lower(params, batch, step).compile()
+            self._train_step.lower(params, opt_state, batch, self._step_array(step)).compile()
         seconds = time.time() - start
         multihost.get_barrier_sync_fn()(key="slam_jax_train_compiled", timeout_ms=_BARRIER_TIMEOUT_S * 1000)
+        return seconds
+
+    def compile_eval(self, params, batch: dict, step: int) -> float:
+        """Compiles the held-out loss step (`evaluate`) for batches shaped like `batch` (a training batch: eval
+        batches have its shapes); returns the seconds taken. Waits for every process, as `compile` does. Called
+        before a run's first evaluation, so that a run compiles only the programs it uses, when it first uses them."""
+        start = time.time()
+        shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), batch)
+        with jax.set_mesh(self.mesh):
+            self._eval_step.lower(params, shapes, self._step_array(step)).compile()
+        seconds = time.time() - start
+        multihost.get_barrier_sync_fn()(key="slam_jax_eval_compiled", timeout_ms=_BARRIER_TIMEOUT_S * 1000)
         return seconds
 
     def eval_batches(self, stream: Iterator[dict], template: dict, *, partial_ok: bool = False) -> Iterator[dict]:
