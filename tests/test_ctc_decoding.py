@@ -115,8 +115,8 @@ def test_flashlight_lexicon_decoder_matches_the_prefix_beam_reference_and_emits_
     # ids: 0 blank, 1 EOS (silence), 2 UNK, then pieces; SAT is spelled with two pieces, MAT is not in the LM.
     pieces = ["<pad>", "</s>", "<unk>", "\u2581CAT", "\u2581HAT", "\u2581S", "AT", "\u2581MAT"]
     cfg = dict(beam_size=16, prune_top_k=8, lm_path=str(arpa), lm_alpha=0.5, lm_beta=0.0)
-    flashlight = ctc_decoding.CtcDecodeConfig(**cfg, lm_decoder="flashlight").decoder(pieces)
-    reference = ctc_decoding.CtcDecodeConfig(**cfg).decoder(pieces)   # prefix_beam, the default
+    flashlight = ctc_decoding.CtcDecodeConfig(**cfg).decoder(pieces)   # the default lm_decoder
+    reference = ctc_decoding.CtcDecodeConfig(**cfg, lm_decoder="prefix_beam").decoder(pieces)
     assert isinstance(flashlight, ctc_decoding.LexiconDecoder)
 
     def frames(*rows):
@@ -134,6 +134,12 @@ def test_flashlight_lexicon_decoder_matches_the_prefix_beam_reference_and_emits_
     # favour HAT 45:1 lose to the LM's CAT in both.
     strong = frames({4: 0.9, 3: 0.02}, {0: 0.9})
     assert flashlight(strong, 2) == reference(strong, 2) == [3]
+    # A word's last piece held over frames is one word, not two (`hold_as_silence`); a word said twice stays two.
+    held_word = frames({3: 0.9}, {3: 0.9}, {3: 0.9}, {0: 0.9}, {5: 0.9}, {6: 0.9})
+    held_piece = frames({3: 0.9}, {0: 0.9}, {5: 0.9}, {6: 0.9}, {6: 0.9}, {6: 0.9})
+    twice = frames({3: 0.9}, {3: 0.9}, {0: 0.9}, {3: 0.9}, {3: 0.9})
+    for log_probs, labels in ((held_word, [3, 5, 6]), (held_piece, [3, 5, 6]), (twice, [3, 3])):
+        assert flashlight(log_probs, len(log_probs)) == reference(log_probs, len(log_probs)) == labels
     oov = frames({7: 0.8, 3: 0.15}, {0: 0.9})   # the acoustics say MAT, which the LM lacks
     assert reference(oov, 2) == [7] and flashlight(oov, 2) == [3]
     with pytest.raises(FileNotFoundError, match="does not exist"):
