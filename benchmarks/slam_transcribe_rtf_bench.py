@@ -33,7 +33,6 @@ import tempfile
 import time
 from typing import Sequence
 
-import numpy as np
 
 MINI_DEV = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "slam_jax", "assets",
                         "mini_corpus", "dev")
