@@ -13,7 +13,6 @@ import argparse
 import os
 import posixpath
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from slam_jax.data import covost  # noqa: E402
@@ -25,24 +24,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pairs", nargs="+", default=["de", "ca", "ar", "tr"], help="target languages")
     parser.add_argument("--vocab_size", type=int, default=8192)
     args = parser.parse_args(argv)
-    import sentencepiece as spm
-    import tensorflow as tf
+    from slam_jax.data import vocab
 
-    with tempfile.TemporaryDirectory() as tmp:
-        corpus = os.path.join(tmp, "corpus.txt")
-        with open(corpus, "w", encoding="utf-8") as out:
-            for lang in args.pairs:
-                tsv = covost.tsv_path(args.covost_dir, "en", lang, "train")
-                records = covost.list_covost(tsv, clips_dir="")
-                good = [r["translation"] for r in records if not r["error"]]
-                print(f"{tsv}: {len(good)} translations ({len(records) - len(good)} bad rows skipped)")
-                out.writelines(t + "\n" for t in good)
-        spm.SentencePieceTrainer.train(
-            input=corpus, model_prefix=os.path.join(tmp, "spm"), vocab_size=args.vocab_size, model_type="unigram",
-            character_coverage=0.9999, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, input_sentence_size=2_000_000,
-            shuffle_input_sentence=True, minloglevel=1)
-        for name in ("spm.model", "spm.vocab"):
-            tf.io.gfile.copy(os.path.join(tmp, name), posixpath.join(args.covost_dir, name), overwrite=True)
+    def translations():
+        for lang in args.pairs:
+            tsv = covost.tsv_path(args.covost_dir, "en", lang, "train")
+            records = covost.list_covost(tsv, clips_dir="")
+            good = [r["translation"] for r in records if not r["error"]]
+            print(f"{tsv}: {len(good)} translations ({len(records) - len(good)} bad rows skipped)")
+            yield from good
+
+    vocab.train_sentencepiece(translations(), posixpath.join(args.covost_dir, "spm"), args.vocab_size,
+                              character_coverage=0.9999, input_sentence_size=2_000_000, threads=os.cpu_count() or 1,
+                              nfkc=True)
     print(f"wrote {posixpath.join(args.covost_dir, 'spm.model')}")
 
 

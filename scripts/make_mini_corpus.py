@@ -243,33 +243,11 @@ def plans(train: list[str], dev: list[str], rng: np.random.Generator
 
 # ------------------------------------------------------------------------------------------------ vocabulary
 def train_spm(out: str, lines: list[str], *, hard_vocab_limit: bool = True) -> None:
-    """SentencePiece unigram model `out/spm.model` (+ .vocab) over `lines`; ids PAD=0 EOS=1 UNK=2, no BOS.
-
-    VOCAB_SIZE pieces exactly, or with `hard_vocab_limit=False` at most that many (a corpus with few distinct words
-    cannot fill it).
-    """
-    import sentencepiece as spm
-
+    """SentencePiece unigram model `out/spm.model` (+ .vocab) over `lines` (`vocab.train_sentencepiece`: ids PAD=0
+    EOS=1 UNK=2, no BOS, the project's normalization, byte-reproducible). VOCAB_SIZE pieces exactly, or with
+    `hard_vocab_limit=False` at most that many (a corpus with few distinct words cannot fill it)."""
     from slam_jax.data import vocab
-
-    cwd = os.getcwd()
-    with tempfile.TemporaryDirectory() as tmp:
-        # Relative names: the model records its input and prefix, which must not depend on the temp folder.
-        os.chdir(tmp)
-        try:
-            with open("corpus.txt", "w", encoding="utf-8") as fh:
-                fh.writelines(line + "\n" for line in lines)
-            spm.SentencePieceTrainer.train(
-                input="corpus.txt", model_prefix="spm", vocab_size=VOCAB_SIZE, model_type="unigram",
-                character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, num_threads=1,
-                input_sentence_size=0, shuffle_input_sentence=False, hard_vocab_limit=hard_vocab_limit,
-                minloglevel=2,
-                # text is already normalized: identity (no 200 kB NFKC table) but for U+FEFF (vocab.NORMALIZATION_RULES)
-                normalization_rule_tsv=vocab.write_normalization_rules(tmp))
-        finally:
-            os.chdir(cwd)
-        for name in ("spm.model", "spm.vocab"):
-            shutil.copyfile(os.path.join(tmp, name), os.path.join(out, name))
+    vocab.train_sentencepiece(lines, os.path.join(out, "spm"), VOCAB_SIZE, hard_vocab_limit=hard_vocab_limit)
 
 
 # ------------------------------------------------------------------------------------------------ README

@@ -20,7 +20,6 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -96,26 +95,9 @@ def new_voice_rows(corpus: str, out: str, train_rows: list[tuple[str, str, str, 
 
 
 def train_spm(out: str, lines: list[str]) -> None:
-    """SentencePiece unigram `out/spm.model` (+ .vocab), VOCAB_SIZE pieces, PAD=0 EOS=1 UNK=2, no BOS."""
-    import sentencepiece as spm
-
+    """SentencePiece unigram `out/spm.model` (+ .vocab), VOCAB_SIZE pieces (`vocab.train_sentencepiece`)."""
     from slam_jax.data import vocab
-
-    cwd = os.getcwd()
-    with tempfile.TemporaryDirectory() as tmp:
-        os.chdir(tmp)  # relative names: the model records its input path
-        try:
-            with open("corpus.txt", "w", encoding="utf-8") as fh:
-                fh.writelines(line + "\n" for line in lines)
-            spm.SentencePieceTrainer.train(
-                input="corpus.txt", model_prefix="spm", vocab_size=VOCAB_SIZE, model_type="unigram",
-                character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, num_threads=1,
-                input_sentence_size=0, shuffle_input_sentence=False, hard_vocab_limit=True, minloglevel=2,
-                normalization_rule_tsv=vocab.write_normalization_rules(tmp))  # as make_mini_corpus.train_spm
-        finally:
-            os.chdir(cwd)
-        for name in ("spm.model", "spm.vocab"):
-            shutil.copyfile(os.path.join(tmp, name), os.path.join(out, name))
+    vocab.train_sentencepiece(lines, os.path.join(out, "spm"), VOCAB_SIZE)
 
 
 def readme(counts: dict[str, tuple[int, int]], max_tokens: int) -> str:

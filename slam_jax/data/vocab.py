@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 
 # The normalization of our SentencePiece models (this command's, and the bundled corpora's): identity, except that
@@ -65,39 +65,71 @@ def read_transcripts(path: str) -> Iterator[str]:
         raise FileNotFoundError(f"--input={path}: no *.trans.txt below this folder (LibriSpeech layout expected)")
 
 
-def train_vocabulary(inputs: Sequence[str], vocab_size: int, out_prefix: str) -> dict[str, float]:
-    """Trains `<out_prefix>.model` / `.vocab` on the transcripts of `inputs`; returns counts for the report."""
+def train_sentencepiece(lines: Iterable[str], out_prefix: str, vocab_size: int, *, hard_vocab_limit: bool = True,
+                        character_coverage: float = 1.0, input_sentence_size: int = 0, threads: int = 1,
+                        nfkc: bool = False) -> int:
+    """Trains a SentencePiece unigram model on `lines` (one text each) and writes `<out_prefix>.model` / `.vocab`
+    (local or gs://): the project's ids (PAD = 0, the CTC / RNN-T blank; EOS = 1; UNK = 2; no BOS) and normalization
+    (`NORMALIZATION_RULES`). Every SentencePiece model of the project comes from here: `slam-data vocab`, the bundled
+    corpora's scripts, `scripts/make_covost_spm.py`. Returns the number of lines.
+
+    hard_vocab_limit: exactly `vocab_size` pieces (False: at most, for a corpus with few distinct words);
+    input_sentence_size: train on a random sample of that many lines (0: all, in order); threads: 1 makes the model
+    byte-reproducible (the bundled ones are); nfkc: SentencePiece's NFKC normalization (`nmt_nfkc`) instead of ours,
+    for raw multilingual text. ValueError when there is no line or SentencePiece refuses the size.
+    """
     import sentencepiece as spm
     import tensorflow as tf
     if vocab_size < 4:
-        raise ValueError(f"--vocab_size must be at least 4 (PAD, EOS, UNK and one piece), got {vocab_size}")
+        raise ValueError(f"vocab_size must be at least 4 (PAD, EOS, UNK and one piece), got {vocab_size}")
+    cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
-        corpus = os.path.join(tmp, "transcripts.txt")
-        lines = 0
-        with open(corpus, "w", encoding="utf-8") as out:
-            for path in inputs:
-                for text in read_transcripts(path):
-                    out.write(text + "\n")
-                    lines += 1
-        if not lines:
-            raise ValueError(f"no transcript found in {', '.join(inputs)}")
+        # Relative names: a model records its input file and prefix, which must not depend on the temp folder.
+        os.chdir(tmp)
         try:
-            spm.SentencePieceTrainer.train(
-                input=corpus, model_prefix=os.path.join(tmp, "spm"), vocab_size=vocab_size, model_type="unigram",
-                character_coverage=1.0, normalization_rule_tsv=write_normalization_rules(tmp), pad_id=0, eos_id=1,
-                unk_id=2, bos_id=-1,
-                input_sentence_size=5_000_000, shuffle_input_sentence=True, minloglevel=2)
-        except RuntimeError as e:  # e.g. "Vocabulary size is too high" for a small corpus
-            raise ValueError(f"SentencePiece could not train {vocab_size} pieces on {lines} transcripts: {e}") \
-                from None
+            count = 0
+            with open("corpus.txt", "w", encoding="utf-8") as f:
+                for line in lines:
+                    f.write(line + "\n")
+                    count += 1
+            if not count:
+                raise ValueError(f"no text to train {out_prefix}.model on")
+            try:
+                spm.SentencePieceTrainer.train(
+                    input="corpus.txt", model_prefix="spm", vocab_size=vocab_size, model_type="unigram",
+                    character_coverage=character_coverage, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                    num_threads=threads, input_sentence_size=input_sentence_size,
+                    shuffle_input_sentence=input_sentence_size > 0, hard_vocab_limit=hard_vocab_limit,
+                    minloglevel=2, **({"normalization_rule_name": "nmt_nfkc"} if nfkc else
+                                      {"normalization_rule_tsv": write_normalization_rules(tmp)}))
+            except RuntimeError as e:  # e.g. "Vocabulary size is too high" for a small corpus
+                raise ValueError(f"SentencePiece could not train {vocab_size} pieces on {count} lines: {e}") \
+                    from None
+        finally:
+            os.chdir(cwd)
         folder = os.path.dirname(out_prefix)
         if folder:
             tf.io.gfile.makedirs(folder)
         for ext in (".model", ".vocab"):
             tf.io.gfile.copy(os.path.join(tmp, "spm" + ext), out_prefix + ext, overwrite=True)
-        processor = spm.SentencePieceProcessor(model_file=os.path.join(tmp, "spm.model"))
-        with open(corpus, encoding="utf-8") as f:
-            sample = [line.rstrip("\n") for _, line in zip(range(10000), f)]
+    return count
+
+
+def train_vocabulary(inputs: Sequence[str], vocab_size: int, out_prefix: str) -> dict[str, float]:
+    """Trains `<out_prefix>.model` / `.vocab` on the transcripts of `inputs`; returns counts for the report."""
+    import sentencepiece as spm
+    import tensorflow as tf
+    texts = (text for path in inputs for text in read_transcripts(path))
+    try:
+        lines = train_sentencepiece(texts, out_prefix, vocab_size, input_sentence_size=5_000_000,
+                                    threads=os.cpu_count() or 1)
+    except ValueError as e:
+        if str(e).startswith("no text"):
+            raise ValueError(f"no transcript found in {', '.join(inputs)}") from None
+        raise ValueError(f"--vocab_size: {e}") from None
+    with tf.io.gfile.GFile(out_prefix + ".model", "rb") as f:
+        processor = spm.SentencePieceProcessor(model_proto=f.read())
+    sample = [text for _, text in zip(range(10000), (t for path in inputs for t in read_transcripts(path)))]
     pieces = sum(len(ids) for ids in processor.encode(sample))
     words = sum(len(t.split()) for t in sample)
     return {"transcripts": lines, "vocab_size": processor.get_piece_size(),
