@@ -57,8 +57,16 @@ sys.path.insert(0, REPO)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # `tasks` imports TensorFlow
 from tasks import toy  # noqa: E402  (rows per kind; registers nothing unless $SLAM_TOY_CORPUS is set)
 
-BEGIN = "<!-- toy_reproduction:begin (written by experiments/toy_reproduction.py; edits here are replaced) -->"
-END = "<!-- toy_reproduction:end -->"
+SECTION = "toy_reproduction"   # default --section: the markers of the doc's section and the plots' folder
+
+
+def markers(section: str = SECTION) -> tuple[str, str]:
+    """The (begin, end) comments around a section that a run writes (and a re-run replaces) in --doc."""
+    return (f"<!-- {section}:begin (written by experiments/toy_reproduction.py; edits here are replaced) -->",
+            f"<!-- {section}:end -->")
+
+
+BEGIN, END = markers()
 DONE, LOG = "toy_done.json", "toy_log.txt"
 PRETRAIN_GIN = "experiments/toy_pretrain.gin"
 # Each arm fine-tunes with its own recipe: random init with plain full fine-tuning (toy_ctc.gin), a pre-trained
@@ -700,7 +708,8 @@ COLUMNS = ("variant", "dev WER", "dev CER", "test WER", "test CER", "STM acc.", 
            "R@1 text→speech", "held-out text MLM acc.", "pre-train min", "fine-tune min")
 
 
-def render(results: dict, *, command: str, machine_desc: str, corpus: dict, images: list[str], image_dir: str
+def render(results: dict, *, command: str, machine_desc: str, corpus: dict, images: list[str], image_dir: str,
+           section: str = SECTION
            ) -> str:
     """The markdown section: setup, table, plots, claims."""
     b = results["budget"]
@@ -740,7 +749,8 @@ def render(results: dict, *, command: str, machine_desc: str, corpus: dict, imag
     splits = corpus.get("splits", {})
     corpus_line = ", ".join(f"{k} {v['utterances']} utterances / {v['hours']:.2f} h" for k, v in splits.items())
     figures = "\n".join(f"![{img}]({image_dir}/{img})" for img in images)
-    return f"""{BEGIN}
+    begin, end = markers(section)
+    return f"""{begin}
 ## Toy-scale reproduction (`experiments/toy_reproduction.py`)
 
 Generated {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} on {machine_desc}.
@@ -769,14 +779,15 @@ accuracy (the pre-training evaluation on dev transcripts) come from the pre-trai
 
 ### The paper's claims at toy scale
 
-A claim is *supported* or *contradicted* when Welch's two-sided t-test over the per-run values gives p < 0.05 in
-that direction, and *cannot decide* otherwise (including with one run). Where the runs share one pre-training per
+A claim is *supported* or *contradicted* when a two-sided test gives p < 0.05 in that direction, and *cannot decide*
+otherwise (including with one run): a paired t-test where both arms ran the same pre-training and fine-tuning seeds
+(the fine-tuning noise cancels in the pairs), else Welch's t-test over the per-run values. Where the runs share one pre-training per
 variant (fine-tuning seeds only), the test measures fine-tuning noise alone: a difference it calls significant can
 still be one pre-training run's luck.
 
 {chr(10).join(claims)}
 {probe_section(results)}
-{END}
+{end}
 """
 
 
@@ -812,7 +823,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " +
                         ", ".join(VARIANTS))
     parser.add_argument("--doc", default=os.path.join(REPO, "docs", "EXPERIMENTS.md"),
-                        help="markdown file whose toy_reproduction section is (re)written; plots go beside it")
+                        help="markdown file whose --section is (re)written; plots go beside it")
+    parser.add_argument("--section", default=SECTION,
+                        help="name of the doc's section (its marker comments) and of the plots' folder beside the "
+                             "doc: another name keeps a second sweep (another budget) beside the first")
     parser.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
     args = parser.parse_args(argv)
     if not args.corpus:
@@ -857,14 +871,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                "corpus": corpus}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
-    image_dir = "toy_reproduction"
+    image_dir = args.section
     images = plots(results, os.path.join(os.path.dirname(os.path.abspath(args.doc)), image_dir))
     command = " ".join(["python experiments/toy_reproduction.py", f"--corpus {args.corpus}", f"--out {args.out}",
                         f"--budget {args.budget}", f"--seeds {','.join(map(str, seeds))}",
                         *([] if finetune_seeds is None else [f"--finetune_seeds {','.join(map(str, finetune_seeds))}"]),
-                        f"--variants {','.join(variants)}"])
+                        f"--variants {','.join(variants)}",
+                        *([] if args.section == SECTION else [f"--section {args.section}"])])
     write_section(args.doc, render(results, command=command, machine_desc=machine(env), corpus=corpus,
-                                   images=images, image_dir=image_dir))
+                                   images=images, image_dir=image_dir, section=args.section),
+                  *markers(args.section))
     print(f"results: {os.path.join(args.out, 'results.json')}; table and plots: {args.doc}")
     return 0
 

@@ -276,6 +276,12 @@ def test_write_section_replaces_only_its_section(tmp_path):
     repro.write_section(str(doc), f"{repro.BEGIN}\nsecond\n{repro.END}\n")
     text = doc.read_text()
     assert "second" in text and "first" not in text and "kept" in text and text.count(repro.BEGIN) == 1
+    # A second section (another budget's sweep, --section) sits beside the first; each run replaces its own.
+    begin, end = repro.markers("toy_reproduction_cpu_long")
+    repro.write_section(str(doc), f"{begin}\nlong\n{end}\n", begin, end)
+    repro.write_section(str(doc), f"{repro.BEGIN}\nthird\n{repro.END}\n")
+    text = doc.read_text()
+    assert "long" in text and "third" in text and "second" not in text and text.count(begin) == 1
     doc.write_text(f"{repro.BEGIN}\nbroken")
     with pytest.raises(ValueError, match="only one"):
         repro.write_section(str(doc), f"{repro.BEGIN}\nthird\n{repro.END}\n")
