@@ -750,8 +750,9 @@ def render(results: dict, *, command: str, machine_desc: str, corpus: dict, imag
     corpus_line = ", ".join(f"{k} {v['utterances']} utterances / {v['hours']:.2f} h" for k, v in splits.items())
     figures = "\n".join(f"![{img}]({image_dir}/{img})" for img in images)
     begin, end = markers(section)
+    title = "" if section == SECTION else f", budget `{results.get('budget_name', '?')}`"
     return f"""{begin}
-## Toy-scale reproduction (`experiments/toy_reproduction.py`)
+## Toy-scale reproduction{title} (`experiments/toy_reproduction.py`)
 
 Generated {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} on {machine_desc}.
 
