@@ -53,8 +53,9 @@ def time_slam(model_dir: str, files: list[str], batch_size: int, repeats: int) -
         t0 = time.perf_counter()
         texts = model.transcribe(files)
         passes.append(time.perf_counter() - t0)
-    cfg = model.task.model_cfg
-    return {"load_s": load_s, "passes_s": passes, "texts": texts, "config": cfg}
+    import jax
+    params = sum(int(x.size) for x in jax.tree.leaves(model.params))
+    return {"load_s": load_s, "passes_s": passes, "texts": texts, "config": model.task.model_cfg, "params": params}
 
 
 def build_hf(cfg):
@@ -140,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "torch_threads": args.threads, "model_dir": args.model_dir,
         "model": {"d_model": cfg.d_model, "heads": cfg.num_heads, "ffn": cfg.ffn_dim,
                   "layers": cfg.speech_layers + cfg.shared_layers, "vocab": cfg.vocab_size},
-        "hf_params": hf["params"],
+        "slam_params": slam["params"], "hf_params": hf["params"],
         "slam_load_s": slam["load_s"], "slam_first_pass_s": slam["passes_s"][0], "slam_warm_pass_s": warm(slam["passes_s"]),
         "slam_rtf_first": slam["passes_s"][0] / seconds, "slam_rtf_warm": warm(slam["passes_s"]) / seconds,
         "hf_first_pass_s": hf["passes_s"][0], "hf_warm_pass_s": warm(hf["passes_s"]),
@@ -153,8 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         m = result["model"]
         print(f"{result['files']} files, {seconds:.1f} s of audio, batch {args.batch_size}, {os.cpu_count()} CPUs; "
-              f"model d={m['d_model']} x {m['layers']} layers, vocab {m['vocab']} (HF peer {hf['params'] / 1e6:.1f}M "
-              "parameters)")
+              f"model d={m['d_model']} x {m['layers']} layers, vocab {m['vocab']}: slam_jax {slam['params'] / 1e6:.2f}M "
+              f"parameters, HF peer {hf['params'] / 1e6:.2f}M")
         print(f"  slam_jax: load {result['slam_load_s']:.1f} s; first pass (compiles) {result['slam_first_pass_s']:.2f} s "
               f"RTF {result['slam_rtf_first']:.4f}; warm pass {result['slam_warm_pass_s']:.2f} s "
               f"RTF {result['slam_rtf_warm']:.4f}")
