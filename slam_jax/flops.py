@@ -68,15 +68,20 @@ class BatchShapes:
 
     @classmethod
     def from_batch(cls, batch: Mapping[str, Mapping[str, Any]]) -> "BatchShapes":
-        """Shapes of a batch dict in the data contract (arrays or ShapeDtypeStructs)."""
+        """Shapes of a batch dict in the data contract: arrays, ShapeDtypeStructs or `schema.batch_spec`'s
+        (shape, dtype) pairs."""
+        def shape(kind: str, key: str) -> tuple[int, ...]:
+            x = batch[kind][key]
+            return tuple(x.shape if hasattr(x, "shape") else x[0])
+
         kw: dict[str, int] = {}
         if "speech" in batch:
-            kw["speech_rows"], kw["speech_frames"] = batch["speech"]["segment_ids"].shape
+            kw["speech_rows"], kw["speech_frames"] = shape("speech", "segment_ids")
         if "text" in batch:
-            kw["text_rows"], kw["text_tokens"] = batch["text"]["tokens"].shape
+            kw["text_rows"], kw["text_tokens"] = shape("text", "tokens")
         if "paired" in batch:
-            kw["paired_rows"], kw["paired_frames"] = batch["paired"]["segment_ids"].shape
-            kw["paired_tokens"] = batch["paired"]["tokens"].shape[1]
+            kw["paired_rows"], kw["paired_frames"] = shape("paired", "segment_ids")
+            kw["paired_tokens"] = shape("paired", "tokens")[1]
         return cls(**kw)
 
 

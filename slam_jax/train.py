@@ -17,6 +17,7 @@ from typing import Sequence
 import jax
 
 from slam_jax import config, flops, health, partitioning
+from slam_jax.data import schema
 from slam_jax.trainer import TrainConfig, Trainer, TrainResult, run_loop, stream_scalars
 from slam_jax.trainer.warm_start import warm_start
 
@@ -40,11 +41,7 @@ def train(model_dir: str, *, devices: Sequence[jax.Device] | None = None) -> Tra
                                 setting="TrainConfig.init_from")
         return params
 
-    shapes = flops.BatchShapes(
-        speech_rows=stream.kind_batch_sizes.get("speech", 0), speech_frames=stream_cfg.speech_frames,
-        text_rows=stream.kind_batch_sizes.get("text", 0), text_tokens=stream_cfg.text_tokens,
-        paired_rows=stream.kind_batch_sizes.get("paired", 0), paired_frames=stream_cfg.paired_frames,
-        paired_tokens=stream_cfg.paired_tokens)
+    shapes = flops.BatchShapes.from_batch(schema.batch_spec(stream_cfg, stream.kind_batch_sizes))
     meta = {"vocabulary": vocabulary, "data_paths": dataclasses.asdict(config.DataConfig())}
     return run_loop(trainer, stream, model_dir, initial_params=initial_params,
                     evaluate=lambda params, step, local: trainer.evaluate(params, step, local, stream_cfg),

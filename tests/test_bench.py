@@ -144,6 +144,16 @@ def test_flop_model_matches_traced_matmuls(remat, name, objectives, shapes):
         assert flops.hardware_flops(cfg, shapes, objectives) > 1.2 * flops.train_step_flops(cfg, shapes, objectives)
 
 
+def test_batch_shapes_read_a_batch_spec_as_the_batch_it_describes():
+    from slam_jax.data import schema
+    cfg = schema.StreamConfig("x", speech_frames=512, text_tokens=64, paired_frames=640, paired_tokens=48)
+    rows = {"speech": 4, "text": 2, "paired": 2}
+    spec = schema.batch_spec(cfg, rows)
+    batch = {kind: {key: np.zeros(shape, dtype) for key, (shape, dtype) in sub.items()} for kind, sub in spec.items()}
+    assert flops.BatchShapes.from_batch(spec) == flops.BatchShapes.from_batch(batch) == flops.BatchShapes(
+        4, 512, 2, 64, 2, 640, 48)
+
+
 def test_memory_model_sharding_and_remat_order():
     cfg = ModelConfig(d_model=256, num_heads=4, ffn_dim=1024, speech_layers=2, shared_layers=2, vocab_size=1000,
                       codebook_size=64, code_dim=64)
