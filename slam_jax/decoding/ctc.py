@@ -11,7 +11,7 @@ transcripts or the LibriSpeech LM corpus.
 Two decoders of beam search with an LM (`CtcDecodeConfig.lm_decoder`):
 - 'flashlight' (default): flashlight-text's lexicon decoder (C++), the words of the LM (an ARPA file) spelled in the
   model's pieces, EOS as the silence token, which also carries a held piece's probability (`hold_as_silence`:
-  otherwise a word whose last piece is held over several frames is decoded twice). On the toy corpus it was 60-90x
+  otherwise a word whose last piece is held over several frames is decoded twice). On the toy corpus it was 60-75x
   faster than ours and 11 WER points better at the same LM weight (docs/PERFORMANCE.md). It emits only LM words.
 - 'prefix_beam': `prefix_beam_search` below, pure Python, lexicon-free (any piece sequence, KenLM binary LMs too);
   the reference flashlight is tested against, and the beam search without an LM. Its weakness: a word is LM-scored
