@@ -4,7 +4,8 @@
     python benchmarks/slam_transcribe_rtf_bench.py --model_dir=/tmp/slam_ft [AUDIO ...] [--batch_size 8]
         [--threads N] [--repeats 2] [--no_cli] [--json]
 
-AUDIO: files, folders or .txt lists as `slam-transcribe` takes them (default: the bundled mini corpus' dev audio).
+AUDIO: files, folders or .txt lists as `slam-transcribe` takes them (default: the bundled mini corpus' dev audio), 16 kHz
+mono (both sides then decode the same samples).
 `--model_dir`: a fine-tuned CTC run or a `slam-export` folder.
 
 What each side runs, per pass over the files (batched by length, `--batch_size` utterances per batch):
@@ -77,7 +78,11 @@ def time_hf(cfg, files: list[str], batch_size: int, repeats: int) -> dict:
     hf_cfg, model = build_hf(cfg)
     extractor = SeamlessM4TFeatureExtractor()   # defaults: 16 kHz, 80 bins, stride 2 -> 160 features
     params = sum(p.numel() for p in model.parameters())
-    lengths = [sf.info(f).frames for f in files]
+    infos = [sf.info(f) for f in files]
+    odd = [f for f, i in zip(files, infos) if i.samplerate != 16000 or i.channels != 1]
+    if odd:   # the peer is fed the waveform as read; slam_jax would resample, so the two would not compare
+        raise SystemExit(f"{len(odd)} file(s) are not 16 kHz mono, which this benchmark compares on, e.g. {odd[0]}")
+    lengths = [i.frames for i in infos]
     order = sorted(range(len(files)), key=lambda i: lengths[i])
     passes = []
     for _ in range(repeats):

@@ -467,8 +467,12 @@ def compare_paired(a: list[float], b: list[float], lower_is_better: bool) -> tup
                 f"{wins} of {len(a)}")
     if not np.any(d):
         return "cannot decide", evidence + "; no difference)"
-    p = float(stats.ttest_rel(a, b).pvalue) if np.std(d) > 0 else 0.0
-    evidence += f", paired t-test p = {p:.3f})"
+    if np.std(d) > 1e-9:   # (differences equal up to rounding count as identical)
+        p = float(stats.ttest_rel(a, b).pvalue)
+        evidence += f", paired t-test p = {p:.3f})"
+    else:   # every pair differs by the same amount: the t statistic is undefined; a sign test (all n the same way)
+        p = 2 * 0.5 ** len(d)
+        evidence += f", identical differences, sign test p = {p:.3f})"
     if p >= 0.05:
         return "cannot decide", evidence
     better = np.mean(d) < 0 if lower_is_better else np.mean(d) > 0

@@ -96,7 +96,8 @@ class Model:
     def transcribe(self, inputs: Sequence[Audio], *, sample_rate: int = features_lib.SAMPLE_RATE,
                    **decoding: Any) -> list[str]:
         """Texts of `inputs` (paths or waveforms), in order, from an ASR run. `decoding` overrides the run's decoding
-        options by name (CTC: `beam_size`, `lm` (an ARPA / KenLM file), `lm_alpha`, `lm_beta`, `prune_top_k`;
+        options by name (CTC: `beam_size`, `lm` (an ARPA file; any KenLM file with `lm_decoder='prefix_beam'`),
+        `lm_decoder`, `lm_alpha`, `lm_beta`, `prune_top_k`;
         RNN-T: `beam_size`, `max_symbols_per_frame`). A bad input raises `audio.AudioError` naming it."""
         task = self.decoding_task("transcribe", **decoding)   # bad options fail before any audio is read
         return self._decode(task, [self.features(x, sample_rate) for x in inputs], decoding)

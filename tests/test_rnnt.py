@@ -286,7 +286,7 @@ def test_result_file_names_carry_decoding_settings_only():
     assert decode_tag(TransducerConfig(predictor_units=16, beam_size=4)) == "_beam_size4"
 
 
-def test_slam_data_vocab_trains_word_pieces_with_the_project_ids(tmp_path, capsys):
+def test_slam_data_vocab_trains_word_pieces_with_the_project_ids(tmp_path, capsys, monkeypatch):
     import sentencepiece as spm
     from slam_jax.cli import data as data_cli
     from slam_jax.data import sources
@@ -306,3 +306,8 @@ def test_slam_data_vocab_trains_word_pieces_with_the_project_ids(tmp_path, capsy
         assert proto.normalizer_spec.precompiled_charsmap, path
     assert data_cli.main(["vocab", f"--text_file={tmp_path}/nothing", f"--output_prefix={tmp_path}/x"]) == 1
     assert "no such file or folder" in capsys.readouterr().err
+    # Relative paths are the working directory's (the trainer works in a temp folder of its own).
+    monkeypatch.chdir(tmp_path)
+    assert data_cli.main(["vocab", f"--text_file={os.path.relpath(mini, tmp_path)}", "--vocab_size=64",
+                          "--output_prefix=rel/v64"]) == 0
+    assert spm.SentencePieceProcessor(model_file=str(tmp_path / "rel" / "v64.model")).get_piece_size() == 64

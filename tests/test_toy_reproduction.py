@@ -231,6 +231,9 @@ def test_paired_comparison_cancels_the_seed_noise():
     assert verdict == "supported" and "better in 5 of 5" in evidence
     assert repro.compare_paired(b, a, lower_is_better=True)[0] == "contradicted"
     assert repro.compare_paired([0.3], [0.4], lower_is_better=True)[0] == "cannot decide"
+    # Identical differences: two pairs decide nothing (sign test p = 0.5), six do (p = 0.031).
+    assert repro.compare_paired([0.3, 0.5], [0.4, 0.6], lower_is_better=True)[0] == "cannot decide"
+    assert repro.compare_paired([0.3] * 6, [0.4] * 6, lower_is_better=True)[0] == "supported"
     results = {"runs": {"x": {"0": {"test": {"wer": 0.3}}, "0/ft1": {"test": {"wer": 0.5}}, "1": {}},
                         "y": {"0": {"test": {"wer": 0.4}}, "0/ft1": {"test": {"wer": 0.6}}, "0/ft2": {}}}}
     assert repro.paired(results, "x", "y", lambda r: r["test"]["wer"]) == ([0.3, 0.5], [0.4, 0.6])

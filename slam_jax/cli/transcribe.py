@@ -1,7 +1,7 @@
 """`slam-transcribe`: transcribe audio files with a fine-tuned ASR run (CTC or RNN-T).
 
     slam-transcribe --model_dir=/tmp/slam_ft a.flac dir/ list.txt [--output=out.jsonl|out.tsv] [--beam_size=4]
-                    [--lm=/data/4gram.arpa] [--step=N] [--batch_size=8]
+                    [--lm=/data/4gram.arpa [--lm_decoder=prefix_beam]] [--step=N] [--batch_size=8]
 
 Inputs: audio files, folders (every audio file below them, sorted) and `.txt` / `.lst` lists (one path per line).
 Writes one line per file, in input order, to `--output` (JSON lines with "path" and "text", or TSV "path<TAB>text",
@@ -51,7 +51,12 @@ def build_parser(prog: str = "slam-transcribe", doc: str | None = __doc__, *, lm
     common.add_flags(parser, "model_dir", required=("model_dir",))
     common.add_flags(parser, "output", "beam_size")
     if lm:
-        parser.add_argument("--lm", default=None, help="CTC only: ARPA / KenLM n-gram LM for shallow fusion")
+        parser.add_argument("--lm", default=None, help="CTC only: n-gram LM for shallow fusion: an ARPA file (the "
+                                                           "default flashlight decoder), or any KenLM file with "
+                                                           "--lm_decoder=prefix_beam")
+        parser.add_argument("--lm_decoder", choices=("flashlight", "prefix_beam"), default=None,
+                            help="CTC beam search with --lm: flashlight-text's lexicon decoder (default) or ours "
+                                 "(lexicon-free)")
     common.add_flags(parser, "step", "batch_size", "verbose")
     return parser
 
@@ -75,6 +80,8 @@ def decode_files(prog: str, method: str, parser: argparse.ArgumentParser, argv: 
         decoding["beam_size"] = args.beam_size
     if getattr(args, "lm", None):
         decoding["lm_path"] = args.lm
+    if getattr(args, "lm_decoder", None):
+        decoding["lm_decoder"] = args.lm_decoder
     paths = expand_inputs(args.inputs)
     if not paths:
         parser.error("no audio file found in the inputs")

@@ -84,27 +84,25 @@ def train_sentencepiece(lines: Iterable[str], out_prefix: str, vocab_size: int, 
         raise ValueError(f"vocab_size must be at least 4 (PAD, EOS, UNK and one piece), got {vocab_size}")
     cwd = os.getcwd()
     with tempfile.TemporaryDirectory() as tmp:
+        count = 0
+        with open(os.path.join(tmp, "corpus.txt"), "w", encoding="utf-8") as f:   # before the chdir below: `lines`
+            for line in lines:                                                    # may read relative paths
+                f.write(line + "\n")
+                count += 1
+        if not count:
+            raise ValueError(f"no text to train {out_prefix}.model on")
         # Relative names: a model records its input file and prefix, which must not depend on the temp folder.
         os.chdir(tmp)
         try:
-            count = 0
-            with open("corpus.txt", "w", encoding="utf-8") as f:
-                for line in lines:
-                    f.write(line + "\n")
-                    count += 1
-            if not count:
-                raise ValueError(f"no text to train {out_prefix}.model on")
-            try:
-                spm.SentencePieceTrainer.train(
-                    input="corpus.txt", model_prefix="spm", vocab_size=vocab_size, model_type="unigram",
-                    character_coverage=character_coverage, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-                    num_threads=threads, input_sentence_size=input_sentence_size,
-                    shuffle_input_sentence=input_sentence_size > 0, hard_vocab_limit=hard_vocab_limit,
-                    minloglevel=2, **({"normalization_rule_name": "nmt_nfkc"} if nfkc else
-                                      {"normalization_rule_tsv": write_normalization_rules(tmp)}))
-            except RuntimeError as e:  # e.g. "Vocabulary size is too high" for a small corpus
-                raise ValueError(f"SentencePiece could not train {vocab_size} pieces on {count} lines: {e}") \
-                    from None
+            spm.SentencePieceTrainer.train(
+                input="corpus.txt", model_prefix="spm", vocab_size=vocab_size, model_type="unigram",
+                character_coverage=character_coverage, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                num_threads=threads, input_sentence_size=input_sentence_size,
+                shuffle_input_sentence=input_sentence_size > 0, hard_vocab_limit=hard_vocab_limit,
+                minloglevel=2, **({"normalization_rule_name": "nmt_nfkc"} if nfkc else
+                                  {"normalization_rule_tsv": write_normalization_rules(tmp)}))
+        except RuntimeError as e:  # e.g. "Vocabulary size is too high" for a small corpus
+            raise ValueError(f"SentencePiece could not train {vocab_size} pieces on {count} lines: {e}") from None
         finally:
             os.chdir(cwd)
         folder = os.path.dirname(out_prefix)
