@@ -227,12 +227,12 @@ def benchmark(model_cfg: ModelConfig, mode: str, batch_shapes: flops.BatchShapes
         with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
             for i in range(profile_steps):
                 step.run(warmup + steps + i).block_until_ready()
-        kinds = profile_ops(profile_dir, steps=profile_steps, top=None, by_kind=True)
+        op_times = trace_op_times(profile_dir)   # the trace is read once
         profile = {"profile_dir": profile_dir, "profile_steps": profile_steps,
                    # the device's (CPU: XLA threads') summed op time per step, against step_time_s: its busy share
-                   "profile_op_ms_per_step": sum(op["ms_per_step"] for op in kinds),
-                   "profile_top_ops": profile_ops(profile_dir, steps=profile_steps),
-                   "profile_top_kinds": kinds[:15]}
+                   "profile_op_ms_per_step": sum(op_times.values()) / profile_steps,
+                   "profile_top_ops": top_ops(op_times, steps=profile_steps),
+                   "profile_top_kinds": top_ops(op_times, steps=profile_steps, by_kind=True)}
     median = statistics.median(times)
     devices = jax.local_devices()
     model_flops = flops.train_step_flops(model_cfg, batch_shapes, objective_cfg)
@@ -282,14 +282,31 @@ IDLE_EVENTS = ("wait for completion", "Await")   # XLA:CPU's executor threads wa
 
 def profile_ops(profile_dir: str, *, steps: int = 1, top: int | None = 15, by_kind: bool = False
                 ) -> list[dict[str, Any]]:
-    """The ops that took the most time in the newest trace under `profile_dir`: [{"name", "ms_per_step", "share"}].
+    """The ops that took the most time in the newest trace under `profile_dir`: [{"name", "ms_per_step", "share"}]
+    (`top_ops` of `trace_op_times`)."""
+    return top_ops(trace_op_times(profile_dir), steps=steps, top=top, by_kind=by_kind)
+
+
+def top_ops(times: dict[str, float], *, steps: int = 1, top: int | None = 15, by_kind: bool = False
+            ) -> list[dict[str, Any]]:
+    """`times` ({op name: ms}) heaviest first, as [{"name", "ms_per_step", "share"}]. `by_kind` sums ops whose names
+    differ only in a numeric suffix ("copy.12", "copy.40" -> "copy"). `share` is of the summed time, `ms_per_step`
+    divides by `steps`."""
+    total: collections.Counter = collections.Counter()
+    for name, ms in times.items():
+        total[re.sub(r"[._]\d+$", "", name) if by_kind else name] += ms
+    whole = sum(total.values()) or 1.0
+    return [{"name": name, "ms_per_step": ms / steps, "share": ms / whole} for name, ms in total.most_common(top)]
+
+
+def trace_op_times(profile_dir: str) -> dict[str, float]:
+    """Milliseconds per op name in the newest trace under `profile_dir`.
 
     Reads the Perfetto (Chrome JSON) trace that `jax.profiler.trace(..., create_perfetto_trace=True)` writes. Time is
     summed per event name over the accelerator's streams (process names starting "/device:"; XLA's derived "XLA Ops" /
     "XLA Modules" lines are skipped so nothing counts twice); on CPU, where there is no device process, over the
     threads that run XLA's compiled code ("tf_XLA..."). Only innermost events count (a while loop or an executor
-    wrapper encloses others), waits excepted. `by_kind` sums ops whose names differ only in a numeric suffix
-    ("copy.12", "copy.40" -> "copy"). `share` is of the summed time, `ms_per_step` divides by `steps`.
+    wrapper encloses others), waits excepted.
     """
     traces = sorted(glob.glob(os.path.join(profile_dir, "plugins", "profile", "*", "*perfetto_trace.json.gz")))
     if not traces:
@@ -325,10 +342,8 @@ def profile_ops(profile_dir: str, *, steps: int = 1, top: int | None = 15, by_ki
             end = e["ts"] + e.get("dur", 0.0)
             parent = nxt is not None and nxt["ts"] < end and nxt["ts"] + nxt.get("dur", 0.0) <= end
             if not parent and not any(w in e["name"] for w in IDLE_EVENTS):
-                name = re.sub(r"[._]\d+$", "", e["name"]) if by_kind else e["name"]
-                total[name] += float(e.get("dur", 0.0)) / 1e3                          # microseconds -> ms
-    whole = sum(total.values()) or 1.0
-    return [{"name": name, "ms_per_step": ms / steps, "share": ms / whole} for name, ms in total.most_common(top)]
+                total[e["name"]] += float(e.get("dur", 0.0)) / 1e3                     # microseconds -> ms
+    return dict(total)
 
 
 def compile_scaling(model_cfg: ModelConfig, depths: Sequence[int], shapes: flops.BatchShapes
