@@ -36,11 +36,13 @@ setuptools.setup(
         "scikit-learn>=1.3",
         "matplotlib>=3.7",  # plots of experiments/toy_reproduction.py (docs/)
         "safetensors>=0.4",  # slam-export's parameter files
+        "onnx>=1.16,<2",  # slam-export --onnx (slam_jax/onnx_export.py)
     ],
     extras_require={
         # libtpu (Linux only) lets the tests compile for TPU topologies on CPU (slam-aot); no TPU is used.
         "test": ["pytest>=8", "pytest-xdist>=3", "librosa>=0.10",
                  "importlib_resources>=6",  # TFDS writes the GLUE test set with it (tests/test_glue.py)
+                 "onnxruntime>=1.20",  # runs the ONNX export beside JAX (tests/test_onnx_export.py)
                  "jax[tpu]>=0.10,<0.11; sys_platform == 'linux'"],
         "gpu": ["jax[cuda12]>=0.10,<0.11"],
         "tpu": ["jax[tpu]>=0.10,<0.11"],

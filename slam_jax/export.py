@@ -1,13 +1,14 @@
 """A fine-tuned ASR or speech-translation model as plain files: parameters in safetensors, configuration in JSON, the
 SentencePiece model(s).
 
-    slam-export --model_dir=/tmp/slam_ft --output_dir=/tmp/slam_ft_export [--step=N]      # slam_jax/cli/export.py
+    slam-export --model_dir=/tmp/slam_ft --output_dir=/tmp/slam_ft_export [--step=N] [--onnx]   # slam_jax/cli/export.py
 
 ```
 <out>/params.safetensors   every parameter, named by its path in the model ("encoder/speech_stack/.../kernel")
 <out>/config.json          {"format", "task", "step", "model", "finetune", "decoding", "batch_size", "vocabulary"}
 <out>/vocabulary.model     the targets' SentencePiece model
 <out>/source_vocabulary.model   speech translation with an auxiliary source CTC head only: the transcripts' model
+<out>/model.onnx           with --onnx, CTC ASR only: log-mel in, CTC log-probabilities out (`slam_jax.onnx_export`)
 ```
 `inference.load(<out>)` reads it back without orbax, gin or a registered seqio task (the run's data need not exist
 where the export is used). Parameters are stored in float32 as trained.
@@ -56,8 +57,10 @@ def unflatten(abstract: Any, arrays: dict[str, np.ndarray], where: str) -> Any:
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def export(model, out_dir: str) -> str:
-    """Writes `model` (an `inference.Model` loaded from a run) to `out_dir`; returns the config path."""
+def export(model, out_dir: str, *, onnx_shape: tuple[int, int] | None = None) -> str:
+    """Writes `model` (an `inference.Model` loaded from a run) to `out_dir`; returns the config path.
+
+    onnx_shape: (batch, log-mel frames) of an ONNX graph to write too (CTC ASR runs; `slam_jax.onnx_export`)."""
     import tensorflow as tf
     from safetensors.numpy import save_file
     from slam_jax import inference
@@ -65,6 +68,8 @@ def export(model, out_dir: str) -> str:
     exportable = [name for names in inference.TASKS_OF.values() for name in names]   # what inference.load can use
     if task.name not in exportable:
         raise ValueError(f"{model.model_dir} is a {task.name!r} run: slam-export writes {', '.join(exportable)} models")
+    if onnx_shape is not None and task.name != "asr_ctc":
+        raise ValueError(f"{model.model_dir} is a {task.name!r} run: the ONNX export is of CTC ASR (asr_ctc) models")
     tf.io.gfile.makedirs(out_dir)
     local = out_dir if "://" not in out_dir else None
     flat = flatten(model.params)
@@ -87,6 +92,11 @@ def export(model, out_dir: str) -> str:
         tf.io.gfile.copy(task.source_vocabulary.sentencepiece_model_file, os.path.join(out_dir, SOURCE_VOCABULARY),
                          overwrite=True)
         config["source_vocabulary"] = SOURCE_VOCABULARY
+    if onnx_shape is not None:
+        from slam_jax import onnx_export
+        batch, frames = onnx_shape
+        config["onnx"] = onnx_export.export_ctc(model, os.path.join(out_dir, onnx_export.ONNX_FILE),
+                                                batch_size=batch, frames=frames)
     path = os.path.join(out_dir, CONFIG)
     with tf.io.gfile.GFile(path, "w") as f:
         json.dump(config, f, indent=1)

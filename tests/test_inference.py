@@ -96,3 +96,40 @@ def test_export_loads_without_orbax_or_gin_and_transcribes_the_same(ctc_run, tmp
     got = json.loads(run.stdout.strip().splitlines()[-1])
     assert got["modules"] == [] and got["step"] == 2
     assert got["texts"] == [r[2] if len(r) > 2 else "" for r in rows]
+
+
+def test_onnx_export_runs_in_onnxruntime_as_jax_does(ctc_run, tmp_path):
+    """slam-export --onnx: onnxruntime on padded real log-mel gives the JAX model's CTC log-probabilities (<= 1e-4)."""
+    import numpy as np
+    import onnxruntime
+
+    from slam_jax import inference
+    paths = [r[0] for r in _eval_rows(ctc_run)[:2]]
+    model = inference.load(str(ctc_run))
+    feats = [model.features(p) for p in paths]
+    frames = max(f.shape[0] for f in feats) + 37                       # every row padded
+    out = tmp_path / "export"
+    result = in_process("slam_jax.cli.export", [f"--model_dir={ctc_run}", f"--output_dir={out}", "--onnx",
+                                                "--onnx_batch=2", f"--onnx_frames={frames}"])
+    assert result.returncode == 0, result.stderr
+    assert "onnxruntime vs JAX" in result.stdout
+    with open(out / "config.json") as f:
+        assert json.load(f)["onnx"]["inputs"]["features"] == [2, frames, 80]
+    features = np.zeros((2, frames, 80), np.float32)
+    segment_ids = np.zeros((2, frames), np.int32)
+    for row, f in enumerate(feats):
+        features[row, :len(f)], segment_ids[row, :len(f)] = f, 1
+    session = onnxruntime.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    log_probs, lengths = session.run(None, {"features": features, "segment_ids": segment_ids})
+    want = model.emissions(paths)
+    assert lengths.tolist() == [w.shape[0] for w in want]
+    for row, w in enumerate(want):
+        np.testing.assert_allclose(log_probs[row, :len(w)], w, atol=1e-4, rtol=0)
+    assert inference.load(str(out)).transcribe(paths) == model.transcribe(paths)   # the rest of the export intact
+
+
+def test_onnx_export_of_a_translation_run_is_a_one_line_error(tmp_path):
+    from slam_jax import export
+    with pytest.raises(ValueError, match="ONNX export is of CTC ASR"):
+        export.export(type("M", (), {"task": type("T", (), {"name": "translate"})(), "model_dir": "d"})(),
+                      str(tmp_path), onnx_shape=(1, 10))
