@@ -26,10 +26,11 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 import tasks  # noqa: E402,F401
 from slam_jax import config, train  # noqa: E402
 from slam_jax.data import converter  # noqa: E402
-from train_utils import SMALL  # noqa: E402
+from train_utils import SMALL, TEXT_ONLY  # noqa: E402
 
-# 16 global rows (8 speech / 4 text / 4 paired) on a 2x2x2 (data, fsdp, tensor) mesh over both processes' 8 devices.
-files, bindings, _ = config.split_argv(SMALL + [
+# 16 global rows on a 2x2x2 (data, fsdp, tensor) mesh over both processes' 8 devices; text MLM alone (what is
+# tested is the processes' lockstep, not the objectives: tests/test_sharding.py shards every objective).
+files, bindings, _ = config.split_argv(SMALL + TEXT_ONLY + [
     f"--gin.TRAIN_STEPS={train_steps}", "--gin.TrainConfig.checkpoint_every=3", "--gin.StreamConfig.batch_size=16",
     "--gin.MeshConfig.data=2", "--gin.MeshConfig.fsdp=2", "--gin.MeshConfig.tensor=2"])
 config.parse(files, bindings)

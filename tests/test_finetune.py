@@ -14,7 +14,7 @@ import pytest
 from slam_jax import checkpointing, masking
 from slam_jax.finetune import base
 from slam_jax.model import ModelConfig
-from train_utils import last_json, read_metrics, slam_eval, slam_finetune, slam_train
+from train_utils import TEXT_ONLY, last_json, read_metrics, slam_eval, slam_finetune, slam_train
 
 
 def _checkpoint_params(model_dir) -> dict[str, np.ndarray]:
@@ -96,7 +96,7 @@ def test_finetune_resumes_exactly(tmp_path):
 
 def test_mismatched_or_missing_init_checkpoint_is_a_clear_error(tmp_path):
     pre = tmp_path / "pre"
-    slam_train(pre, "--gin.TRAIN_STEPS=1", "--gin.TrainConfig.checkpoint_every=1")
+    slam_train(pre, *TEXT_ONLY, "--gin.TRAIN_STEPS=1", "--gin.TrainConfig.checkpoint_every=1")
     bigger = slam_finetune(tmp_path / "ft", f"--gin.FinetuneConfig.init_from='{pre}'", "--gin.ModelConfig.d_model=48",
                            check=False)
     assert bigger.returncode == 1

@@ -13,8 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from train_utils import env, read_metrics, slam_train
+from train_utils import TEXT_ONLY, env, read_metrics, slam_train
 from slam_jax.trainer import run_folder
+
+
+
+
+def train_text(model_dir, *args, **kwargs):
+    """slam_train with text MLM alone: the run folder's mechanisms do not depend on the objectives (train_utils)."""
+    return slam_train(model_dir, *TEXT_ONLY, *args, **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------ the lock
@@ -49,12 +56,12 @@ def test_a_dead_holders_lock_is_taken_over_and_a_silent_one_after_the_stale_peri
 
 def test_a_second_writer_fails_fast_and_the_first_run_finishes_intact(tmp_path):
     d = tmp_path / "run"
-    first = slam_train(d, "--gin.TRAIN_STEPS=120", "--gin.TrainConfig.checkpoint_every=40", popen=True)
+    first = train_text(d, "--gin.TRAIN_STEPS=120", "--gin.TrainConfig.checkpoint_every=40", popen=True)
     deadline = time.time() + 600
     while not (d / "LOCK").exists() and time.time() < deadline:
         time.sleep(0.5)
     started = time.time()
-    second = slam_train(d, "--gin.TRAIN_STEPS=120", "--gin.TrainConfig.seed=1", check=False, timeout=300)
+    second = train_text(d, "--gin.TRAIN_STEPS=120", "--gin.TrainConfig.seed=1", check=False, timeout=300)
     assert second.returncode == 1 and "is being written by process" in second.stderr, second.stderr
     assert "Traceback" not in second.stderr and time.time() - started < 120
     out, _ = first.communicate(timeout=600)
@@ -70,13 +77,13 @@ def test_a_second_writer_fails_fast_and_the_first_run_finishes_intact(tmp_path):
 # ------------------------------------------------------------------------------------------------ checks first
 def test_a_rejected_resume_leaves_config_gin_byte_identical(tmp_path):
     d = tmp_path / "run"
-    slam_train(d, "--gin.TRAIN_STEPS=1")
+    train_text(d, "--gin.TRAIN_STEPS=1")
     before = (d / "config.gin").read_bytes()
-    result = slam_train(d, "--gin.TRAIN_STEPS=2", "--gin.ModelConfig.d_model=48", check=False)
+    result = train_text(d, "--gin.TRAIN_STEPS=2", "--gin.ModelConfig.d_model=48", check=False)
     assert result.returncode == 1 and "does not match the model configuration" in result.stderr
     assert (d / "config.gin").read_bytes() == before and not list(d.glob("config.step*.gin"))
     # An accepted change (more steps) rewrites config.gin and keeps the one that trained up to the resume step.
-    slam_train(d, "--gin.TRAIN_STEPS=2")
+    train_text(d, "--gin.TRAIN_STEPS=2")
     assert (d / "config.step1.gin").read_bytes() == before and b"TRAIN_STEPS = 2" in (d / "config.gin").read_bytes()
 
 
@@ -94,13 +101,13 @@ def _loss_by_step(d: Path) -> dict[int, float]:
 
 def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one_with_exact_losses(tmp_path):
     d = tmp_path / "run"
-    slam_train(d, "--gin.TRAIN_STEPS=4", "--gin.TrainConfig.checkpoint_every=2")
+    train_text(d, "--gin.TRAIN_STEPS=4", "--gin.TrainConfig.checkpoint_every=2")
     straight = _loss_by_step(d)
     for f in (d / "checkpoints" / "4" / "params").rglob("*"):
         if f.is_file() and f.stat().st_size > 64:
             f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     (d / "metrics.jsonl").unlink()
-    result = slam_train(d, "--gin.TRAIN_STEPS=4", "--gin.TrainConfig.checkpoint_every=2")
+    result = train_text(d, "--gin.TRAIN_STEPS=4", "--gin.TrainConfig.checkpoint_every=2")
     assert "checkpoint step 4 is unreadable, skipped" in result.stdout and "resumed from" in result.stdout
     line = next(x for x in result.stdout.splitlines() if "is unreadable" in x)
     assert len(line) < 400, line
@@ -110,15 +117,15 @@ def test_a_truncated_latest_checkpoint_falls_back_to_the_previous_one_with_exact
     for f in (d / "checkpoints").rglob("*"):
         if f.is_file() and f.parent.name in ("params", "opt_state") and f.stat().st_size > 64:
             f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-    broken = slam_train(d, "--gin.TRAIN_STEPS=6", check=False)
+    broken = train_text(d, "--gin.TRAIN_STEPS=6", check=False)
     assert broken.returncode == 1 and "no checkpoint under" in broken.stderr and "step 2:" in broken.stderr
     assert "Traceback" not in broken.stderr
 
 
 def test_kill_9_during_the_combined_save_leaves_a_restorable_previous_step(tmp_path):
     d = tmp_path / "run"
-    slam_train(d, "--gin.TRAIN_STEPS=2", "--gin.TrainConfig.checkpoint_every=2")
-    proc = slam_train(d, "--gin.TRAIN_STEPS=200", "--gin.TrainConfig.checkpoint_every=1",
+    train_text(d, "--gin.TRAIN_STEPS=2", "--gin.TrainConfig.checkpoint_every=2")
+    proc = train_text(d, "--gin.TRAIN_STEPS=200", "--gin.TrainConfig.checkpoint_every=1",
                       "--gin.TrainConfig.async_checkpointing=True", popen=True)
     # Kill as soon as a save of a later step is under way (orbax writes it in a tmp folder, then renames it).
     deadline = time.time() + 600
@@ -128,7 +135,7 @@ def test_kill_9_during_the_combined_save_leaves_a_restorable_previous_step(tmp_p
         time.sleep(0.02)
     proc.kill()
     proc.wait()
-    result = slam_train(d, "--gin.TRAIN_STEPS=0", check=False)
+    result = train_text(d, "--gin.TRAIN_STEPS=0", check=False)
     assert result.returncode == 0 and "resumed from" in result.stdout, result.stdout + result.stderr
 
 
@@ -155,7 +162,7 @@ def test_on_error_may_change_on_resume_and_the_good_examples_keep_their_order():
 
 def test_ctrl_c_saves_a_checkpoint_and_the_run_resumes_from_it(tmp_path):
     d = tmp_path / "run"
-    proc = slam_train(d, "--gin.TRAIN_STEPS=500", "--gin.TrainConfig.checkpoint_every=1000", popen=True)
+    proc = train_text(d, "--gin.TRAIN_STEPS=500", "--gin.TrainConfig.checkpoint_every=1000", popen=True)
     for line in proc.stdout:
         if line.startswith("step 1/"):
             break
@@ -204,12 +211,12 @@ def test_an_all_too_long_stream_waits_visibly_under_skip_and_sigterm_ends_it(tmp
 # ------------------------------------------------------------------------------------------------ warm start
 def test_init_from_a_run_of_another_size_is_an_error_unless_the_prefixes_are_allowed(tmp_path):
     src = tmp_path / "src"
-    slam_train(src, "--gin.TRAIN_STEPS=1")
-    bigger = slam_train(tmp_path / "big", "--gin.TRAIN_STEPS=1", "--gin.ModelConfig.ffn_dim=48",
+    train_text(src, "--gin.TRAIN_STEPS=1")
+    bigger = train_text(tmp_path / "big", "--gin.TRAIN_STEPS=1", "--gin.ModelConfig.ffn_dim=48",
                         f"--gin.TrainConfig.init_from='{src}'", check=False)
     assert bigger.returncode == 1 and "not in the checkpoint with the same shape" in bigger.stderr
     assert "ffn1/up/kernel" in bigger.stderr and "Traceback" not in bigger.stderr
-    same = slam_train(tmp_path / "same", "--gin.TRAIN_STEPS=1", f"--gin.TrainConfig.init_from='{src}'")
+    same = train_text(tmp_path / "same", "--gin.TRAIN_STEPS=1", f"--gin.TrainConfig.init_from='{src}'")
     table = same.stdout[same.stdout.index("warm-started from"):].splitlines()
     assert "0 fresh" in table[0] and table[1].split() == ["module", "restored", "fresh"]
     assert any(row.split()[0].startswith("encoder/") for row in table[2:6])

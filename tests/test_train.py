@@ -6,7 +6,7 @@ import signal
 import numpy as np
 import pytest
 
-from train_utils import SUBPROCESS_CACHE, read_metrics, slam_train
+from train_utils import SUBPROCESS_CACHE, TEXT_ONLY, read_metrics, slam_train
 
 ACTIVE = ["speech/contrastive_loss", "speech/mlm_loss", "text/mlm_loss", "paired/tlm_text_loss",
           "paired/tlm_speech_loss", "paired/stm_loss"]
@@ -110,15 +110,15 @@ def test_bad_configuration_fails_fast_with_clear_message(tmp_path, args, message
 
 def test_mismatched_checkpoint_names_the_parameters(tmp_path):
     d = tmp_path / "run"
-    slam_train(d, "--gin.TRAIN_STEPS=1")
-    result = slam_train(d, "--gin.TRAIN_STEPS=2", "--gin.ModelConfig.ffn_dim=48", check=False)
+    slam_train(d, *TEXT_ONLY, "--gin.TRAIN_STEPS=1")
+    result = slam_train(d, *TEXT_ONLY, "--gin.TRAIN_STEPS=2", "--gin.ModelConfig.ffn_dim=48", check=False)
     assert result.returncode == 1
     assert "does not match the model configuration" in result.stderr
     assert "ffn1/up/kernel" in result.stderr and "shape differs" in result.stderr
 
 
 def test_non_finite_loss_stops_with_step_objective_and_last_checkpoint(tmp_path):
-    result = slam_train(tmp_path / "nan", "--gin.TRAIN_STEPS=6", "--gin.OptimizerConfig.peak_learning_rate=1e30",
+    result = slam_train(tmp_path / "nan", *TEXT_ONLY, "--gin.TRAIN_STEPS=6", "--gin.OptimizerConfig.peak_learning_rate=1e30",
                         "--gin.OptimizerConfig.clip_norm=None", "--gin.TrainConfig.checkpoint_every=1",
                         check=False)
     assert result.returncode == 1, result.stdout + result.stderr
