@@ -5,3 +5,15 @@ from train_utils import TEST_XLA_FLAGS
 
 # In-process tests get the same XLA flags as the subprocesses that train_utils.env() starts.
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+
+
+# Modules whose tests each run training commands of their own (one to four minutes each on 2 cores) go first: with
+# `-n 2 --dist worksteal` (pytest.ini) the short tests then fill both workers at the end instead of one long test
+# running alone while the other worker idles.
+HEAVY_FIRST = ("test_multihost.py", "test_sharding.py", "test_run_folder.py", "test_train.py", "test_finetune.py",
+               "test_aot.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable: the order within a module stays
