@@ -13,7 +13,6 @@ speech and text).
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from typing import Any, Sequence
 
 import jax
@@ -90,21 +89,16 @@ def alignment_probes(trainer, params: Any, stream) -> ProbeResult:
 
     Embeddings of every host are gathered, so every process returns the same result.
     """
-    run = trainer.predict_fn(probe_outputs)
-    first = next(stream, None)
-    if first is None or "paired" not in first:
-        raise ValueError("the probe split has no paired examples")
-    template = jax.tree.map(np.zeros_like, {"paired": first["paired"]})
+    from slam_jax.evaluation.evaler import Evaler, gather
     parts: dict[str, list[np.ndarray]] = {}
-    for local in trainer.eval_batches(itertools.chain([first], stream), template):
-        out = run(params, {"paired": local["paired"]})
-        out["tokens"] = np.where(local["paired"]["token_segment_ids"] > 0, local["paired"]["tokens"], -1)
+    split = getattr(stream.config, "split", "?")
+    for batch in Evaler(trainer, params, probe_outputs, kind="paired").batches(stream, split, padding_batches=True):
+        out = dict(batch.outputs)
+        sub = batch.local["paired"]
+        out["tokens"] = np.where(sub["token_segment_ids"] > 0, sub["tokens"], -1)
         for key, value in out.items():
             parts.setdefault(key, []).append(value)
-    out = {k: np.concatenate(v) for k, v in parts.items()}
-    if jax.process_count() > 1:  # every host ran the same number of equally shaped batches
-        from jax.experimental import multihost_utils
-        out = {k: np.asarray(multihost_utils.process_allgather(v, tiled=True)) for k, v in out.items()}
+    out = {k: gather(np.concatenate(v)) for k, v in parts.items()}   # every host ran equally shaped batches
     keep = out.pop("valid")
     out = {k: v[keep] for k, v in out.items()}
     texts = [tuple(t[t >= 0].tolist()) for t in out["tokens"]]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +12,7 @@ import optax
 from flax import nnx
 from orbax.checkpoint import multihost
 
-from slam_jax import config, optim, partitioning, pretraining
+from slam_jax import optim, partitioning, pretraining
 from slam_jax.model import ModelConfig, SlamModel
 from slam_jax.trainer.config import TrainConfig
 
@@ -156,55 +156,20 @@ class Trainer:
         multihost.get_barrier_sync_fn()(key="slam_jax_eval_compiled", timeout_ms=_BARRIER_TIMEOUT_S * 1000)
         return seconds
 
-    def eval_batches(self, stream: Iterator[dict], template: dict, *, partial_ok: bool = False) -> Iterator[dict]:
-        """This process' host batches of a finite `stream`, in lockstep with the other processes.
-
-        Every process must run the same number of (collective) eval steps: `TrainConfig.eval_batches` when set
-        (required with several processes), else one pass over the stream. A process whose shard ran out yields
-        all-padding batches shaped like `template` (a training batch); so does a kind the stream lacks. A metric
-        of the whole split (WER, BLEU, ...: `partial_ok=False`) prints a warning when `eval_batches` stops before
-        this process' shard is exhausted, since its score then covers only part of the split.
-        """
-        n = self.train_cfg.eval_batches
-        if jax.process_count() > 1 and not n:
-            raise config.ConfigError("multi-process evaluation needs TrainConfig.eval_batches > 0")
-        empty = jax.tree.map(np.zeros_like, template)
-        i = 0
-        while not n or i < n:
-            local = next(stream, None)
-            if local is None:
-                if not n:
-                    return
-                local = empty
-            yield {k: local.get(k, empty[k]) for k in template}
-            i += 1
-        rest = None if partial_ok else next(stream, None)
-        if rest is not None and any((sub["segment_ids"] > 0).any() for sub in rest.values()):
-            print(f"warning: TrainConfig.eval_batches = {n} ended before process {jax.process_index()}'s shard of "
-                  "the split did, so the score covers part of the split; with N processes eval_batches must reach "
-                  "split size / (N x rows per process), and one process can use --eval_batches=0 (all of it)",
-                  flush=True)
+    def eval_metrics(self, params, local: dict, step: int) -> dict[str, float]:
+        """The eval step's metrics (every objective's losses, accuracies, health) of one host batch, on host."""
+        batch = partitioning.global_batch(local, self.mesh)
+        with jax.set_mesh(self.mesh):
+            return jax.device_get(self._eval_step(params, batch, self._step_array(step)))
 
     def evaluate(self, params, step: int, template: dict, stream_cfg) -> dict[str, float]:
-        """Held-out losses and accuracies on `TrainConfig.eval_split` of the stream `stream_cfg` describes,
-        averaged over the batches where each kind has data (see `eval_batches` for the number of batches)."""
+        """Held-out losses and accuracies on `TrainConfig.eval_split` of the stream `stream_cfg` describes
+        (`Evaler.mean_losses`)."""
         from slam_jax.data import converter
+        from slam_jax.evaluation.evaler import Evaler
         cfg = dataclasses.replace(stream_cfg, split=self.train_cfg.eval_split, shuffle=False)
         stream = converter.eval_stream(cfg, shard_index=jax.process_index(), num_shards=jax.process_count())
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        for local in self.eval_batches(stream, template, partial_ok=True):
-            batch = partitioning.global_batch(local, self.mesh)
-            with jax.set_mesh(self.mesh):
-                metrics = jax.device_get(self._eval_step(params, batch, self._step_array(step)))
-            present = {kind: float(metrics.get(key, 0)) > 0 for kind, key in
-                       (("speech", "speech/frames"), ("text", "text/tokens"), ("paired", "paired/pairs"))}
-            for k, v in metrics.items():
-                kind = k.split("/")[0]
-                if present.get(kind, any(present.values())):
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                    counts[k] = counts.get(k, 0) + 1
-        return {f"eval/{k}": v / counts[k] for k, v in sums.items()}
+        return Evaler(self, params).mean_losses(stream, template, step)
 
     def predict_fn(self, fn: Callable[[nnx.Module, dict], Any]) -> Callable[[Any, dict], Any]:
         """Jits `fn(model, batch) -> outputs` (every output [global batch, ...]) for inference on host batches.
