@@ -376,6 +376,9 @@ def collect(records: dict[str, dict], budget: Budget, seeds: Sequence[int], vari
                 if not variant.finetune:
                     continue
                 key = finetune_key(seed, tune_seed)
+                if not all(f"seed{key}/{kind}/{name}" in records for kind in ("finetune", "eval_validation",
+                                                                               "eval_test")):
+                    continue      # not finished (--report_only)
                 model_dir = finetune_dir(out, seed, name, tune_seed)
                 runs.setdefault(name, {}).setdefault(key, {}).update(
                     finetune_curve=[(m["step"], m["asr/ctc_loss"]) for m in read_metrics(model_dir)
@@ -833,6 +836,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="name of the doc's section (its marker comments) and of the plots' folder beside the "
                              "doc: another name keeps a second sweep (another budget) beside the first")
     parser.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--report_only", action="store_true",
+                        help="run nothing: write results.json, the plots and the doc section from the finished runs "
+                             "(a fine-tuning run or evaluation not finished yet is left out; pre-training must be done)")
     args = parser.parse_args(argv)
     if not args.corpus:
         parser.error(f"--corpus (or ${toy.ENV}) is required: the folder scripts/make_toy_corpus.py wrote")
@@ -867,6 +873,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     records = {}
     for step in steps:
+        if args.report_only:
+            done_path = os.path.join(step.run_dir, DONE)
+            if os.path.exists(done_path):
+                with open(done_path) as f:
+                    records[step.name] = json.load(f)
+            elif "/finetune/" not in step.name and "/eval_" not in step.name:
+                parser.error(f"--report_only: {step.name} has not finished ({step.run_dir})")
+            continue
         try:
             records[step.name] = run_step(step, env)
         except RuntimeError as e:
@@ -882,7 +896,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"--budget {args.budget}", f"--seeds {','.join(map(str, seeds))}",
                         *([] if finetune_seeds is None else [f"--finetune_seeds {','.join(map(str, finetune_seeds))}"]),
                         f"--variants {','.join(variants)}",
-                        *([] if args.section == SECTION else [f"--section {args.section}"])])
+                        *([] if args.section == SECTION else [f"--section {args.section}"]),
+                        *(["--report_only"] if args.report_only else [])])
     write_section(args.doc, render(results, command=command, machine_desc=machine(env), corpus=corpus,
                                    images=images, image_dir=image_dir, section=args.section),
                   *markers(args.section))

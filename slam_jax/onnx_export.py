@@ -5,7 +5,7 @@ stacks without JAX.
 
 The graph (`model.onnx` in the export folder, opset 18) has fixed shapes, as compiled TPU programs do:
 
-    inputs   features     float32 [batch, frames, 80]  log-mel (`slam_jax.data.features.log_mel`), zero-padded
+    inputs   features     float32 [batch, frames, 80]  log-mel as `inference.Model.features` gives it, zero-padded
              segment_ids  int32   [batch, frames]      1 on real frames, 0 on padding
     outputs  log_probs    float32 [batch, frames', vocab]  CTC log-probabilities (id 0 is the blank), frames' =
                                                           `subsampled_length(frames)` (4x subsampling)
@@ -137,13 +137,19 @@ def to_onnx(fn: Callable, params: Any, example_args: Sequence[Any], input_names:
 
 def ctc_function(model) -> Callable:
     """(params, features [B, T, 80], segment_ids [B, T]) -> (log_probs [B, T', vocab], lengths [B]) of an
-    `inference.Model` loaded from a CTC ASR run."""
+    `inference.Model` loaded from a CTC ASR run, computed in float32 whatever the run's `ModelConfig.dtype` (the
+    parameters are float32 either way; onnxruntime's CPU provider has no bfloat16 MatMul)."""
+    import dataclasses
+
     import jax
     from flax import nnx
+
+    from slam_jax.finetune.asr_ctc import AsrModel
     if model.task.name != "asr_ctc":
         raise OnnxExportError(f"{model.model_dir} is a {model.task.name!r} run: the ONNX export is of CTC ASR models")
+    cfg = dataclasses.replace(model.task.model_cfg, dtype="float32")
     with nnx.use_eager_sharding(False):
-        graphdef = nnx.split(nnx.eval_shape(lambda: model.task.build_model(nnx.Rngs(0))))[0]
+        graphdef = nnx.split(nnx.eval_shape(lambda: AsrModel(cfg, rngs=nnx.Rngs(0))))[0]
 
     def fn(params, features, segment_ids):
         logits, seg = nnx.merge(graphdef, params)(features, segment_ids)
@@ -156,10 +162,9 @@ def export_ctc(model, path: str, *, batch_size: int = 1, frames: int = 3000) -> 
     import jax
     import jax.numpy as jnp
     import tensorflow as tf
-
-    from slam_jax.data.features import NUM_MEL_BINS
     fn = ctc_function(model)
-    args = (jnp.zeros((batch_size, frames, NUM_MEL_BINS), jnp.float32), jnp.ones((batch_size, frames), jnp.int32))
+    args = (jnp.zeros((batch_size, frames, model.task.model_cfg.num_mel_bins), jnp.float32),
+            jnp.ones((batch_size, frames), jnp.int32))
     params = jax.tree.map(np.asarray, model.params)
     proto = to_onnx(fn, params, args, ("features", "segment_ids"), ("log_probs", "lengths"), graph_name="slam_jax_ctc")
     with tf.io.gfile.GFile(path, "wb") as f:

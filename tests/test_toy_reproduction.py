@@ -329,3 +329,15 @@ def test_miniature_pipeline_end_to_end(tmp_path):
     again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and " ..." not in again.stdout
     assert doc.read_text().count(repro.BEGIN) == 1
+
+    # --report_only renders what has finished: an unfinished fine-tuning run is left out, nothing runs; an
+    # unfinished pre-training is an error.
+    (out / "seed0" / "finetune_seed1" / "w2v_bert" / repro.DONE).unlink()
+    partial = subprocess.run(argv + ["--report_only"], env=env, capture_output=True, text=True, timeout=600)
+    assert partial.returncode == 0 and " ..." not in partial.stdout, partial.stderr
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert "0/ft1" not in runs["w2v_bert"] and "0/ft1" in runs["random_init"]
+    assert "--report_only" in doc.read_text()
+    (out / "seed0" / "pretrain" / "bert" / repro.DONE).unlink()
+    missing = subprocess.run(argv + ["--report_only"], env=env, capture_output=True, text=True, timeout=600)
+    assert missing.returncode == 2 and "seed0/pretrain/bert has not finished" in missing.stderr

@@ -46,7 +46,6 @@ def _check_onnx(model, out_dir: str, batch: int, frames: int) -> None:
     import numpy as np
 
     from slam_jax import onnx_export
-    from slam_jax.data.features import NUM_MEL_BINS
     path = os.path.join(out_dir, onnx_export.ONNX_FILE)
     try:
         import onnxruntime  # noqa: F401
@@ -54,7 +53,7 @@ def _check_onnx(model, out_dir: str, batch: int, frames: int) -> None:
         print(f"wrote {path}; onnxruntime is not installed, so it was not run")
         return
     rng = np.random.default_rng(0)
-    features = rng.normal(size=(batch, frames, NUM_MEL_BINS)).astype(np.float32)
+    features = rng.normal(size=(batch, frames, model.task.model_cfg.num_mel_bins)).astype(np.float32)
     segment_ids = np.ones((batch, frames), np.int32)
     diff = onnx_export.max_difference(model, path, features, segment_ids)
     print(f"wrote {path}: onnxruntime vs JAX on a random batch, max |difference| of log-probs {diff:.2e}")
