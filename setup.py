@@ -40,7 +40,8 @@ setuptools.setup(
     ],
     extras_require={
         # libtpu (Linux only) lets the tests compile for TPU topologies on CPU (slam-aot); no TPU is used.
-        "test": ["pytest>=8", "pytest-xdist>=3", "librosa>=0.10",
+        "test": ["pytest>=8", "pytest-xdist>=3.2",  # --dist worksteal (pytest.ini)
+                 "librosa>=0.10",
                  "importlib_resources>=6",  # TFDS writes the GLUE test set with it (tests/test_glue.py)
                  "onnxruntime>=1.20",  # runs the ONNX export beside JAX (tests/test_onnx_export.py)
                  "jax[tpu]>=0.10,<0.11; sys_platform == 'linux'"],
