@@ -90,7 +90,7 @@ for _jax, _onnx in {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max
     RULES[_jax] = _elementwise(_onnx)
 
 
-@_rule("stop_gradient", "copy", "copy_p", "reduce_precision", "optimization_barrier")
+@_rule("stop_gradient", "copy", "copy_p", "optimization_barrier")
 def _identity(g, x, a, o, p):
     return [g.op("Identity", xi) for xi in x]
 
@@ -166,7 +166,10 @@ def _select_n(g, x, a, o, p):
 
 @_rule("reshape", "squeeze", "expand_dims")
 def _reshape(g, x, a, o, p):
-    return [g.reshape(x[0], o[0].shape)]
+    y = x[0]
+    if p.get("dimensions"):                         # lax.reshape(..., dimensions=perm) transposes first
+        y = g.op("Transpose", y, perm=[int(d) for d in p["dimensions"]])
+    return [g.reshape(y, o[0].shape)]
 
 
 @_rule("broadcast_in_dim")
@@ -204,7 +207,7 @@ def _dot_general(g, x, a, o, p):
 def _reduce(onnx_op: str) -> Rule:
     def rule(g, x, a, o, p):
         axes = g.const(np.asarray(p["axes"], np.int64))
-        return [g.op(onnx_op, x[0], axes, keepdims=0)]
+        return [g.op(onnx_op, x[0], axes, keepdims=0, noop_with_empty_axes=1)]
     return rule
 
 
@@ -282,8 +285,10 @@ def _cummax(g, x, a, o, p):
     tri = np.tril(np.ones((n, n), bool)) if not p["reverse"] else np.triu(np.ones((n, n), bool))   # [i, j]
     is_max = p.get("_name", "cummax") == "cummax"
     dtype = np.dtype(a[0].dtype)
-    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else np.finfo(dtype)
-    fill = g.const(np.asarray(info.min if is_max else info.max, dtype))
+    if np.issubdtype(dtype, np.integer):
+        fill = g.const(np.asarray(np.iinfo(dtype).min if is_max else np.iinfo(dtype).max, dtype))
+    else:
+        fill = g.const(np.asarray(-np.inf if is_max else np.inf, dtype))
     rows = g.op("Unsqueeze", y, g.const(np.asarray([-2], np.int64)))               # [..., 1, n(j)]
     masked = g.op("Where", g.const(tri), rows, fill)                                  # [..., n(i), n(j)]
     red = g.op("ReduceMax" if is_max else "ReduceMin", masked, g.const(np.asarray([-1], np.int64)), keepdims=0)
@@ -304,6 +309,7 @@ def _simple_gather_dims(dims) -> bool:
 def _gather(g, x, a, o, p):
     dims, operand, indices = p["dimension_numbers"], a[0], a[1]
     if not (_simple_gather_dims(dims) and indices.shape[-1] == 1
+            and tuple(dims.offset_dims) == tuple(range(len(indices.shape) - 1, len(o[0].shape)))
             and tuple(p["slice_sizes"]) == (1, *operand.shape[1:])):
         raise OnnxExportError(f"gather with {dims}, slice_sizes {p['slice_sizes']} has no rule")
     idx = g.op("Squeeze", x[1], g.const(np.asarray([-1], np.int64)))
