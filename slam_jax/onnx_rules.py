@@ -167,7 +167,7 @@ def _select_n(g, x, a, o, p):
 @_rule("reshape", "squeeze", "expand_dims")
 def _reshape(g, x, a, o, p):
     y = x[0]
-    if p.get("dimensions"):                         # lax.reshape(..., dimensions=perm) transposes first
+    if p["_name"] == "reshape" and p.get("dimensions"):   # lax.reshape(..., dimensions=perm) transposes first
         y = g.op("Transpose", y, perm=[int(d) for d in p["dimensions"]])
     return [g.reshape(y, o[0].shape)]
 
