@@ -125,7 +125,7 @@ def _log1p(g, x, a, o, p):
     return [g.op("Log", g.op("Add", x[0], g.const(np.asarray(1, a[0].dtype))))]
 
 
-def _logical_rule(jax_name: str, bool_op: str, bit_op: str) -> Rule:
+def _logical_rule(bool_op: str, bit_op: str) -> Rule:
     def rule(g, x, a, o, p):
         return [g.op(bool_op if a[0].dtype == np.bool_ else bit_op, *x)]
     return rule
@@ -133,7 +133,7 @@ def _logical_rule(jax_name: str, bool_op: str, bit_op: str) -> Rule:
 
 for _jax, _bool, _bit in (("and", "And", "BitwiseAnd"), ("or", "Or", "BitwiseOr"), ("xor", "Xor", "BitwiseXor"),
                           ("not", "Not", "BitwiseNot")):
-    RULES[_jax] = _logical_rule(_jax, _bool, _bit)
+    RULES[_jax] = _logical_rule(_bool, _bit)
 
 
 @_rule("rem")
