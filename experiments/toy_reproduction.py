@@ -391,6 +391,40 @@ def collect(records: dict[str, dict], budget: Budget, seeds: Sequence[int], vari
             "runs": runs}
 
 
+def merge(results: dict, earlier: dict, source: str) -> dict:
+    """`results` with the runs of an `earlier` results.json added (e.g. the committed one of another session's sweep,
+    whose run folders are gone): a sweep can add pre-training seeds in a new folder. Both must have the same budget
+    and corpus (else ValueError: the runs would not be comparable); a run of `results` replaces the earlier run with
+    the same variant and key."""
+    for field in ("budget", "budget_name"):
+        if json.loads(json.dumps(earlier.get(field))) != json.loads(json.dumps(results.get(field))):  # tuples: lists
+            raise ValueError(f"{source}: {field} {earlier.get(field)!r} differs from this sweep's {results.get(field)!r}")
+    def corpus_id(c: dict) -> dict:   # the folder it was written to does not matter
+        return {**c, "args": {k: v for k, v in c.get("args", {}).items() if k != "out"}}
+    if corpus_id(earlier.get("corpus", {})) != corpus_id(results.get("corpus", {})):
+        raise ValueError(f"{source}: made from another corpus (toy_corpus.json differs beyond its folder)")
+    runs = {name: dict(earlier["runs"].get(name, {})) for name in earlier["runs"]}
+    for name, by_key in results["runs"].items():
+        runs.setdefault(name, {}).update(by_key)
+    variants = list(earlier["variants"]) + [v for v in results["variants"] if v not in earlier["variants"]]
+    finetune_seeds = sorted({*(earlier.get("finetune_seeds") or earlier["seeds"]),
+                             *(results.get("finetune_seeds") or [])})
+    return {**results, "seeds": sorted({*earlier["seeds"], *results["seeds"]}), "variants": variants, "runs": runs,
+            "finetune_seeds": finetune_seeds,
+            "merged_from": [*results.get("merged_from", []), {"file": source, "seeds": earlier["seeds"]}]}
+
+
+def finetuned_with(results: dict) -> dict[int, list[int]]:
+    """{pre-training seed: the fine-tuning seeds of its finished fine-tuning runs} over every variant."""
+    out: dict[int, set[int]] = {int(s): set() for s in results["seeds"]}
+    for runs in results["runs"].values():
+        for key, run in runs.items():
+            if "test" in run:
+                seed, _, tune = key.partition("/ft")
+                out.setdefault(int(seed), set()).add(int(tune or seed))
+    return {s: sorted(t) for s, t in sorted(out.items())}
+
+
 def values(results: dict, variant: str, get) -> list[float]:
     """The per-run values `get(run)` of a variant (runs where it is missing or not finite left out): one per
     pre-training seed for pre-training fields, one per fine-tuning run for fine-tuning fields."""
@@ -573,6 +607,8 @@ def probe_section(results: dict) -> str:
             rank_rows.append(f"| {VARIANTS[name].label} | " + " | ".join(ranks) + " |")
     any_run = next(r["layer_probes"] for runs in results["runs"].values() for r in runs.values()
                    if "layer_probes" in r)
+    chance = "not measurable: fewer than two voices with two utterances" if any_run["speaker_chance"] is None \
+        else f"chance {100 * any_run['speaker_chance']:.1f}%"
     claims = []
     for text, a, b in PROBE_CLAIMS:
         if a in results["variants"] and b in results["variants"]:
@@ -586,7 +622,7 @@ Each encoder frozen; a linear character-CTC probe per layer trained on {any_run[
 held-out voices and sentences): corpus-level CER in % (mean ± std over pre-training seeds); `logmel` is the probe on
 the input features (4 frames stacked). "degenerate": the probe emits the same string for most utterances. Speaker
 identification: logistic regression on the utterance mean of the best CTC layer, {any_run['speakers']} dev voices
-(chance {100 * any_run['speaker_chance']:.1f}%), half of each voice's utterances to train, half to score.
+({chance}), half of each voice's utterances to train, half to score.
 
 | variant | {' | '.join(layers)} | best layer | speaker acc. |
 |---|{'---|' * len(layers)}---|---|
@@ -747,12 +783,21 @@ def render(results: dict, *, command: str, machine_desc: str, corpus: dict, imag
             compare(values(results, a, get), values(results, b_, get), lower)
         claims.append(f"- {text}: **{verdict}** — {evidence}.")
     pre_seeds = ", ".join(map(str, results["seeds"]))
-    if results.get("finetune_seeds") is None:
+    tuned_with = finetuned_with(results)
+    if all(t == [s] for s, t in tuned_with.items()):
         seeds_line = f"seeds {pre_seeds} (each pre-training fine-tuned with its own seed)."
     else:
-        seeds_line = (f"pre-training seeds {pre_seeds}, each encoder fine-tuned with seeds "
-                      f"{', '.join(map(str, results['finetune_seeds']))}: the WER / CER spread is over all "
+        groups: dict[tuple, list[int]] = {}
+        for s, t in tuned_with.items():
+            groups.setdefault(tuple(t), []).append(s)
+        tuned = "; ".join(f"{'seeds ' + ', '.join(map(str, t)) if t else 'none'} for pre-training "
+                          f"seed{'s' * (len(ss) > 1)} {', '.join(map(str, ss))}" for t, ss in groups.items())
+        seeds_line = (f"pre-training seeds {pre_seeds}, fine-tuning {tuned}: the WER / CER spread is over all "
                       f"fine-tuning runs, the probe and MLM spread over pre-training seeds only.")
+    for merged in results.get("merged_from", []):
+        seeds_line += (f" The runs of pre-training seed{'s' * (len(merged['seeds']) > 1)} "
+                       f"{', '.join(map(str, merged['seeds']))} come from `{merged['file']}` (an earlier sweep's "
+                       "results; its run folders are not needed).")
     splits = corpus.get("splits", {})
     corpus_line = ", ".join(f"{k} {v['utterances']} utterances / {v['hours']:.2f} h" for k, v in splits.items())
     figures = "\n".join(f"![{img}]({image_dir}/{img})" for img in images)
@@ -835,6 +880,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--section", default=SECTION,
                         help="name of the doc's section (its marker comments) and of the plots' folder beside the "
                              "doc: another name keeps a second sweep (another budget) beside the first")
+    parser.add_argument("--merge", action="append", default=[], metavar="RESULTS_JSON",
+                        help="an earlier sweep's results.json (same budget and corpus, e.g. experiments/results/"
+                             "<section>/results.json) whose runs join this sweep's table; a run of this sweep with "
+                             "the same variant and seeds replaces it (repeatable)")
     parser.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--report_only", action="store_true",
                         help="run nothing: write results.json, the plots and the doc section from the finished runs "
@@ -866,6 +915,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing and not args.dry_run:
         parser.error(f"{', '.join(missing)} not installed (pip install -e . installs them): the table and plots "
                      "at the end need them")
+    earlier = {}
+    for path in args.merge:
+        try:
+            with open(path) as f:
+                earlier[path] = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            parser.error(f"--merge {path}: cannot read it as a results.json ({e})")
     env = subprocess_env(args.corpus, args.out)
     if args.dry_run:
         for step in steps:
@@ -888,6 +944,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     results = {**collect(records, budget, seeds, variants, args.out, finetune_seeds), "budget_name": args.budget,
                "corpus": corpus}
+    for path in args.merge:
+        try:
+            results = merge(results, earlier[path], path)
+        except ValueError as e:
+            print(f"toy_reproduction: --merge {e}", file=sys.stderr)
+            return 2
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     image_dir = args.section
@@ -897,6 +959,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         *([] if finetune_seeds is None else [f"--finetune_seeds {','.join(map(str, finetune_seeds))}"]),
                         f"--variants {','.join(variants)}",
                         *([] if args.section == SECTION else [f"--section {args.section}"]),
+                        *(f"--merge {path}" for path in args.merge),
                         *(["--report_only"] if args.report_only else [])])
     write_section(args.doc, render(results, command=command, machine_desc=machine(env), corpus=corpus,
                                    images=images, image_dir=image_dir, section=args.section),

@@ -66,3 +66,10 @@ def test_speaker_probe_separable_and_shuffled():
     chance = np.mean([layer_probes.speaker_probe(noise, list(rng.permutation(speakers)))["accuracy"]
                       for _ in range(5)])
     assert chance < 0.4
+
+
+def test_speaker_probe_without_two_speakers_is_not_measurable():
+    x = np.random.default_rng(0).normal(size=(5, 4))
+    # One speaker with four utterances and one with a single utterance: nothing to tell apart.
+    result = layer_probes.speaker_probe(x, ["a", "a", "a", "a", "b"])
+    assert result == {"accuracy": None, "chance": None, "speakers": 1}

@@ -272,6 +272,38 @@ def test_probe_claims_use_paired_utterances_and_refuse_degenerate_output():
     assert "| w2v-BERT |" in section and "(degenerate)" in section and "**supported**" in section
 
 
+def test_merge_adds_an_earlier_sweeps_seeds_and_refuses_other_settings():
+    import dataclasses
+    rng = np.random.default_rng(1)
+    budget = json.loads(json.dumps(dataclasses.asdict(repro.BUDGETS["cpu_long"])))
+    corpus = {"args": {"out": "/a", "seed": 1}, "spm_pieces": 258}
+    earlier = {"budget": budget, "budget_name": "cpu_long", "corpus": corpus, "seeds": [0],
+               "finetune_seeds": [0, 1], "variants": ["random_init", "slam"], "runs": {
+                   "random_init": {"0": {**_probe_run(0.0, rng), "test": {"wer": 0.5}}, "0/ft1": {"test": {"wer": 0.6}}},
+                   "slam": {"0": {**_probe_run(-0.1, rng), "test": {"wer": 0.4}}, "0/ft1": {"test": {"wer": 0.3}}}}}
+    now = {"budget": dataclasses.asdict(repro.BUDGETS["cpu_long"]), "budget_name": "cpu_long",
+           "corpus": {**corpus, "args": {"out": "/b", "seed": 1}}, "seeds": [1], "finetune_seeds": [],
+           "variants": ["random_init", "slam", "slam_tlm_stm"], "runs": {
+               "random_init": {"1": _probe_run(0.0, rng)}, "slam": {"1": _probe_run(-0.1, rng)},
+               "slam_tlm_stm": {"1": _probe_run(-0.1, rng)}}}
+    merged = repro.merge(now, earlier, "old/results.json")
+    assert merged["seeds"] == [0, 1] and merged["variants"] == ["random_init", "slam", "slam_tlm_stm"]
+    assert sorted(merged["runs"]["slam"]) == ["0", "0/ft1", "1"]
+    assert repro.finetuned_with(merged) == {0: [0, 1], 1: []}
+    verdict, evidence = repro.compare_probes(merged, "slam", "random_init")
+    assert verdict == "supported" and "seeds 0, 1" in evidence and "80 paired" in evidence
+    assert repro.paired(merged, "slam", "random_init", lambda r: r["test"]["wer"]) == ([0.4, 0.3], [0.5, 0.6])
+    assert merged["merged_from"] == [{"file": "old/results.json", "seeds": [0]}]
+    text = repro.render(merged, command="python experiments/toy_reproduction.py ...", machine_desc="2 cores",
+                        corpus=corpus, images=[], image_dir="plots")
+    assert "fine-tuning seeds 0, 1 for pre-training seed 0; none for pre-training seed 1" in text
+    assert "seed 0 come from `old/results.json`" in text and "**supported**" in text
+    with pytest.raises(ValueError, match="budget"):
+        repro.merge({**now, "budget_name": "cpu"}, earlier, "old/results.json")
+    with pytest.raises(ValueError, match="another corpus"):
+        repro.merge({**now, "corpus": {**corpus, "spm_pieces": 300}}, earlier, "old/results.json")
+
+
 def test_write_section_replaces_only_its_section(tmp_path):
     doc = tmp_path / "EXPERIMENTS.md"
     repro.write_section(str(doc), f"{repro.BEGIN}\nfirst\n{repro.END}\n")

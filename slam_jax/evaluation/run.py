@@ -124,9 +124,10 @@ def evaluate_layer_probes(model_dir: str, split: str | None, step: int | None, m
                         "mean_cosine": float(health.mean_pairwise_cosine(frames, every)),
                         "example": ctc.hypotheses[0], "utterance_cer": ctc.utterance_cer,
                         "speaker_accuracy": speakers["accuracy"]}
-        print(f"{name}: CER {ctc.cer:.3f}{' (degenerate)' if ctc.degenerate else ''} speaker accuracy "
-              f"{layers[name]['speaker_accuracy']:.3f} effective rank {layers[name]['effective_rank']:.1f}",
-              file=sys.stderr, flush=True)
+        speaker = "n/a (fewer than two speakers with two utterances)" if speakers["accuracy"] is None \
+            else f"{speakers['accuracy']:.3f}"
+        print(f"{name}: CER {ctc.cer:.3f}{' (degenerate)' if ctc.degenerate else ''} speaker accuracy {speaker} "
+              f"effective rank {layers[name]['effective_rank']:.1f}", file=sys.stderr, flush=True)
     out = {"layer_probes": True, "mixture": mixture, "train_split": train_split, "split": split, "step": step,
            "random_init": random_init, "train_seconds": train_set.seconds, "train_utterances": len(train_set.ids),
            "eval_utterances": len(eval_set.ids), "speakers": speakers["speakers"],
