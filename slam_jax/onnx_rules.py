@@ -82,12 +82,32 @@ def _elementwise(onnx_op: str, **attrs) -> Rule:
     return lambda g, x, a, o, p: [g.op(onnx_op, *x, **attrs)]
 
 
-for _jax, _onnx in {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "max": "Max", "min": "Min",
-                    "pow": "Pow", "eq": "Equal", "lt": "Less", "gt": "Greater", "le": "LessOrEqual",
+for _jax, _onnx in {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "eq": "Equal", "lt": "Less", "gt": "Greater", "le": "LessOrEqual",
                     "ge": "GreaterOrEqual", "exp": "Exp", "log": "Log", "tanh": "Tanh", "logistic": "Sigmoid",
                     "neg": "Neg", "sqrt": "Sqrt", "abs": "Abs", "sign": "Sign", "erf": "Erf", "floor": "Floor",
                     "ceil": "Ceil", "sin": "Sin", "cos": "Cos"}.items():
     RULES[_jax] = _elementwise(_onnx)
+
+
+@_rule("max", "min")
+def _max(g, x, a, o, p):
+    if a[0].dtype == np.bool_:                     # ONNX Max/Min take no booleans: max is Or, min is And
+        return [g.op("Or" if p["_name"] == "max" else "And", *x)]
+    return [g.op("Max" if p["_name"] == "max" else "Min", *x)]
+
+
+# ONNX Pow takes int32 / int64 / float16-64 tensors only: other integer types (int8, uint8, ...) compute in int32 and
+# bfloat16 in float32, then cast back (the same result wherever it fits the narrower type).
+_POW_TYPES = tuple(np.dtype(t) for t in (np.int32, np.int64, np.float16, np.float32, np.float64))
+
+
+@_rule("pow")
+def _pow(g, x, a, o, p):
+    if all(np.dtype(v.dtype) in _POW_TYPES for v in a):
+        return [g.op("Pow", *x)]
+    wide = [g.op("Cast", xi, to=onnx_type(np.int32 if np.issubdtype(np.dtype(v.dtype), np.integer) else np.float32))
+            for xi, v in zip(x, a)]
+    return [g.op("Cast", g.op("Pow", *wide), to=onnx_type(o[0].dtype))]
 
 
 @_rule("stop_gradient", "copy", "copy_p", "optimization_barrier")
@@ -117,7 +137,18 @@ def _square(g, x, a, o, p):
 
 @_rule("integer_pow")
 def _integer_pow(g, x, a, o, p):
-    return [g.op("Pow", x[0], g.const(np.asarray(p["y"], a[0].dtype)))]
+    """x ** y for a static integer y, by repeated squaring (exact for every dtype, as XLA expands it)."""
+    y = int(p["y"])
+    result, square, n = None, x[0], abs(y)
+    while n:
+        if n & 1:
+            result = square if result is None else g.op("Mul", result, square)
+        n >>= 1
+        if n:
+            square = g.op("Mul", square, square)
+    if result is None:                                                     # y == 0
+        result = g.op("Expand", g.const(np.asarray(1, a[0].dtype)), g.const(np.asarray(a[0].shape, np.int64)))
+    return [g.op("Reciprocal", result) if y < 0 else result]
 
 
 @_rule("log1p")
@@ -143,8 +174,8 @@ def _rem(g, x, a, o, p):
 
 @_rule("clamp")
 def _clamp(g, x, a, o, p):
-    lo, v, hi = x
-    return [g.op("Max", g.op("Min", v, hi), lo)]
+    lo, v, hi = x                                   # min(max(v, lo), hi): hi wins where lo > hi, as in XLA
+    return [g.op("Min", g.op("Max", v, lo), hi)]
 
 
 @_rule("convert_element_type")
@@ -155,6 +186,8 @@ def _convert(g, x, a, o, p):
 @_rule("select_n")
 def _select_n(g, x, a, o, p):
     pred, cases = x[0], x[1:]
+    if len(cases) == 1:
+        return [g.op("Identity", cases[0])]
     if a[0].dtype == np.bool_:                       # select_n(pred, on_false, on_true)
         return [g.op("Where", pred, cases[1], cases[0])]
     out = cases[0]
@@ -198,9 +231,8 @@ def _dot_general(g, x, a, o, p):
     nb, nk = size(ls, lb), size(ls, lc)
     lhs = g.reshape(g.op("Transpose", x[0], perm=[*lb, *lf, *lc]), [nb, size(ls, lf), nk])
     rhs = g.reshape(g.op("Transpose", x[1], perm=[*rb, *rc, *rf]), [nb, nk, size(rs, rf)])
-    dtype = o[0].dtype
-    if a[0].dtype != dtype:
-        lhs, rhs = (g.op("Cast", t, to=onnx_type(dtype)) for t in (lhs, rhs))
+    dtype = o[0].dtype            # (preferred_element_type): each operand of another dtype is cast to it
+    lhs, rhs = (t if v.dtype == dtype else g.op("Cast", t, to=onnx_type(dtype)) for t, v in ((lhs, a[0]), (rhs, a[1])))
     return [g.reshape(g.op("MatMul", lhs, rhs), o[0].shape)]
 
 
@@ -255,6 +287,14 @@ def _slice(g, x, a, o, p):
                  g.const(axes), g.const(np.asarray(strides, np.int64)))]
 
 
+@_rule("rev")
+def _rev(g, x, a, o, p):
+    axes = np.asarray(p["dimensions"], np.int64)
+    n = len(axes)
+    return [g.op("Slice", x[0], g.const(np.full(n, -1, np.int64)), g.const(np.full(n, np.iinfo(np.int64).min)),
+                 g.const(axes), g.const(np.full(n, -1, np.int64)))]
+
+
 @_rule("pad")
 def _pad(g, x, a, o, p):
     config = [tuple(int(v) for v in c) for c in p["padding_config"]]
@@ -305,6 +345,28 @@ def _simple_gather_dims(dims) -> bool:
             and not dims.operand_batching_dims)
 
 
+def _fill_value(dtype: Any, value: Any) -> np.ndarray:
+    """lax.gather's value for out-of-range rows (mode FILL_OR_DROP): `value`, else NaN / the integer minimum / True."""
+    dtype = np.dtype(dtype)
+    if value is None:
+        value = (np.nan if np.issubdtype(dtype, np.inexact) else True if dtype == np.bool_
+                 else np.iinfo(dtype).min if np.issubdtype(dtype, np.signedinteger) else np.iinfo(dtype).max)
+    return np.asarray(value, dtype)
+
+
+def _row_index(g, idx: str, index_dtype: Any, rows: int, mode: Any) -> tuple[str, str | None]:
+    """(row indices clamped into [0, rows), mask of the in-range ones or None) for lax's gather / scatter `mode`:
+    CLIP clamps; FILL_OR_DROP (jnp's default) also returns the mask so that the caller fills / drops those rows
+    (ONNX Gather / ScatterND have no such mode: an index out of range is an error there)."""
+    zero, last = g.const(np.asarray(0, index_dtype)), g.const(np.asarray(rows - 1, index_dtype))
+    clamped = g.op("Min", g.op("Max", idx, zero), last)
+    if "PROMISE_IN_BOUNDS" in str(mode):
+        return idx, None
+    if "CLIP" in str(mode):
+        return clamped, None
+    return clamped, g.op("Equal", clamped, idx)
+
+
 @_rule("gather")
 def _gather(g, x, a, o, p):
     dims, operand, indices = p["dimension_numbers"], a[0], a[1]
@@ -312,16 +374,33 @@ def _gather(g, x, a, o, p):
             and tuple(dims.offset_dims) == tuple(range(len(indices.shape) - 1, len(o[0].shape)))
             and tuple(p["slice_sizes"]) == (1, *operand.shape[1:])):
         raise OnnxExportError(f"gather with {dims}, slice_sizes {p['slice_sizes']} has no rule")
-    idx = g.op("Squeeze", x[1], g.const(np.asarray([-1], np.int64)))
-    return [g.op("Gather", x[0], idx, axis=0)]
+    idx = g.op("Squeeze", x[1], g.const(np.asarray([-1], np.int64)))                   # [...]
+    idx, valid = _row_index(g, idx, indices.dtype, operand.shape[0], p.get("mode"))
+    out = g.op("Gather", x[0], idx, axis=0)                                               # [..., *operand[1:]]
+    if valid is None:
+        return [out]
+    trailing = len(operand.shape) - 1
+    mask = g.op("Unsqueeze", valid, g.const(np.arange(-trailing, 0, dtype=np.int64))) if trailing else valid
+    return [g.op("Where", mask, out, g.const(_fill_value(operand.dtype, p.get("fill_value"))))]
 
 
 @_rule("scatter-add", "scatter_add")
 def _scatter_add(g, x, a, o, p):
-    """Rows of updates added into operand rows (indices in range: ONNX has no drop mode for stray indices)."""
-    dims, indices = p["dimension_numbers"], a[1]
+    """Rows of updates added into operand rows; with mode FILL_OR_DROP an out-of-range row's update is dropped (added
+    as zeros to a clamped row)."""
+    dims, indices, updates = p["dimension_numbers"], a[1], a[2]
     if not (tuple(dims.scatter_dims_to_operand_dims) == (0,) and tuple(dims.inserted_window_dims) == (0,)
-            and not dims.operand_batching_dims and indices.shape[-1] == 1):
+            and not dims.operand_batching_dims and indices.shape[-1] == 1
+            and tuple(dims.update_window_dims) == tuple(range(len(indices.shape) - 1, len(updates.shape)))):
         raise OnnxExportError(f"scatter-add with {dims} has no rule")
-    idx = g.op("Cast", x[1], to=onnx_type(np.int64))
-    return [g.op("ScatterND", x[0], idx, x[2], reduction="add")]
+    idx, valid = _row_index(g, x[1], indices.dtype, a[0].shape[0], p.get("mode"))     # [..., 1]
+    values = x[2]
+    if valid is not None:
+        # valid [..., 1] -> over the update window's trailing dims
+        window = len(updates.shape) - (len(indices.shape) - 1)
+        mask = g.op("Squeeze", valid, g.const(np.asarray([-1], np.int64)))
+        if window:
+            mask = g.op("Unsqueeze", mask, g.const(np.arange(-window, 0, dtype=np.int64)))
+        values = g.op("Where", mask, values, g.const(np.asarray(0, updates.dtype)))
+    idx = g.op("Cast", idx, to=onnx_type(np.int64))
+    return [g.op("ScatterND", x[0], idx, values, reduction="add")]

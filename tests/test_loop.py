@@ -44,7 +44,10 @@ class FakeStream:
 
 @pytest.fixture(scope="module")
 def trainer():
+    # w2v-BERT's speech objectives: the loop does not depend on the objectives, and the finite guard's NaN enters
+    # through the speech features.
     files, bindings, _ = config.split_argv(SMALL + [
+        "--gin_file=objectives/w2v_bert.gin", "--gin.ObjectiveConfig.tlm=False", "--gin.ObjectiveConfig.stm=False",
         f"--gin.TRAIN_STEPS={STEPS}", f"--gin.TrainConfig.log_every={LOG_EVERY}",
         "--gin.TrainConfig.checkpoint_every=1000", "--gin.TrainConfig.eval_every=0"])
     config.parse(files, bindings)
@@ -112,3 +115,20 @@ def test_non_finite_gradient_leaves_the_state_untouched(trainer):
         np.testing.assert_array_equal(x, np.asarray(y))
     with pytest.raises(trainer_lib.NonFiniteLossError, match="step 1"):
         trainer_lib.loop._check_finite(1, metrics, trainer.loss_names, 0)
+
+
+def test_evaler_names_what_is_missing(trainer):
+    """Evaler.batches: a split without the evaluation's kind and a missing predict function are errors that say
+    which (an empty shard is the data source's error, naming the folder and shard)."""
+    import dataclasses
+
+    from slam_jax.data import converter
+    from slam_jax.evaluation.evaler import Evaler
+    predict = lambda model, batch: {"rows": batch["paired"]["segment_ids"]}   # noqa: E731 (never runs here)
+    evaler = Evaler(trainer, None, predict, kind="paired")
+    cfg = dataclasses.replace(config.StreamConfig(), split="validation", batch_size=100)
+    with pytest.raises(ValueError, match="has no paired data: this evaluation reads paired rows .kinds there: text"):
+        next(evaler.batches(converter.eval_stream(dataclasses.replace(cfg, mixture="mini_text_mix"))))
+    paired = converter.eval_stream(dataclasses.replace(cfg, mixture="mini_paired_mix"))
+    with pytest.raises(TypeError, match="needs a predict function and a kind"):
+        next(Evaler(trainer, None).batches(paired))

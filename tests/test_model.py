@@ -19,17 +19,6 @@ def _path(path):
     return "/".join(str(getattr(k, "key", k)) for k in path)
 
 
-def test_gradients_reach_every_parameter():
-    model = build_model(TINY)
-    batch = jax.tree.map(jnp.asarray, full_batch(batch=3))
-    loss_fn = lambda m: compute_losses(m, batch, jnp.array(0), jax.random.key(0), SLAM_TLM_STM)[0]
-    grads = nnx.jit(nnx.grad(loss_fn))(model)
-    dead = [_path(p) for p, g in jax.tree_util.tree_leaves_with_path(grads) if not np.any(np.asarray(g) != 0)]
-    assert not dead, f"parameters without gradient: {dead}"
-    codebook = np.asarray(grads["quantizer"]["codebook"][...])
-    assert np.abs(codebook).sum() > 0
-
-
 def test_target_gradient_false_freezes_the_quantizer_and_cuts_z_off_from_the_targets():
     import dataclasses
     model = build_model(TINY)
@@ -44,7 +33,7 @@ def test_target_gradient_false_freezes_the_quantizer_and_cuts_z_off_from_the_tar
     assert np.abs(np.asarray(joint["quantizer"]["logits"]["kernel"][...])).sum() > 0
 
 
-def test_tiny_model_overfits_one_fixed_batch():
+def test_gradients_reach_every_parameter_and_the_tiny_model_overfits_one_fixed_batch():
     model = build_model(TINY)
     batch = jax.tree.map(jnp.asarray, full_batch(batch=4, frames=64, length=16))
     optimizer = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
@@ -55,9 +44,18 @@ def test_tiny_model_overfits_one_fixed_batch():
         (_, metrics), grads = nnx.value_and_grad(
             lambda m: compute_losses(m, batch, i, key, SLAM_TLM_STM), has_aux=True)(model)
         optimizer.update(model, grads)
-        return metrics
+        return metrics, grads
 
-    history = [step(model, optimizer, jnp.array(i)) for i in range(300)]
+    # Every objective at once: each parameter gets a gradient at the first step (the quantizer's codebook too)...
+    history, grads = [], None
+    for i in range(120):   # every loss is below half its start by step ~80 (measured: 300 steps, 2026-12-04)
+        metrics, grads_i = step(model, optimizer, jnp.array(i))
+        history.append(metrics)
+        grads = grads_i if grads is None else grads
+    dead = [_path(p) for p, g in jax.tree_util.tree_leaves_with_path(grads) if not np.any(np.asarray(g) != 0)]
+    assert not dead, f"parameters without gradient: {dead}"
+    assert np.abs(np.asarray(grads["quantizer"]["codebook"][...])).sum() > 0
+    # ... and every loss falls to under half its first value on the one batch.
     for name in loss_names(SLAM_TLM_STM):
         first, last = float(history[0][name]), np.mean([float(h[name]) for h in history[-10:]])
         assert last < 0.5 * first, f"{name} fell only from {first:.3f} to {last:.3f}"
@@ -100,7 +98,8 @@ def test_bfloat16_compute_keeps_fp32_params_and_finite_losses():
     import dataclasses
     model = build_model(dataclasses.replace(TINY, dtype="bfloat16"))
     batch = jax.tree.map(jnp.asarray, full_batch())
-    loss, metrics = compute_losses(model, batch, jnp.array(0), jax.random.key(0), SLAM_TLM_STM)
+    # (jitted: one compile instead of op-by-op dispatch of every objective, ~2.5x faster here)
+    loss, metrics = nnx.jit(lambda m: compute_losses(m, batch, jnp.array(0), jax.random.key(0), SLAM_TLM_STM))(model)
     assert loss.dtype == jnp.float32 and np.isfinite(float(loss))
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
@@ -108,7 +107,9 @@ def test_bfloat16_compute_keeps_fp32_params_and_finite_losses():
 def test_unrolled_layers_match_the_scanned_stack():
     import dataclasses
     batch = jax.tree.map(jnp.asarray, full_batch(batch=2))
-    loss_fn = lambda m: compute_losses(m, batch, jnp.array(0), jax.random.key(0), ObjectiveConfig())[0]
+    # The speech objectives run both stacks (speech, then shared) and the masking's own loops.
+    speech = ObjectiveConfig(text_mlm=False)
+    loss_fn = lambda m: compute_losses(m, batch, jnp.array(0), jax.random.key(0), speech)[0]
     step = nnx.jit(nnx.value_and_grad(loss_fn))
     results, loops = {}, {}
     for scan in (True, False):

@@ -50,3 +50,45 @@ def test_primitives_match_jax_in_onnxruntime():
 def test_a_primitive_without_a_rule_is_named():
     with pytest.raises(onnx_export.OnnxExportError, match="'sort'"):
         onnx_export.to_onnx(lambda p, x: jnp.sort(x), {}, (np.zeros(3, np.float32),), ["x"], ["y"])
+
+
+def test_edge_cases_match_jax_in_onnxruntime():
+    """Semantics ONNX lacks or defines differently: out-of-range gather rows are filled and scatter rows dropped
+    (jnp's default mode), clamp with lo > hi, boolean max/min, int8 powers and exponents, a one-case select_n, mixed
+    dtypes in a dot, argmin, cummin, and rem of negative numbers (sign of the dividend)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(4, 3)).astype(np.float32)
+    idx = np.asarray([0, 5, 3, 7], np.int32)                 # 5 and 7 are past the 4 rows
+    flags = np.asarray([True, False, True, False])
+    small = np.asarray([-3, 2, 5, -1], np.int8)
+
+    def fn(p, x, idx, flags, small):
+        rows = jax.lax.gather(x, idx[:, None], jax.lax.GatherDimensionNumbers(
+            offset_dims=(1,), collapsed_slice_dims=(0,), start_index_map=(0,)), (1, 3),
+            mode=jax.lax.GatherScatterMode.FILL_OR_DROP, fill_value=-7.0)
+        taken = jnp.take(x[:, 0], idx)                        # default fill: NaN
+        clipped = jnp.take(x, idx, axis=0, mode="clip")
+        added = jnp.zeros((4, 3)).at[idx].add(x)              # rows 5 and 7 dropped
+        clamped = jax.lax.clamp(jnp.float32(1.0), x, jnp.float32(0.0))     # lo > hi: hi everywhere
+        return (rows, jnp.nan_to_num(taken, nan=99.0), clipped, added, clamped,
+                jnp.maximum(flags, ~flags), jnp.minimum(flags, flags[::-1]),
+                small ** 3, jax.lax.pow(x[:, 0], small), x ** -2,
+                jax.lax.select_n(flags, x[:, 0]),
+                jax.lax.dot_general(small.astype(jnp.bfloat16), x, (((0,), (0,)), ((), ())),
+                                    preferred_element_type=jnp.float32),
+                jnp.argmin(x, axis=0), jax.lax.cummin(x, axis=0), jax.lax.rem(small, jnp.int8(2)),
+                jax.lax.rem(x - 0.5, jnp.float32(0.3)))
+
+    want, got = _run_both(fn, {}, x, idx, flags, small)
+    assert len(want) == len(got) == 16
+    for w, g in zip(want, got):
+        assert w.shape == g.shape and w.dtype == g.dtype
+        np.testing.assert_allclose(g, w, atol=2e-5, rtol=1e-5)
+    assert np.all(want[0][[1, 3]] == -7.0) and np.all(want[1][[1, 3]] == 99.0)   # the fills were exercised
+
+
+def test_only_call_primitives_are_inlined():
+    # A cond holds jaxprs too, but is not a plain call: it must be named, not inlined branch by branch.
+    with pytest.raises(onnx_export.OnnxExportError, match="'cond'"):
+        onnx_export.to_onnx(lambda p, x: jax.lax.cond(x[0] > 0, jnp.sin, jnp.cos, x), {},
+                            (np.zeros(3, np.float32),), ["x"], ["y"])

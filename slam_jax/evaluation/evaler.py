@@ -7,7 +7,7 @@ metrics) over the batches: `Evaler(trainer, params).mean_losses(stream, template
 
 ```python
 evaler = Evaler(trainer, params, predict, kind="paired")      # predict: (model, batch) -> device outputs
-for batch in evaler.batches(stream, split):                   # EvalBatch per host batch with a real row
+for batch in evaler.batches(stream):                          # EvalBatch per host batch with a real row
     ...  # batch.outputs (NumPy), batch.local (the host batch), batch.rows (indices of real rows), batch.ids
 totals = sum_over_processes(counts)      # additive statistics (error counts, BLEU n-grams), or
 every = gather(predictions)              # every process' rows (GLUE's metrics; batches(..., padding_batches=True))
@@ -97,15 +97,23 @@ class Evaler:
                     counts[k] = counts.get(k, 0) + 1
         return {f"eval/{k}": v / counts[k] for k, v in sums.items()}
 
-    def batches(self, stream, split: str, *, padding_batches: bool = False) -> Iterator[EvalBatch]:
+    def batches(self, stream, *, padding_batches: bool = False) -> Iterator[EvalBatch]:
         """EvalBatch per host batch that holds at least one example; with `padding_batches` every batch, so that
         every process yields the same number of rows (for `gather`). All-padding batches run `predict` either way:
         it is a collective step. `stream`: a finite stream with `ids` (the current batch's example ids per kind); an
-        empty shard is an error naming the split. Batches hold this evaler's kind only."""
+        empty shard is an error naming the split (`stream.config.split`). Batches hold this evaler's kind only."""
+        if self.run is None or self.kind is None:
+            raise TypeError("Evaler.batches needs a predict function and a kind: Evaler(trainer, params, predict, "
+                            "kind='paired' | 'text')")
+        split = stream.config.split
         first = next(stream, None)
-        if first is None or self.kind not in first:
-            raise ValueError(f"split {split!r} of {stream.config.mixture!r} has no {self.kind} example for process "
-                             f"{jax.process_index()}")
+        if first is None:
+            raise ValueError(f"split {split!r} of {stream.config.mixture!r} is empty for process "
+                             f"{jax.process_index()} of {jax.process_count()} (a split needs at least one example "
+                             "per process)")
+        if self.kind not in first:
+            raise ValueError(f"split {split!r} of {stream.config.mixture!r} has no {self.kind} data: this "
+                             f"evaluation reads {self.kind} rows (kinds there: {', '.join(sorted(first))})")
         template = {self.kind: jax.tree.map(np.zeros_like, first[self.kind])}
         for local in self.lockstep(itertools.chain([first], stream), template):
             sub = local[self.kind]

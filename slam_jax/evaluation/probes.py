@@ -91,8 +91,7 @@ def alignment_probes(trainer, params: Any, stream) -> ProbeResult:
     """
     from slam_jax.evaluation.evaler import Evaler, gather
     parts: dict[str, list[np.ndarray]] = {}
-    split = getattr(stream.config, "split", "?")
-    for batch in Evaler(trainer, params, probe_outputs, kind="paired").batches(stream, split, padding_batches=True):
+    for batch in Evaler(trainer, params, probe_outputs, kind="paired").batches(stream, padding_batches=True):
         out = dict(batch.outputs)
         sub = batch.local["paired"]
         out["tokens"] = np.where(sub["token_segment_ids"] > 0, sub["tokens"], -1)

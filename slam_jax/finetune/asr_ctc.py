@@ -256,7 +256,7 @@ class AsrCtcTask(FinetuneTask):
         cfg = dataclasses.replace(self.stream_cfg, split=split, shuffle=False)
         stream = converter.eval_stream(cfg, shard_index=jax.process_index(), num_shards=jax.process_count())
         counts, rows = ErrorCounts(), []
-        for batch in Evaler(trainer, params, predict, kind="paired").batches(stream, split):
+        for batch in Evaler(trainer, params, predict, kind="paired").batches(stream):
             sub = batch.local["paired"]
             hyps = transcribe(batch.outputs)
             labels, valid = ctc_labels(sub["tokens"], sub["token_segment_ids"], self.vocabulary.eos_id)

@@ -118,7 +118,7 @@ class GlueTask(FinetuneTask):
         cfg = dataclasses.replace(self.stream_cfg, split=split, shuffle=False)
         stream = glue.make_stream(cfg, shard_index=jax.process_index(), num_shards=jax.process_count(), finite=True)
         preds, labels, real, ids = [], [], [], []
-        for batch in Evaler(trainer, params, predict, kind="text").batches(stream, split, padding_batches=True):
+        for batch in Evaler(trainer, params, predict, kind="text").batches(stream, padding_batches=True):
             preds.append(batch.outputs["prediction"])
             labels.append(batch.local["text"]["labels"])
             real.append(np.isin(np.arange(len(batch.ids)), batch.rows))

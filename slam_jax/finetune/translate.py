@@ -232,7 +232,7 @@ class TranslateTask(FinetuneTask):
         stats = np.zeros(bleu.NUM_STATISTICS, np.int64)
         rows, unk = [], 0
         unk_id = getattr(self.vocabulary, "unk_id", None)
-        for batch in Evaler(trainer, params, predict, kind="paired").batches(stream, split):
+        for batch in Evaler(trainer, params, predict, kind="paired").batches(stream):
             sub = batch.local["paired"]
             texts = to_text(batch.outputs)
             hyps = [texts[i] for i in batch.rows]
