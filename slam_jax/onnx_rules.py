@@ -358,12 +358,14 @@ def _row_index(g, idx: str, index_dtype: Any, rows: int, mode: Any) -> tuple[str
     """(row indices clamped into [0, rows), mask of the in-range ones or None) for lax's gather / scatter `mode`:
     CLIP clamps; FILL_OR_DROP (jnp's default) also returns the mask so that the caller fills / drops those rows
     (ONNX Gather / ScatterND have no such mode: an index out of range is an error there)."""
-    zero, last = g.const(np.asarray(0, index_dtype)), g.const(np.asarray(rows - 1, index_dtype))
-    clamped = g.op("Min", g.op("Max", idx, zero), last)
     if "PROMISE_IN_BOUNDS" in str(mode):
         return idx, None
+    zero, last = g.const(np.asarray(0, index_dtype)), g.const(np.asarray(rows - 1, index_dtype))
+    clamped = g.op("Min", g.op("Max", idx, zero), last)
     if "CLIP" in str(mode):
         return clamped, None
+    if mode is not None and "FILL_OR_DROP" not in str(mode):
+        raise OnnxExportError(f"gather / scatter mode {mode} has no rule")
     return clamped, g.op("Equal", clamped, idx)
 
 
