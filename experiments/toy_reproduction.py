@@ -547,7 +547,7 @@ def compare_probes(results: dict, a: str, b: str) -> tuple[str, str]:
     la, lb = best_probe_layer(results, a), best_probe_layer(results, b)
     if la is None or lb is None:
         return "not measured", "the probe runs are missing"
-    diffs, seeds = [], []
+    diffs, seeds, cers = [], [], []
     for seed, run in results["runs"][a].items():
         other = results["runs"][b].get(seed, {})
         if "layer_probes" not in run or "layer_probes" not in other:
@@ -557,7 +557,10 @@ def compare_probes(results: dict, a: str, b: str) -> tuple[str, str]:
             return "cannot decide", f"{VARIANTS[a].label}'s probe output is degenerate (seed {seed}, {la})"
         diffs += list(np.asarray(pa["utterance_cer"]) - np.asarray(pb["utterance_cer"]))
         seeds.append(seed)
-    ma, mb = np.mean(probe_cer(results, a, la)), np.mean(probe_cer(results, b, lb))
+        cers.append((pa["cer"], pb["cer"]))
+    if not seeds:
+        return "not measured", "no pre-training seed has both arms' probes"
+    ma, mb = np.mean(cers, axis=0)      # over the seeds both arms have (the ones tested)
     evidence = (f"CER {100 * ma:.1f}% ({la}) vs {100 * mb:.1f}% ({lb}), corpus-level mean over seeds "
                 f"{', '.join(seeds)}")
     if not diffs or not np.any(diffs):

@@ -293,6 +293,10 @@ def test_merge_adds_an_earlier_sweeps_seeds_and_refuses_other_settings():
     verdict, evidence = repro.compare_probes(merged, "slam", "random_init")
     assert verdict == "supported" and "seeds 0, 1" in evidence and "80 paired" in evidence
     assert repro.paired(merged, "slam", "random_init", lambda r: r["test"]["wer"]) == ([0.4, 0.3], [0.5, 0.6])
+    # An arm with one seed is compared on that seed only, its means included.
+    random_seed1 = merged["runs"]["random_init"]["1"]["layer_probes"]["layers"]["shared_1"]["cer"]
+    evidence = repro.compare_probes(merged, "slam_tlm_stm", "random_init")[1]
+    assert f"vs {100 * random_seed1:.1f}% (shared_1), corpus-level mean over seeds 1;" in evidence
     assert merged["merged_from"] == [{"file": "old/results.json", "seeds": [0]}]
     text = repro.render(merged, command="python experiments/toy_reproduction.py ...", machine_desc="2 cores",
                         corpus=corpus, images=[], image_dir="plots")
