@@ -391,27 +391,37 @@ def collect(records: dict[str, dict], budget: Budget, seeds: Sequence[int], vari
             "runs": runs}
 
 
+def check_mergeable(earlier: dict, budget: dict, budget_name: str, corpus: dict, source: str) -> None:
+    """ValueError unless `earlier` (a results.json) was made with this budget and corpus: else its runs would not be
+    comparable with this sweep's."""
+    missing = [k for k in ("runs", "seeds", "variants", "budget", "corpus") if k not in earlier]
+    if missing:
+        raise ValueError(f"{source}: not a results.json of this script (no {', '.join(missing)})")
+    for field, ours in (("budget", budget), ("budget_name", budget_name)):
+        if json.loads(json.dumps(earlier.get(field))) != json.loads(json.dumps(ours)):   # (tuples vs JSON lists)
+            raise ValueError(f"{source}: {field} {earlier.get(field)!r} differs from this sweep's {ours!r}")
+
+    def corpus_id(c: dict) -> dict:   # the folder it was written to does not matter
+        return {**c, "args": {k: v for k, v in c.get("args", {}).items() if k != "out"}}
+    if corpus_id(earlier["corpus"]) != corpus_id(corpus):
+        raise ValueError(f"{source}: made from another corpus (toy_corpus.json differs beyond its folder)")
+
+
 def merge(results: dict, earlier: dict, source: str) -> dict:
     """`results` with the runs of an `earlier` results.json added (e.g. the committed one of another session's sweep,
     whose run folders are gone): a sweep can add pre-training seeds in a new folder. Both must have the same budget
-    and corpus (else ValueError: the runs would not be comparable); a run of `results` replaces the earlier run with
-    the same variant and key."""
-    for field in ("budget", "budget_name"):
-        if json.loads(json.dumps(earlier.get(field))) != json.loads(json.dumps(results.get(field))):  # tuples: lists
-            raise ValueError(f"{source}: {field} {earlier.get(field)!r} differs from this sweep's {results.get(field)!r}")
-    def corpus_id(c: dict) -> dict:   # the folder it was written to does not matter
-        return {**c, "args": {k: v for k, v in c.get("args", {}).items() if k != "out"}}
-    if corpus_id(earlier.get("corpus", {})) != corpus_id(results.get("corpus", {})):
-        raise ValueError(f"{source}: made from another corpus (toy_corpus.json differs beyond its folder)")
+    and corpus (`check_mergeable`, else ValueError); a run of `results` replaces the earlier run with the same variant
+    and key."""
+    check_mergeable(earlier, results["budget"], results.get("budget_name"), results.get("corpus", {}), source)
     runs = {name: dict(earlier["runs"].get(name, {})) for name in earlier["runs"]}
     for name, by_key in results["runs"].items():
         runs.setdefault(name, {}).update(by_key)
     variants = list(earlier["variants"]) + [v for v in results["variants"] if v not in earlier["variants"]]
-    finetune_seeds = sorted({*(earlier.get("finetune_seeds") or earlier["seeds"]),
-                             *(results.get("finetune_seeds") or [])})
-    return {**results, "seeds": sorted({*earlier["seeds"], *results["seeds"]}), "variants": variants, "runs": runs,
-            "finetune_seeds": finetune_seeds,
-            "merged_from": [*results.get("merged_from", []), {"file": source, "seeds": earlier["seeds"]}]}
+    merged = {**results, "seeds": sorted({*earlier["seeds"], *results["seeds"]}), "variants": variants, "runs": runs,
+              "merged_from": [*earlier.get("merged_from", []), *results.get("merged_from", []),
+                              {"file": source, "seeds": earlier["seeds"]}]}
+    merged["finetune_seeds"] = sorted({t for ts in finetuned_with(merged).values() for t in ts})   # those that ran
+    return merged
 
 
 def finetuned_with(results: dict) -> dict[int, list[int]]:
@@ -919,12 +929,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"{', '.join(missing)} not installed (pip install -e . installs them): the table and plots "
                      "at the end need them")
     earlier = {}
-    for path in args.merge:
+    for path in args.merge:   # checked now, not after hours of runs
         try:
             with open(path) as f:
                 earlier[path] = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            parser.error(f"--merge {path}: cannot read it as a results.json ({e})")
+            check_mergeable(earlier[path], dataclasses.asdict(budget), args.budget, corpus, path)
+        except (OSError, json.JSONDecodeError, ValueError) as e:
+            parser.error(f"--merge {path}: {e}")
     env = subprocess_env(args.corpus, args.out)
     if args.dry_run:
         for step in steps:

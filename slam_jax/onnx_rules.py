@@ -356,13 +356,12 @@ def _fill_value(dtype: Any, value: Any) -> np.ndarray:
 
 def _row_index(g, idx: str, index_dtype: Any, rows: int, mode: Any) -> tuple[str, str | None]:
     """(row indices clamped into [0, rows), mask of the in-range ones or None) for lax's gather / scatter `mode`:
-    CLIP clamps; FILL_OR_DROP (jnp's default) also returns the mask so that the caller fills / drops those rows
-    (ONNX Gather / ScatterND have no such mode: an index out of range is an error there)."""
-    if "PROMISE_IN_BOUNDS" in str(mode):
-        return idx, None
+    CLIP and PROMISE_IN_BOUNDS (`x[i]` indexing) clamp; FILL_OR_DROP (jnp.take's default) also returns the mask so
+    that the caller fills / drops those rows (ONNX Gather / ScatterND have no such mode: an index out of range is an
+    error there)."""
     zero, last = g.const(np.asarray(0, index_dtype)), g.const(np.asarray(rows - 1, index_dtype))
     clamped = g.op("Min", g.op("Max", idx, zero), last)
-    if "CLIP" in str(mode):
+    if "CLIP" in str(mode) or "PROMISE_IN_BOUNDS" in str(mode):   # (XLA clamps a broken promise: so do we)
         return clamped, None
     if mode is not None and "FILL_OR_DROP" not in str(mode):
         raise OnnxExportError(f"gather / scatter mode {mode} has no rule")
@@ -383,7 +382,10 @@ def _gather(g, x, a, o, p):
         return [out]
     trailing = len(operand.shape) - 1
     mask = g.op("Unsqueeze", valid, g.const(np.arange(-trailing, 0, dtype=np.int64))) if trailing else valid
-    return [g.op("Where", mask, out, g.const(_fill_value(operand.dtype, p.get("fill_value"))))]
+    fill = _fill_value(operand.dtype, p.get("fill_value"))
+    if operand.dtype == np.bool_:         # (onnxruntime has no boolean Where kernel)
+        return [g.op("And", mask, out) if not fill else g.op("Or", g.op("Not", mask), out)]
+    return [g.op("Where", mask, out, g.const(fill))]
 
 
 @_rule("scatter-add", "scatter_add")

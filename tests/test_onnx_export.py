@@ -70,6 +70,8 @@ def test_edge_cases_match_jax_in_onnxruntime():
         clipped = jnp.take(x, idx, axis=0, mode="clip")
         added = jnp.zeros((4, 3)).at[idx].add(x)              # rows 5 and 7 dropped
         clamped = jax.lax.clamp(jnp.float32(1.0), x, jnp.float32(0.0))     # lo > hi: hi everywhere
+        indexed = x[idx]                                      # PROMISE_IN_BOUNDS: XLA clamps rows 5 and 7
+        masks = jnp.take(flags, idx), jnp.take(flags, idx, fill_value=False)  # boolean fills (True / False)
         return (rows, jnp.nan_to_num(taken, nan=99.0), clipped, added, clamped,
                 jnp.maximum(flags, ~flags), jnp.minimum(flags, flags[::-1]),
                 small ** 3, jax.lax.pow(x[:, 0], small), x ** -2,
@@ -77,10 +79,10 @@ def test_edge_cases_match_jax_in_onnxruntime():
                 jax.lax.dot_general(small.astype(jnp.bfloat16), x, (((0,), (0,)), ((), ())),
                                     preferred_element_type=jnp.float32),
                 jnp.argmin(x, axis=0), jax.lax.cummin(x, axis=0), jax.lax.rem(small, jnp.int8(2)),
-                jax.lax.rem(x - 0.5, jnp.float32(0.3)))
+                jax.lax.rem(x - 0.5, jnp.float32(0.3)), indexed, *masks)
 
     want, got = _run_both(fn, {}, x, idx, flags, small)
-    assert len(want) == len(got) == 16
+    assert len(want) == len(got) == 19
     for w, g in zip(want, got):
         assert w.shape == g.shape and w.dtype == g.dtype
         np.testing.assert_allclose(g, w, atol=2e-5, rtol=1e-5)
@@ -88,7 +90,9 @@ def test_edge_cases_match_jax_in_onnxruntime():
 
 
 def test_only_call_primitives_are_inlined():
-    # A cond holds jaxprs too, but is not a plain call: it must be named, not inlined branch by branch.
-    with pytest.raises(onnx_export.OnnxExportError, match="'cond'"):
-        onnx_export.to_onnx(lambda p, x: jax.lax.cond(x[0] > 0, jnp.sin, jnp.cos, x), {},
-                            (np.zeros(3, np.float32),), ["x"], ["y"])
+    # shard_map holds its body as a `jaxpr` parameter, as jit does, but is not a plain call (its body sees one
+    # shard): it must be named, not inlined.
+    from jax.sharding import PartitionSpec as P
+    mapped = jax.shard_map(jnp.sin, mesh=jax.make_mesh((1,), ("x",)), in_specs=P(), out_specs=P())
+    with pytest.raises(onnx_export.OnnxExportError, match="'shard_map'"):
+        onnx_export.to_onnx(lambda p, x: mapped(x), {}, (np.zeros(3, np.float32),), ["x"], ["y"])

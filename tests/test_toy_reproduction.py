@@ -304,6 +304,9 @@ def test_merge_adds_an_earlier_sweeps_seeds_and_refuses_other_settings():
     assert "seed 0 come from `old/results.json`" in text and "**supported**" in text
     with pytest.raises(ValueError, match="budget"):
         repro.merge({**now, "budget_name": "cpu"}, earlier, "old/results.json")
+    assert merged["finetune_seeds"] == [0, 1]   # the fine-tuning seeds that ran
+    with pytest.raises(ValueError, match="not a results.json of this script .no runs"):
+        repro.merge(now, {k: v for k, v in earlier.items() if k != "runs"}, "old/results.json")
     with pytest.raises(ValueError, match="another corpus"):
         repro.merge({**now, "corpus": {**corpus, "spm_pieces": 300}}, earlier, "old/results.json")
 
