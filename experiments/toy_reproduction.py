@@ -970,7 +970,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     images = plots(results, os.path.join(os.path.dirname(os.path.abspath(args.doc)), image_dir))
     command = " ".join(["python experiments/toy_reproduction.py", f"--corpus {args.corpus}", f"--out {args.out}",
                         f"--budget {args.budget}", f"--seeds {','.join(map(str, seeds))}",
-                        *([] if finetune_seeds is None else [f"--finetune_seeds {','.join(map(str, finetune_seeds))}"]),
+                        *([] if finetune_seeds is None else [f"--finetune_seeds={','.join(map(str, finetune_seeds))}"]),
                         f"--variants {','.join(variants)}",
                         *([] if args.section == SECTION else [f"--section {args.section}"]),
                         *(f"--merge {path}" for path in args.merge),
