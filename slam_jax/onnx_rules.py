@@ -82,8 +82,8 @@ def _elementwise(onnx_op: str, **attrs) -> Rule:
     return lambda g, x, a, o, p: [g.op(onnx_op, *x, **attrs)]
 
 
-for _jax, _onnx in {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "eq": "Equal", "lt": "Less", "gt": "Greater", "le": "LessOrEqual",
-                    "ge": "GreaterOrEqual", "exp": "Exp", "log": "Log", "tanh": "Tanh", "logistic": "Sigmoid",
+for _jax, _onnx in {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "eq": "Equal", "lt": "Less",
+                    "gt": "Greater", "le": "LessOrEqual", "ge": "GreaterOrEqual", "exp": "Exp", "log": "Log", "tanh": "Tanh", "logistic": "Sigmoid",
                     "neg": "Neg", "sqrt": "Sqrt", "abs": "Abs", "sign": "Sign", "erf": "Erf", "floor": "Floor",
                     "ceil": "Ceil", "sin": "Sin", "cos": "Cos"}.items():
     RULES[_jax] = _elementwise(_onnx)

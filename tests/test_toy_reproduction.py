@@ -279,7 +279,8 @@ def test_merge_adds_an_earlier_sweeps_seeds_and_refuses_other_settings():
     corpus = {"args": {"out": "/a", "seed": 1}, "spm_pieces": 258}
     earlier = {"budget": budget, "budget_name": "cpu_long", "corpus": corpus, "seeds": [0],
                "finetune_seeds": [0, 1], "variants": ["random_init", "slam"], "runs": {
-                   "random_init": {"0": {**_probe_run(0.0, rng), "test": {"wer": 0.5}}, "0/ft1": {"test": {"wer": 0.6}}},
+                   "random_init": {"0": {**_probe_run(0.0, rng), "test": {"wer": 0.5}},
+                                   "0/ft1": {"test": {"wer": 0.6}}},
                    "slam": {"0": {**_probe_run(-0.1, rng), "test": {"wer": 0.4}}, "0/ft1": {"test": {"wer": 0.3}}}}}
     now = {"budget": dataclasses.asdict(repro.BUDGETS["cpu_long"]), "budget_name": "cpu_long",
            "corpus": {**corpus, "args": {"out": "/b", "seed": 1}}, "seeds": [1], "finetune_seeds": [],
