@@ -1,10 +1,11 @@
 """Session-wide settings for the tests, applied before any test module imports JAX."""
 import os
 
-from train_utils import TEST_XLA_FLAGS
+from train_utils import COLLECTIVE_XLA_FLAGS, TEST_XLA_FLAGS
 
-# In-process tests get the same XLA flags as the subprocesses that train_utils.env() starts.
-os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+# In-process tests get the same XLA flags as the subprocesses that train_utils.env() starts (the device count
+# aside): JAX's compilation cache key includes them, and both share one cache.
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {COLLECTIVE_XLA_FLAGS} {TEST_XLA_FLAGS}".strip()
 
 
 # Modules whose tests each run training commands of their own (one to four minutes each on 2 cores) go first: with

@@ -3,7 +3,8 @@
 Usage: multihost_worker.py PROCESS_ID PORT MODEL_DIR OUT_JSON [COMPILE_DELAY_S [TRAIN_STEPS]]. Joins a 2-process JAX cluster on
 127.0.0.1 (gloo collectives, 4 fake CPU devices each), trains the tiny model a few steps reading its own data shard,
 and writes a digest of the final (globally gathered) parameters and of its first local batch. COMPILE_DELAY_S makes
-this process take that much longer to compile the train step, as a busy or slower host would. TRAIN_STEPS (default
+this process take that much longer to compile the train step, as a busy or slower host would; the digest records
+when `Trainer.compile` returned (after its barrier). TRAIN_STEPS (default
 3, a checkpoint at the end) is the run's length; a SIGTERM to either process stops both at the same step.
 """
 import hashlib
@@ -35,11 +36,14 @@ files, bindings, _ = config.split_argv(SMALL + TEXT_ONLY + [
     "--gin.MeshConfig.data=2", "--gin.MeshConfig.fsdp=2", "--gin.MeshConfig.tensor=2"])
 config.parse(files, bindings)
 compile_steps = train.Trainer.compile
+compiled_at = []
 
 
 def slow_compile(self, *args, **kwargs):
     time.sleep(compile_delay_s)
-    return compile_steps(self, *args, **kwargs)
+    seconds = compile_steps(self, *args, **kwargs)
+    compiled_at.append(time.time())
+    return seconds
 
 
 train.Trainer.compile = slow_compile
@@ -51,4 +55,4 @@ with open(out, "w") as f:
     json.dump({"params": params_digest, "step": result.step, "global_devices": jax.device_count(),
                "local_devices": jax.local_device_count(),
                "first_text_rows": np.asarray(first["text"]["tokens"]).tolist(),
-               "loss": result.metrics.get("loss")}, f)
+               "loss": result.metrics.get("loss"), "compiled_at": compiled_at}, f)

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 import tasks  # noqa: F401
@@ -20,6 +21,22 @@ from slam_jax.data import sources
 from train_utils import env, in_process, slam_train
 
 MINI_SPM = os.path.join(sources.MINI_CORPUS, "spm.model")
+
+
+def test_commands_cache_compiled_programs_under_xdg_cache_home(monkeypatch, tmp_path):
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+        common.use_compilation_cache()
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "slam_jax" / "jax")
+        # A JAX_COMPILATION_CACHE_DIR in the environment wins (JAX read it at import): the command leaves it.
+        jax.config.update("jax_compilation_cache_dir", before)
+        monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "mine"))
+        common.use_compilation_cache()
+        assert jax.config.jax_compilation_cache_dir == before
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
 
 
 @pytest.mark.parametrize("vocab_size", [256, 1024])

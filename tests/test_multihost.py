@@ -48,10 +48,13 @@ def _wait(procs, timeout=900):
 
 
 def test_two_processes_train_together_and_stop_together_on_sigterm(tmp_path):
-    # Process 1 compiles 35 s slower: longer than gloo waits for a peer to join a CPU collective (30 s), so the
-    # first step must not start on process 0 before process 1 has compiled too.
+    # Process 1 compiles 10 s later. CPU (gloo) collectives give up after 30 s waiting for a peer to join, so a
+    # process must not start the first step's collectives while another still compiles: Trainer.compile returns
+    # only once every process has compiled (a coordination-service barrier). Checked directly below, since a delay
+    # past gloo's 30 s would only show the failure the barrier prevents, at 30 s of test time.
+    delay = 10
     steps = 400
-    procs, logs = _start(tmp_path, delays=(0, 35), train_steps=steps)
+    procs, logs = _start(tmp_path, delays=(0, delay), train_steps=steps)
     # Once both are stepping (process 0 logs every step), SIGTERM process 1 only: JAX's preemption service tells
     # process 0, and both stop after the same step and save it.
     deadline = time.time() + 1200
@@ -63,6 +66,8 @@ def test_two_processes_train_together_and_stop_together_on_sigterm(tmp_path):
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log.read_text()[-5000:]
     a, b = (json.loads((tmp_path / f"out{i}.json").read_text()) for i in range(2))
+    # Without the barrier, process 0 would be done compiling ~10 s before process 1.
+    assert abs(a["compiled_at"][0] - b["compiled_at"][0]) < delay / 2, (a["compiled_at"], b["compiled_at"])
     assert a["global_devices"] == b["global_devices"] == 8 and a["local_devices"] == 4
     assert 2 <= a["step"] == b["step"] < steps, (a["step"], b["step"])
     assert a["params"] == b["params"], "processes ended with different parameters"

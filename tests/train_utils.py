@@ -59,18 +59,21 @@ TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensiv
 
 
 XDG_CACHE_HOME = os.path.join(tempfile.gettempdir(), "slam_jax_tests_xdg")
-SUBPROCESS_CACHE = os.path.join(XDG_CACHE_HOME, "slam_jax", "jax")
+# The commands' default persistent compilation cache (cli.common.use_compilation_cache) under XDG_CACHE_HOME.
+COMPILATION_CACHE = os.path.join(XDG_CACHE_HOME, "slam_jax", "jax")
+# Fake CPU devices are threads sharing 2 cores with a second test worker: give a slow device more than XLA's
+# default 40 s at a collective rendezvous, yet still abort a real deadlock well within the test timeout.
+COLLECTIVE_XLA_FLAGS = "--xla_cpu_collective_call_terminate_timeout_seconds=300"
 
 
 def env(devices: int = 1) -> dict[str, str]:
     e = dict(os.environ)
-    # Fake CPU devices are threads sharing 2 cores with a second test worker: give a slow device more than XLA's
-    # default 40 s at a collective rendezvous, yet still abort a real deadlock well within the test timeout.
-    e["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={devices} "
-                      f"--xla_cpu_collective_call_terminate_timeout_seconds=300 {TEST_XLA_FLAGS}")
+    # The device count is not part of JAX's compilation cache key; every other XLA flag is, so the subprocesses and
+    # the commands run in the test process (conftest.py) use the same ones and load each other's compiled programs.
+    e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {COLLECTIVE_XLA_FLAGS} {TEST_XLA_FLAGS}"
     e["JAX_PLATFORMS"] = "cpu"
-    # The test runs of slam-train compile the same few programs again and again: they share the persistent
-    # compilation cache the commands turn on by default (cli.common.use_compilation_cache), in SUBPROCESS_CACHE.
+    # A subprocess runs as a user's command does: without JAX_COMPILATION_CACHE_DIR, so it caches its compiled
+    # programs in the commands' default folder, COMPILATION_CACHE, which the test process uses too (below).
     e.pop("JAX_COMPILATION_CACHE_DIR", None)
     e["XDG_CACHE_HOME"] = XDG_CACHE_HOME
     e["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
@@ -79,10 +82,10 @@ def env(devices: int = 1) -> dict[str, str]:
     return e
 
 
-# The commands run in this process cache their compiled programs too, in a folder of their own, so that only the
-# subprocesses write SUBPROCESS_CACHE (a test checks the commands' default cache there). Read when JAX is first
+# The tests compile the same few programs again and again, in this process and in subprocesses: one persistent
+# cache for both (a train step compiled cold by one test loads in seconds in the next). Read when JAX is first
 # imported, which conftest.py's import of this module precedes.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "slam_jax_tests_jax_cache"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", COMPILATION_CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
