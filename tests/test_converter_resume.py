@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 
 import tasks  # noqa: F401
 from slam_jax.data import converter, schema
+from train_utils import run_process
 
 SMALL = schema.StreamConfig("mini_slam", batch_size=8, speech_frames=256, text_tokens=64, paired_frames=256,
                                paired_tokens=32, seed=1)
@@ -39,8 +38,8 @@ def test_state_restored_in_a_fresh_process_continues_identically(tmp_path: pathl
     expected = [next(stream) for _ in range(3)]
     script = tmp_path / "resume.py"
     script.write_text(RESUME)
-    out = subprocess.run([sys.executable, str(script), str(tmp_path / "state.bin"), str(tmp_path / "next.npz")],
-                         capture_output=True, text=True, timeout=300, cwd=pathlib.Path(__file__).parents[1])
+    # A process of its own, forked from a server that has built no stream (warm_process.py).
+    out = run_process("script", str(script), [str(tmp_path / "state.bin"), str(tmp_path / "next.npz")], timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     got = np.load(tmp_path / "next.npz")
     assert int(got["stats"]) == 7  # statistics carried over: 4 before the save + 3 after

@@ -134,7 +134,10 @@ def test_glue_finetune_and_eval(tmp_path, capsys):
     config.parse(["models/tiny.gin", "finetune/glue_sst2.gin"], [
         "StreamConfig.mixture = 'test_glue_sst2'", "StreamConfig.batch_size = 4", "StreamConfig.text_tokens = 16",
         "TRAIN_STEPS = 6", "TrainConfig.eval_every = 6", "TrainConfig.log_every = 3",
-        "TrainConfig.checkpoint_every = 6", "OptimizerConfig.warmup_steps = 2", "ModelConfig.scan_layers = False"])
+        "TrainConfig.checkpoint_every = 6", "OptimizerConfig.warmup_steps = 2", "ModelConfig.scan_layers = False",
+        # one narrow layer per stack keeps the compile short (what is tested is the task's train/eval path)
+        "ModelConfig.speech_layers = 1", "ModelConfig.shared_layers = 1", "ModelConfig.d_model = 32",
+        "ModelConfig.ffn_dim = 64"])
     result = finetune_run.finetune(model_dir)
     assert result.step == 6
     records = [json.loads(line) for line in open(f"{model_dir}/metrics.jsonl")]

@@ -4,14 +4,12 @@ on two processes scores a fine-tuned run as one process does."""
 import json
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from train_utils import env, last_json, slam_eval, slam_finetune
+from train_utils import last_json, slam_eval, slam_finetune, start
 
 pytestmark = pytest.mark.multiprocess
 
@@ -25,14 +23,9 @@ def _free_port() -> int:
 def _start(tmp_path, delays=(0, 0), train_steps=3):
     worker = Path(__file__).with_name("multihost_worker.py")
     port = str(_free_port())
-    logs = [tmp_path / f"log{i}.txt" for i in range(2)]
-    procs = []
-    for i, log in enumerate(logs):
-        with log.open("w") as out:
-            procs.append(subprocess.Popen([sys.executable, str(worker), str(i), port, str(tmp_path / "run"),
-                                           str(tmp_path / f"out{i}.json"), str(delays[i]), str(train_steps)],
-                                          env=env(devices=4), stdout=out, stderr=subprocess.STDOUT))
-    return procs, logs
+    procs = [start("script", str(worker), [str(i), port, str(tmp_path / "run"), str(tmp_path / f"out{i}.json"),
+                                           str(delays[i]), str(train_steps)], devices=4) for i in range(2)]
+    return procs, [p.stdout for p in procs]
 
 
 def _wait(procs, timeout=900):
@@ -58,13 +51,15 @@ def test_two_processes_train_together_and_stop_together_on_sigterm(tmp_path):
     # Once both are stepping (process 0 logs every step), SIGTERM process 1 only: JAX's preemption service tells
     # process 0, and both stop after the same step and save it.
     deadline = time.time() + 1200
-    while "step 2/" not in logs[0].read_text():
-        assert time.time() < deadline and all(p.poll() is None for p in procs), logs[0].read_text()[-3000:]
-        time.sleep(0.5)
+    head = ""
+    while "step 2/" not in head:
+        head += logs[0].readline(timeout=1)
+        assert time.time() < deadline and all(p.poll() is None for p in procs), head[-3000:]
     procs[1].send_signal(signal.SIGTERM)
     _wait(procs)
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log.read_text()[-5000:]
+    texts = [head + logs[0].read(), logs[1].read()]
+    for p, text in zip(procs, texts):
+        assert p.returncode == 0, text[-5000:]
     a, b = (json.loads((tmp_path / f"out{i}.json").read_text()) for i in range(2))
     # Without the barrier, process 0 would be done compiling ~10 s before process 1.
     assert abs(a["compiled_at"][0] - b["compiled_at"][0]) < delay / 2, (a["compiled_at"], b["compiled_at"])
@@ -72,8 +67,8 @@ def test_two_processes_train_together_and_stop_together_on_sigterm(tmp_path):
     assert 2 <= a["step"] == b["step"] < steps, (a["step"], b["step"])
     assert a["params"] == b["params"], "processes ended with different parameters"
     assert a["first_text_rows"] != b["first_text_rows"], "both processes read the same data shard"
-    for log in logs:
-        assert f"saved checkpoint at step {a['step']}, exiting" in log.read_text()
+    for text in texts:
+        assert f"saved checkpoint at step {a['step']}, exiting" in text
     assert (tmp_path / "run" / "checkpoints" / str(a["step"])).is_dir()
 
 
@@ -84,20 +79,15 @@ def test_two_processes_evaluate_a_finetuned_run_as_one_does(tmp_path):
     slam_finetune(model_dir, "--gin.TRAIN_STEPS=2", "--gin.TrainConfig.checkpoint_every=2")
     one = last_json(slam_eval(model_dir, "--split=validation").stdout)
     port = str(_free_port())
-    logs = [tmp_path / f"eval{i}.txt" for i in range(2)]
-    procs = []
-    for i, log in enumerate(logs):
-        with log.open("w") as out:
-            # 4-row global batches = 2 rows per process; each process holds half of the split (32 of the mini
-            # corpus' 64 dev utterances): 20 batches cover its shard, the rest are padding.
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "slam_jax.cli.eval", f"--model_dir={model_dir}", "--split=validation",
-                 "--eval_batches=20", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                 f"--process_id={i}"], env=env(), stdout=out, stderr=subprocess.STDOUT))
+    # 4-row global batches = 2 rows per process; each process holds half of the split (32 of the mini corpus' 64
+    # dev utterances): 20 batches cover its shard, the rest are padding.
+    procs = [start("module", "slam_jax.cli.eval", [
+        f"--model_dir={model_dir}", "--split=validation", "--eval_batches=20",
+        f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"]) for i in range(2)]
     _wait(procs, timeout=600)
     outputs = []
-    for p, log in zip(procs, logs):
-        text = log.read_text()
+    for p in procs:
+        text = p.stdout.read()
         assert p.returncode == 0, text[-5000:]
         assert "warning: TrainConfig.eval_batches" not in text  # 20 batches exhaust each shard
         outputs.append(last_json(text))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from train_utils import TEXT_ONLY, env, read_metrics, slam_train
+from train_utils import TEXT_ONLY, read_metrics, run_process, slam_train, start
 from slam_jax.trainer import run_folder
 
 
@@ -223,19 +223,17 @@ def test_init_from_a_run_of_another_size_is_an_error_unless_the_prefixes_are_all
 
 
 def test_slam_data_inspect_on_an_all_too_long_stream_says_why_instead_of_hanging():
-    cmd = [sys.executable, "-m", "slam_jax.cli.data", "inspect", "--mixture", "mini_slam", "--batch_size", "8",
-           "--paired_frames", "64", "--stall_seconds", "3"]
+    args = ["inspect", "--mixture", "mini_slam", "--batch_size", "8", "--paired_frames", "64", "--stall_seconds", "3"]
     started = time.time()
-    raised = subprocess.run(cmd + ["--on_error", "raise"], env=env(), capture_output=True, text=True, timeout=600)
+    raised = run_process("module", "slam_jax.cli.data", args + ["--on_error", "raise"], timeout=600)
     assert raised.returncode == 1 and "kind 'paired' has produced no example" in raised.stderr, raised.stderr
     assert time.time() - started < 540
     # PYTHONFAULTHANDLER: should it not end after Ctrl-C, SIGABRT makes it print every thread's stack (below).
-    # SIGINT at its default in the command, as a terminal gives it: a test run started in the background of a
-    # non-interactive shell (`pytest ... &`) ignores SIGINT, a child inherits that, and Python then installs no
-    # KeyboardInterrupt handler (the failure seen at d7a4b01: the command never saw the Ctrl-C).
-    waiting = subprocess.Popen(cmd + ["--on_error", "skip"], env={**env(), "PYTHONFAULTHANDLER": "1"},
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # SIGINT raises KeyboardInterrupt in the command, as in a terminal (warm_process installs Python's handler: a
+    # test run started in the background of a non-interactive shell ignores SIGINT, and a child of it inheriting
+    # that never saw the Ctrl-C, the failure seen at d7a4b01).
+    waiting = start("module", "slam_jax.cli.data", args + ["--on_error", "skip"],
+                    extra_env={"PYTHONFAULTHANDLER": "1"}, merge_stderr=False)
     line = waiting.stderr.readline()
     while line and not line.startswith("waiting: no batch"):
         line = waiting.stderr.readline()
@@ -299,8 +297,7 @@ os._exit(0)
 @pytest.mark.parametrize("on_error", ["skip", "raise"])
 def test_an_all_bad_corpus_waits_visibly_under_skip_and_fails_at_once_under_raise(tmp_path, on_error):
     started = time.time()
-    result = subprocess.run([sys.executable, "-c", ALL_BAD, str(tmp_path), str(Path(__file__).parent), on_error],
-                            env=env(), capture_output=True, text=True, timeout=240)
+    result = run_process("code", ALL_BAD, [str(tmp_path), str(Path(__file__).parent), on_error], timeout=240)
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout.strip().splitlines()[-1])
     if on_error == "raise":

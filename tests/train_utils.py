@@ -1,9 +1,11 @@
 """Helpers to run the slam-* commands with small, fast settings on the bundled mini corpus.
 
 A command runs in this test process (its `main(argv)`: same argument parsing, exit code, stdout and stderr lines) unless
-it needs a process of its own: a signal, several fake devices, a concurrent second run, or output that only a fresh
-process shows (TensorFlow's C++ start-up lines, absl's logs). A subprocess pays ~15 s of imports (TensorFlow, seqio,
-orbax) and its own traces before any work; a test file of ten short runs pays it ten times.
+it needs a process of its own: a signal, several fake devices, a concurrent second run, or a stalled tf.data worker
+that ends the process. Such a process is forked from a server that has imported the commands' modules once
+(warm_process.py); a fresh interpreter would pay ~8 s of imports (TensorFlow, seqio, orbax) first. Output that only
+a fresh interpreter shows (TensorFlow's C++ start-up lines, which modules an import pulls in) is tested with
+`subprocess` itself.
 """
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ import json
 import logging
 import os
 import subprocess
-import sys
 import tempfile
+
+import warm_process
 
 SMALL = [
     "--gin_file=runs/cpu_smoke.gin",
@@ -130,13 +133,27 @@ def in_process(module: str, args: list[str]) -> Completed:
     return Completed([module, *args], code, out.getvalue(), err.getvalue())
 
 
+def start(kind: str, target: str, args: list[str], devices: int = 1, extra_env: dict[str, str] | None = None,
+          merge_stderr: bool = True) -> warm_process.WarmProcess:
+    """Starts `python -m target` (kind 'module'), `python target` ('script') or `python -c target` ('code') with
+    `args` in a process of its own, forked from the warm server (warm_process.py), environment `env(devices)`."""
+    return warm_process.popen(kind, target, args, {**env(devices), **(extra_env or {})},
+                              merge_stderr=merge_stderr, server_env=env())
+
+
+def run_process(kind: str, target: str, args: list[str], devices: int = 1, timeout: float = 900,
+                extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`start`, run to completion: the CompletedProcess of `subprocess.run(capture_output=True, text=True)`."""
+    return warm_process.run(kind, target, args, {**env(devices), **(extra_env or {})}, timeout=timeout,
+                            server_env=env())
+
+
 def _run(module: str, args: list[str], check: bool, timeout: int, devices: int = 1, subprocess_: bool = False):
     """Runs a slam-* command: in this process (see the module docstring) unless `devices` > 1 or `subprocess_`."""
     if devices == 1 and not subprocess_:
         result = in_process(module, args)
     else:
-        result = subprocess.run([sys.executable, "-m", module, *args], env=env(devices), capture_output=True,
-                                text=True, timeout=timeout)
+        result = run_process("module", module, args, devices, timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{module} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
@@ -144,11 +161,10 @@ def _run(module: str, args: list[str], check: bool, timeout: int, devices: int =
 
 def slam_train(model_dir, *args: str, devices: int = 1, check: bool = True, timeout: int = 900,
                popen: bool = False, subprocess_: bool = False):
-    """Runs slam-train to completion (or, with popen=True, returns the running process)."""
+    """Runs slam-train to completion (or, with popen=True, returns the running process, stderr in its stdout)."""
     argv = [f"--model_dir={model_dir}", *SMALL, *args]
     if popen:
-        return subprocess.Popen([sys.executable, "-m", "slam_jax.cli.train", *argv], env=env(devices),
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return start("module", "slam_jax.cli.train", argv, devices)
     return _run("slam_jax.cli.train", argv, check, timeout, devices, subprocess_)
 
 
