@@ -80,6 +80,12 @@ def _child(kind: str, target: str, args: list[str], env: dict[str, str], out: st
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         if not isinstance(e.code, (int, type(None))):
             print(e.code, file=sys.stderr)
+    except KeyboardInterrupt:   # as Python ends on an uncaught Ctrl-C: the traceback, then death by SIGINT
+        import traceback
+        traceback.print_exc()
+        sys.stderr.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
     except BaseException:
         import traceback
         traceback.print_exc()
