@@ -1,8 +1,10 @@
 """The training loop never waits for a step between logs: with a fake stream and the real (tiny) train step, the
 next batch is read and its transfer issued before the previous step's result is fetched, and the host fetches
-metrics (its only device sync) once per `log_every` steps. Also: the finite guard skips a non-finite update."""
+metrics (its only device sync) once per `log_every` steps. Also: the finite guard skips a non-finite update, and a
+step compiled as several programs (`TrainConfig.step_programs`) is the one-program step."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -10,7 +12,8 @@ import numpy as np
 import pytest
 
 import tasks  # noqa: F401
-from slam_jax import bench, config, flops, trainer as trainer_lib
+from helpers import TINY, full_batch
+from slam_jax import bench, config, flops, optim, partitioning, pretraining, trainer as trainer_lib
 from train_utils import SMALL
 
 LOG_EVERY, STEPS = 3, 6
@@ -132,3 +135,53 @@ def test_evaler_names_what_is_missing(trainer):
     paired = converter.eval_stream(dataclasses.replace(cfg, mixture="mini_paired_mix"))
     with pytest.raises(TypeError, match="needs a predict function and a kind"):
         next(Evaler(trainer, None).batches(paired))
+
+
+def test_step_programs_give_the_one_program_step():
+    """A gradient program for (speech, text), one for (paired) and an update program: the same losses, metrics and
+    parameters after two steps as the one-program step, up to float summation order. Text MLM and TLM (which
+    trains the speech stack and the quantizer's targets) keep the compiles short; the sum over kinds is what is
+    tested."""
+    model_cfg = dataclasses.replace(TINY, speech_layers=1, shared_layers=1, scan_layers=False)
+    objectives = pretraining.ObjectiveConfig(contrastive=False, speech_mlm=False, tlm=True, stm=False)
+    batch = full_batch(batch=2)
+
+    def make(groups):
+        return trainer_lib.Trainer.for_pretraining(
+            model_cfg=model_cfg, objective_cfg=objectives, mesh_cfg=partitioning.MeshConfig(),
+            optimizer_cfg=optim.OptimizerConfig(peak_learning_rate=1e-3, warmup_steps=1),
+            train_cfg=trainer_lib.TrainConfig(step_programs=groups), devices=jax.local_devices()[:1])
+
+    results = []
+    for groups in ((), (("speech", "text"), ("paired",))):
+        t = make(groups)
+        params = t.init_params()
+        opt_state = t.init_opt_state(params)
+        device_batch = t.device_batch(batch)
+        t.compile(params, opt_state, device_batch, 0)
+        lowered = []
+
+        def record(event, seconds, **kwargs):
+            if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+                lowered.append(seconds)
+        jax.monitoring.register_event_duration_secs_listener(record)
+        try:
+            for step in range(2):
+                params, opt_state, metrics = t.train_step(params, opt_state, device_batch, step)
+        finally:
+            jax.monitoring.unregister_event_duration_listener(record)
+        # The steps run what `compile` compiled (nothing lowered again); the split step runs its own programs.
+        assert not lowered
+        assert (t._part_step._cache_size(), t._combine_step._cache_size()) == ((2, 1) if groups else (0, 0))
+        results.append((jax.device_get(params), jax.device_get(metrics)))
+    (one_params, one), (split_params, split) = results
+    assert set(split) == set(one) and "paired/tlm_speech_loss" in one and "text/mlm_loss" in one
+    for name in one:
+        assert split[name] == pytest.approx(one[name], rel=1e-5, abs=1e-6), name
+    for a, b in zip(jax.tree.leaves(one_params), jax.tree.leaves(split_params)):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+    with pytest.raises(config.ConfigError, match="TrainConfig.step_programs"):
+        trainer_lib.TrainConfig(step_programs=(("speech",), ("speech", "paired")))
+    with pytest.raises(config.ConfigError, match=r"no program for batch kind\(s\) \['text'\]"):
+        make((("speech",), ("paired",))).train_step(params, opt_state, device_batch, 2)

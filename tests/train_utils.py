@@ -39,6 +39,8 @@ SMALL = [
     "--gin.TrainConfig.log_every=1",
     "--gin.TrainConfig.eval_every=0",
     "--gin.TrainConfig.async_checkpointing=False",
+    # One program, the default everywhere but the smoke run (tests/test_loop.py compares the two).
+    "--gin.TrainConfig.step_programs=()",
 ]
 
 # Tests of a mechanism that does not depend on the objectives (the run folder's lock, checkpoints and their recovery,

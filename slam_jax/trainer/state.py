@@ -56,11 +56,17 @@ class Trainer:
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_opt, self.opt_shardings)
         self.base_key, self.eval_key = jax.random.split(jax.random.key(train_cfg.seed))
         self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-        self._train_step = jax.jit(self._step_fn, donate_argnums=(0, 1),
+        options = dict(train_cfg.compiler_options) or None   # the calls and `compile` use the same options
+        self._train_step = jax.jit(self._step_fn, donate_argnums=(0, 1), compiler_options=options,
                                    out_shardings=(self.param_shardings, self.opt_shardings, self.replicated))
-        self._eval_step = jax.jit(self._eval_fn, out_shardings=self.replicated)
+        self._eval_step = jax.jit(self._eval_fn, out_shardings=self.replicated, compiler_options=options)
         self._grads = jax.jit(jax.value_and_grad(self._losses, has_aux=True), static_argnums=(4,),
                               out_shardings=((self.replicated, self.replicated), self.param_shardings))
+        # TrainConfig.step_programs: one gradient program per group of batch kinds, then one update program.
+        self._part_step = jax.jit(self._part_fn, compiler_options=options,
+                                  out_shardings=(self.replicated, self.replicated, self.param_shardings))
+        self._combine_step = jax.jit(self._combine_fn, donate_argnums=(0, 1), compiler_options=options,
+                                     out_shardings=(self.param_shardings, self.opt_shardings, self.replicated))
 
     @classmethod
     def for_pretraining(cls, *, model_cfg: ModelConfig, objective_cfg: pretraining.ObjectiveConfig,
@@ -92,6 +98,23 @@ class Trainer:
     def _step_fn(self, params, opt_state, batch, step):
         key = jax.random.fold_in(self.base_key, step)
         (loss, metrics), grads = jax.value_and_grad(self._losses, has_aux=True)(params, batch, step, key, True)
+        return self._apply(params, opt_state, grads, loss, metrics, step)
+
+    def _part_fn(self, params, batch, step):
+        """The loss and gradients of the objectives on `batch`, some of the step's kinds (`TrainConfig.step_programs`):
+        the loss sums over kinds, each with a key of its own, so the parts add up to `_step_fn`'s."""
+        key = jax.random.fold_in(self.base_key, step)
+        (loss, metrics), grads = jax.value_and_grad(self._losses, has_aux=True)(params, batch, step, key, True)
+        return loss, metrics, grads
+
+    def _combine_fn(self, params, opt_state, parts, step):
+        """`_step_fn`'s update from the parts' (loss, metrics, gradients): their sums, every part's metrics."""
+        loss = sum(part[0] for part in parts)
+        grads = jax.tree.map(lambda *g: sum(g), *(part[2] for part in parts))
+        metrics = {k: v for part in parts for k, v in part[1].items()} | {"loss": loss}
+        return self._apply(params, opt_state, grads, loss, metrics, step)
+
+    def _apply(self, params, opt_state, grads, loss, metrics, step):
         updates, new_opt = self.tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
         # Guard (as optax.apply_if_finite, without its extra optimizer state): a non-finite loss or gradient leaves
@@ -120,7 +143,25 @@ class Trainer:
     def train_step(self, params, opt_state, batch: dict, step: int):
         """One optimizer step on a global batch from `device_batch`; returns (params, opt_state, metrics)."""
         with jax.set_mesh(self.mesh):
-            return self._train_step(params, opt_state, batch, self._step_array(step))
+            step_array = self._step_array(step)
+            parts = self._parts(batch)
+            if not parts:
+                return self._train_step(params, opt_state, batch, step_array)
+            return self._combine_step(params, opt_state, [self._part_step(params, b, step_array) for b in parts],
+                                      step_array)
+
+    def _parts(self, batch: dict) -> list[dict]:
+        """`batch` split by `TrainConfig.step_programs` ([]: one program); each kind in exactly one group."""
+        groups = self.train_cfg.step_programs
+        if not groups:
+            return []
+        missing = set(batch) - {kind for group in groups for kind in group}
+        if missing:
+            from slam_jax.config import ConfigError
+            raise ConfigError(f"TrainConfig.step_programs = {groups!r} has no program for batch kind(s) "
+                              f"{sorted(missing)}")
+        parts = [part for part in ({k: batch[k] for k in group if k in batch} for group in groups) if part]
+        return parts if len(parts) > 1 else []   # a batch of one group's kinds: one program
 
     def lower(self, batch: dict, params: Any = None, opt_state: Any = None) -> jax.stages.Lowered:
         """The train step lowered for `batch` (arrays or `ShapeDtypeStruct`s with their shardings) and the given
@@ -129,6 +170,17 @@ class Trainer:
         opt_state = self.abstract_opt if opt_state is None else opt_state
         with jax.set_mesh(self.mesh):
             return self._train_step.lower(params, opt_state, batch, jax.ShapeDtypeStruct((), jnp.int32))
+
+    def lowered_programs(self, params, opt_state, batch: dict, step: int) -> list[jax.stages.Lowered]:
+        """The programs one train step runs, lowered for these inputs: the step, or with `TrainConfig.step_programs`
+        each group's gradient program and then the update program."""
+        with jax.set_mesh(self.mesh):
+            step_array = self._step_array(step)
+            parts = self._parts(batch)
+            if not parts:
+                return [self._train_step.lower(params, opt_state, batch, step_array)]
+            lowered = [self._part_step.lower(params, part, step_array) for part in parts]
+            return lowered + [self._combine_step.lower(params, opt_state, [x.out_info for x in lowered], step_array)]
 
     def compile(self, params, opt_state, batch: dict, step: int) -> float:
         """Compiles the train step for these inputs; returns the seconds taken.
@@ -139,7 +191,8 @@ class Trainer:
         """
         start = time.time()
         with jax.set_mesh(self.mesh):
-            self._train_step.lower(params, opt_state, batch, self._step_array(step)).compile()
+            for program in self.lowered_programs(params, opt_state, batch, step):
+                program.compile()
         seconds = time.time() - start
         multihost.get_barrier_sync_fn()(key="slam_jax_train_compiled", timeout_ms=_BARRIER_TIMEOUT_S * 1000)
         return seconds
