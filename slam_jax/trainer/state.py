@@ -96,13 +96,11 @@ class Trainer:
             return self.loss_fn(model, batch, step, key, train)
 
     def _step_fn(self, params, opt_state, batch, step):
-        key = jax.random.fold_in(self.base_key, step)
-        (loss, metrics), grads = jax.value_and_grad(self._losses, has_aux=True)(params, batch, step, key, True)
-        return self._apply(params, opt_state, grads, loss, metrics, step)
+        return self._apply(params, opt_state, *self._part_fn(params, batch, step), step)
 
     def _part_fn(self, params, batch, step):
-        """The loss and gradients of the objectives on `batch`, some of the step's kinds (`TrainConfig.step_programs`):
-        the loss sums over kinds, each with a key of its own, so the parts add up to `_step_fn`'s."""
+        """(loss, metrics, gradients) of the objectives on `batch`: the whole step's batch, or some of its kinds
+        (`TrainConfig.step_programs`; the loss sums over kinds, each with a key of its own, so the parts add up)."""
         key = jax.random.fold_in(self.base_key, step)
         (loss, metrics), grads = jax.value_and_grad(self._losses, has_aux=True)(params, batch, step, key, True)
         return loss, metrics, grads
@@ -112,9 +110,9 @@ class Trainer:
         loss = sum(part[0] for part in parts)
         grads = jax.tree.map(lambda *g: sum(g), *(part[2] for part in parts))
         metrics = {k: v for part in parts for k, v in part[1].items()} | {"loss": loss}
-        return self._apply(params, opt_state, grads, loss, metrics, step)
+        return self._apply(params, opt_state, loss, metrics, grads, step)
 
-    def _apply(self, params, opt_state, grads, loss, metrics, step):
+    def _apply(self, params, opt_state, loss, metrics, grads, step):
         updates, new_opt = self.tx.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
         # Guard (as optax.apply_if_finite, without its extra optimizer state): a non-finite loss or gradient leaves
