@@ -24,11 +24,10 @@ def run(mesh_cfg, devices):
         model_cfg=MODEL, objective_cfg=pretraining.ObjectiveConfig(tlm=True, stm=True, num_negatives=8),
         optimizer_cfg=optim.OptimizerConfig(), mesh_cfg=mesh_cfg, train_cfg=TrainConfig(), devices=devices)
     params = trainer.init_params()
-    # One batch's loss and gradients, without an update: the trainer's own gradient function under its mesh.
+    # One batch's loss and gradients, without an update: the trainer's own gradient program under its mesh.
     batch = partitioning.global_batch(full_batch(batch=4), trainer.mesh)
-    step = jnp.asarray(3, jnp.int32)
     with jax.set_mesh(trainer.mesh):
-        (loss, _), grads = trainer._grads(params, batch, step, jax.random.fold_in(trainer.base_key, step), True)
+        loss, _, grads = trainer._part_step(params, batch, jnp.asarray(3, jnp.int32))
     sharded = sum(not leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(params))
     return float(loss), jax.tree.map(np.asarray, grads), sharded
 

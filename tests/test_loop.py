@@ -121,8 +121,9 @@ def test_non_finite_gradient_leaves_the_state_untouched(trainer):
 
 
 def test_evaler_names_what_is_missing(trainer):
-    """Evaler.batches: a split without the evaluation's kind and a missing predict function are errors that say
-    which (an empty shard is the data source's error, naming the folder and shard)."""
+    """Evaler.batches: a split without the evaluation's kind, a stream with nothing left and a missing predict
+    function are errors that say which (an empty shard on disk is the data source's error, naming the folder and
+    shard)."""
     import dataclasses
 
     from slam_jax.data import converter
@@ -133,6 +134,9 @@ def test_evaler_names_what_is_missing(trainer):
     with pytest.raises(ValueError, match="has no paired data: this evaluation reads paired rows .kinds there: text"):
         next(evaler.batches(converter.eval_stream(dataclasses.replace(cfg, mixture="mini_text_mix"))))
     paired = converter.eval_stream(dataclasses.replace(cfg, mixture="mini_paired_mix"))
+    assert sum(1 for _ in paired) > 0
+    with pytest.raises(ValueError, match="split 'validation' of 'mini_paired_mix' is empty for process 0 of 1"):
+        next(evaler.batches(paired))
     with pytest.raises(TypeError, match="needs a predict function and a kind"):
         next(Evaler(trainer, None).batches(paired))
 

@@ -60,8 +60,6 @@ class Trainer:
         self._train_step = jax.jit(self._step_fn, donate_argnums=(0, 1), compiler_options=options,
                                    out_shardings=(self.param_shardings, self.opt_shardings, self.replicated))
         self._eval_step = jax.jit(self._eval_fn, out_shardings=self.replicated, compiler_options=options)
-        self._grads = jax.jit(jax.value_and_grad(self._losses, has_aux=True), static_argnums=(4,),
-                              out_shardings=((self.replicated, self.replicated), self.param_shardings))
         # TrainConfig.step_programs: one gradient program per group of batch kinds, then one update program.
         self._part_step = jax.jit(self._part_fn, compiler_options=options,
                                   out_shardings=(self.replicated, self.replicated, self.param_shardings))
