@@ -23,9 +23,9 @@ def _checkpoint_params(model_dir) -> dict[str, np.ndarray]:
     return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(tree["params"])}
 
 
-def test_pretrain_then_finetune_restores_every_encoder_parameter_evaluates_and_probes(tmp_path):
+def test_pretrain_then_finetune_restores_every_encoder_parameter_evaluates_and_probes(tmp_path, pretrained_run):
     pre, ft = tmp_path / "pre", tmp_path / "ft"
-    slam_train(pre, "--gin.TRAIN_STEPS=2", "--gin.TrainConfig.checkpoint_every=2")
+    shutil.copytree(pretrained_run[0], pre)   # its 8 steps; the probes below write into the run folder
     # Head-only fine-tuning (encoder_lr_scale=0): the encoder must leave the run exactly as it was restored.
     out = slam_finetune(ft, "--gin.TRAIN_STEPS=2", "--gin.TrainConfig.eval_every=2",
                         f"--gin.FinetuneConfig.init_from='{pre}'", "--gin.FinetuneConfig.encoder_lr_scale=0.0").stdout
@@ -61,13 +61,13 @@ def test_pretrain_then_finetune_restores_every_encoder_parameter_evaluates_and_p
     assert probes["pairs"] == 64 and probes["stm_trained"] is True
     for key in ("stm_accuracy", "speech_to_text_r1", "speech_to_text_r5", "text_to_speech_r1", "text_to_speech_r5"):
         assert 0.0 <= probes[key] <= 1.0, key
-    assert (pre / "eval" / "probes_mini_paired_validation_step2.json").exists()
+    assert (pre / "eval" / "probes_mini_paired_validation_step8.json").exists()
 
     # Frozen-feature layer probes of the pre-trained encoder and of a fresh one of the same configuration.
     for extra in ((), ("--random_init",)):
         layered = last_json(slam_eval(pre, "--layer_probes", "--mixture=mini_paired", "--train_seconds=20",
                                       "--probe_steps=3", *extra).stdout)
-        assert layered["random_init"] == bool(extra) and layered["step"] == (0 if extra else 2)
+        assert layered["random_init"] == bool(extra) and layered["step"] == (0 if extra else 8)
         assert list(layered["layers"]) == ["logmel", "z", "speech_1", "shared_1"]
         assert layered["eval_utterances"] == 64 and layered["train_seconds"] >= 20
         full = json.loads(open(layered["file"]).read())
