@@ -395,8 +395,9 @@ def _scatter_add(g, x, a, o, p):
     dims, indices, updates = p["dimension_numbers"], a[1], a[2]
     if not (tuple(dims.scatter_dims_to_operand_dims) == (0,) and tuple(dims.inserted_window_dims) == (0,)
             and not dims.operand_batching_dims and indices.shape[-1] == 1
-            and tuple(dims.update_window_dims) == tuple(range(len(indices.shape) - 1, len(updates.shape)))):
-        raise OnnxExportError(f"scatter-add with {dims} has no rule")
+            and tuple(dims.update_window_dims) == tuple(range(len(indices.shape) - 1, len(updates.shape)))
+            and tuple(updates.shape[len(indices.shape) - 1:]) == tuple(a[0].shape[1:])):   # whole rows (ScatterND)
+        raise OnnxExportError(f"scatter-add with {dims}, updates {updates.shape} into {a[0].shape} has no rule")
     idx, valid = _row_index(g, x[1], indices.dtype, a[0].shape[0], p.get("mode"))     # [..., 1]
     values = x[2]
     if valid is not None:

@@ -50,6 +50,13 @@ def test_primitives_match_jax_in_onnxruntime():
 def test_a_primitive_without_a_rule_is_named():
     with pytest.raises(onnx_export.OnnxExportError, match="'sort'"):
         onnx_export.to_onnx(lambda p, x: jnp.sort(x), {}, (np.zeros(3, np.float32),), ["x"], ["y"])
+    # Updates to part of each row: ONNX ScatterND adds whole rows only, so the export says so (instead of a model
+    # that onnxruntime rejects when it runs).
+    dims = jax.lax.ScatterDimensionNumbers(update_window_dims=(1,), inserted_window_dims=(0,),
+                                           scatter_dims_to_operand_dims=(0,))
+    partial = lambda p, h, ids: jax.lax.scatter_add(jnp.zeros((3, 5)), ids[:, None], h, dims)   # noqa: E731
+    with pytest.raises(onnx_export.OnnxExportError, match=r"scatter-add .*updates \(4, 2\) into \(3, 5\)"):
+        onnx_export.to_onnx(partial, {}, (np.ones((4, 2), np.float32), np.zeros(4, np.int32)), ["h", "ids"], ["y"])
 
 
 def test_edge_cases_match_jax_in_onnxruntime():
