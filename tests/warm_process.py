@@ -15,6 +15,7 @@ import multiprocessing
 import multiprocessing.forkserver
 import os
 import runpy
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +28,16 @@ PRELOAD = ["tasks", "slam_jax.cli.train", "slam_jax.cli.finetune", "slam_jax.cli
 
 _context = None
 _lock = threading.Lock()
+_outputs: list[str] = []   # this test process' folder for the commands' output files, removed when it exits
+
+
+def _output_folder() -> str:
+    """A new folder for one command's stdout / stderr files, inside this test process' own temporary folder."""
+    with _lock:
+        if not _outputs:
+            _outputs.append(tempfile.mkdtemp(prefix="warm_process_"))
+            atexit.register(shutil.rmtree, _outputs[0], ignore_errors=True)
+    return tempfile.mkdtemp(dir=_outputs[0])
 
 
 def _server_context(server_env: dict[str, str]):
@@ -143,7 +154,7 @@ class WarmProcess:
 
     def __init__(self, kind: str, target: str, args: list[str], env: dict[str, str], merge_stderr: bool,
                  server_env: dict[str, str]):
-        folder = tempfile.mkdtemp(prefix="warm_process_")
+        folder = _output_folder()
         out, err = os.path.join(folder, "stdout"), os.path.join(folder, "stderr")
         for path in (out, err):
             open(path, "w").close()
