@@ -160,8 +160,10 @@ class Trainer:
         return parts if len(parts) > 1 else []   # a batch of one group's kinds: one program
 
     def lower(self, batch: dict, params: Any = None, opt_state: Any = None) -> jax.stages.Lowered:
-        """The train step lowered for `batch` (arrays or `ShapeDtypeStruct`s with their shardings) and the given
-        state, by default the abstract sharded state: ahead-of-time compilation needs no device memory."""
+        """The train step as one program (whatever `TrainConfig.step_programs`: slam-aot's memory and slam-bench's
+        FLOPs are those of the accelerators' one-program step) lowered for `batch` (arrays or `ShapeDtypeStruct`s
+        with their shardings) and the given state, by default the abstract sharded state: ahead-of-time compilation
+        needs no device memory. `lowered_programs` is what `train_step` runs."""
         params = self.abstract_params if params is None else params
         opt_state = self.abstract_opt if opt_state is None else opt_state
         with jax.set_mesh(self.mesh):
